@@ -1,0 +1,155 @@
+"""The ``insar-slide`` command line: thin verbs over typed configs and library functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .errors import ConfigError, InsarSlideError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(fn: F) -> F:
+    """Turn expected errors into one line on stderr and the error's exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InsarSlideError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="insar-slide")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Find slow-moving landslides in InSAR deformation-rate mosaics."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    import warnings
+    warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+    warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Output mosaic (.zarr).")
+@click.option("--track", "tracks", multiple=True, help="Track name: once for all sources, or once per source (in order).")
+@click.option("--units", type=click.Choice(["mm/yr", "cm/yr", "m/yr"]), help="Units of the stored rates (overrides metadata and the magnitude check).")
+@click.option("--crs", "src_crs", help="CRS for sources that lack one (e.g. EPSG:4326).")
+@click.option("--heading", type=float, help="Satellite heading (deg) where the metadata lacks it.")
+@click.option("--incidence", type=float, help="Incidence angle (deg) where the metadata lacks it.")
+@click.option("--dem-par", type=click.Path(dir_okay=False), help="LiCSBAS EQA.dem_par, if not found beside the file.")
+@click.option("--keep-zeros", is_flag=True, help="MintPy: keep exact 0.0 rates (default: they are masked pixels → NaN, except the reference pixel).")
+@click.option("--overlap", type=click.Choice(["mean", "first"]), default="mean", show_default=True, help="Where frames of one track overlap.")
+@click.option("--reproject", is_flag=True, help="Warp every source onto one grid (needed when grids differ).")
+@click.option("--target-crs", help="With --reproject: the mosaic's CRS (default: the first source's).")
+@click.option("--resolution", type=float, help="With --reproject: pixel size in target-CRS units.")
+@click.option("--chunk", type=int, default=1024, show_default=True, help="Chunk side (pixels); a multiple of the 512-px window.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@_friendly
+def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: str | None, src_crs: str | None,
+           heading: float | None, incidence: float | None, dem_par: str | None, keep_zeros: bool, overlap: str,
+           reproject: bool, target_crs: str | None, resolution: float | None, chunk: int, overwrite: bool) -> None:
+    """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
+    from .atomic import check_target
+    from .ingest import ingest as do_ingest
+    from .readers import ReadOptions, open_source
+
+    if tracks and len(tracks) not in (1, len(sources)):
+        raise ConfigError(f"--track given {len(tracks)} times for {len(sources)} sources; give it once, or once per source")
+    check_target(Path(out), overwrite=overwrite)
+    opened = []
+    for i, src in enumerate(sources):
+        name = tracks[0] if len(tracks) == 1 else tracks[i] if tracks else None
+        opts = ReadOptions(units=units, crs=src_crs, track=name, heading=heading, incidence=incidence,  # type: ignore[arg-type]
+                           keep_zeros=keep_zeros, dem_par=dem_par)
+        opened.append(open_source(src, opts))
+    t0 = time.perf_counter()
+    path = do_ingest(opened, out, reproject=reproject, crs=target_crs, resolution=resolution,
+                     overlap=overlap, chunk=chunk, overwrite=overwrite)  # type: ignore[arg-type]
+    click.echo(f"wrote {path} ({len(opened)} product(s)) in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="Output mosaic (.zarr).")
+@click.option("--truth", type=click.Path(), help="Truth inventory path (default: <out>.truth.parquet beside the store).")
+@click.option("--seed", type=int, help="Override the config's seed.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@_friendly
+def simulate(config: str, out: str, truth: str | None, seed: int | None, overwrite: bool) -> None:
+    """Simulate a basin mosaic and its truth inventory from a YAML config (samples in configs/)."""
+    from .sim.basin import simulate as do_simulate
+    from .sim.config import load_sim_config
+
+    cfg = load_sim_config(config)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": seed})
+    t0 = time.perf_counter()
+    mosaic, truth_path = do_simulate(cfg, out, truth=truth, overwrite=overwrite)
+    import geopandas as gpd
+    n = len(gpd.read_parquet(truth_path))
+    click.echo(f"wrote {mosaic} and {truth_path} ({n} landslides) in {time.perf_counter() - t0:.1f} s")
+
+
+@main.command()
+@click.argument("mosaic", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_friendly
+def info(mosaic: str, as_json: bool) -> None:
+    """Describe a basin mosaic: tracks, grid, CRS, extent, valid fraction, rate percentiles, chunks."""
+    from .mosaic import describe, open_basin
+
+    d = describe(open_basin(mosaic))
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    g = d["grid"]
+    click.echo(f"mosaic     {mosaic}")
+    click.echo(f"grid       {g['shape'][0]} x {g['shape'][1]} px, pixel {g['pixel_size'][0]:.6g} x {g['pixel_size'][1]:.6g} "
+               f"(~{g['pixel_size_m'][0]:.1f} x {g['pixel_size_m'][1]:.1f} m), CRS {g['crs']}")
+    b = g["bounds"]
+    click.echo(f"bounds     x {b[0]:.6f} .. {b[2]:.6f}, y {b[1]:.6f} .. {b[3]:.6f}")
+    click.echo(f"extent     {d['extent_km2']:.2f} km²")
+    click.echo(f"chunks     {tuple(d['chunks'])} ({d['n_chunks']} chunks), variables {', '.join(d['variables'])}")
+    for t in d["tracks"]:
+        p = t["percentiles_mm_yr"]
+        pct = "  ".join(f"{k} {v:+.2f}" for k, v in p.items() if v is not None)
+        click.echo(f"track {t['name']:<10} heading {t['heading_deg']}  incidence {t['incidence_deg']}  "
+                   f"valid {t['valid_fraction']:.1%}  |rate|>=10: {t['fraction_abs_ge_10'] or 0:.2%}")
+        click.echo(f"           rate percentiles (mm/yr): {pct}")
+
+
+@main.command()
+@click.argument("mosaic", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
+@click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory whose polygons are drawn (any vector format).")
+@click.option("--clip", type=float, help="Symmetric colour clip in mm/yr (default: 99th percentile of |rate|).")
+@click.option("--max-side", type=int, default=1600, show_default=True, help="Largest side in pixels (an overview is read above it).")
+@_friendly
+def quicklook(mosaic: str, out: str, inventory: str | None, clip: float | None, max_side: int) -> None:
+    """Render the rate map (diverging colours, symmetric clip) with inventory polygons."""
+    from .quicklook import quicklook as do_quicklook
+
+    path = do_quicklook(mosaic, out, inventory=inventory, clip=clip, max_side=max_side)
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,226 @@
+"""Ingest rate products into one basin mosaic, window by window.
+
+Frames of one track (same ``track`` name) are mosaicked onto one grid; different tracks are
+stacked on the ``track`` dimension over the union of their extents. Without reprojection all
+products must share CRS, pixel size and pixel lattice; with ``reproject=True`` every product is
+warped (bilinear, NaN-aware) onto a target grid.
+
+Overlap rule, where frames of one track overlap: ``mean`` (default) averages the valid values
+of all frames at a pixel; ``first`` keeps the first frame (in command-line order) that has a
+valid value there. NaN never wins over a value in either rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+from pyproj import CRS
+from rasterio.enums import Resampling
+from rasterio.warp import reproject as rio_reproject
+from rasterio.warp import transform_bounds
+
+from .errors import GridError
+from .grid import Grid, PixelWindow
+from .mosaic import TrackInfo, build_dataset, write_mosaic
+from .readers import RateSource
+
+log = logging.getLogger(__name__)
+
+Overlap = Literal["mean", "first"]
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    """Where every source lands: the target grid and the ordered frames of each track."""
+
+    grid: Grid
+    tracks: tuple[TrackInfo, ...]
+    frames: tuple[tuple[RateSource, ...], ...]
+    reproject: bool
+    overlap: Overlap
+
+
+def plan_ingest(
+    sources: Sequence[RateSource],
+    *,
+    reproject: bool = False,
+    crs: str | None = None,
+    resolution: float | None = None,
+    overlap: Overlap = "mean",
+) -> IngestPlan:
+    if not sources:
+        raise GridError("no input products given")
+    reproject = reproject or crs is not None or resolution is not None
+    names: list[str] = []
+    for s in sources:
+        if s.track.name not in names:
+            names.append(s.track.name)
+    frames = tuple(tuple(s for s in sources if s.track.name == n) for n in names)
+    grid = _target_grid(sources, crs=crs, resolution=resolution) if reproject else _union_grid(sources)
+    tracks = tuple(_merge_track(group) for group in frames)
+    return IngestPlan(grid, tracks, frames, reproject, overlap)
+
+
+def _union_grid(sources: Sequence[RateSource]) -> Grid:
+    ref = sources[0]
+    grid = ref.grid
+    for s in sources[1:]:
+        if not grid.aligned_with(s.grid):
+            why = _misalignment(ref.grid, s.grid)
+            raise GridError(
+                f"cannot mosaic or stack {s.path} with {ref.path}: {why}; "
+                "pass --reproject (optionally with --crs and --resolution) to warp every product onto one grid"
+            )
+        grid = grid.union(s.grid)
+    return grid
+
+
+def _misalignment(a: Grid, b: Grid) -> str:
+    if not a.same_crs(b):
+        return f"CRS {b.crs} differs from {a.crs}"
+    if not (math.isclose(a.dx, b.dx, rel_tol=1e-6) and math.isclose(a.dy, b.dy, rel_tol=1e-6)):
+        return f"pixel size ({b.dx:.6g}, {-b.dy:.6g}) differs from ({a.dx:.6g}, {-a.dy:.6g})"
+    return "pixel edges are offset by a fraction of a pixel"
+
+
+def _target_grid(sources: Sequence[RateSource], *, crs: str | None, resolution: float | None) -> Grid:
+    ref = sources[0].grid
+    dst_crs = crs or ref.crs
+    bounds = [transform_bounds(s.grid.crs, dst_crs, *s.grid.bounds, densify_pts=21) for s in sources]
+    xmin, ymin = min(b[0] for b in bounds), min(b[1] for b in bounds)
+    xmax, ymax = max(b[2] for b in bounds), max(b[3] for b in bounds)
+    if resolution is None:
+        if CRS.from_user_input(dst_crs) == CRS.from_user_input(ref.crs):
+            res_x, res_y = ref.dx, -ref.dy
+        else:  # keep the first product's pixel count across its own extent
+            b0 = bounds[0]
+            res_x = res_y = min((b0[2] - b0[0]) / ref.width, (b0[3] - b0[1]) / ref.height)
+    else:
+        res_x = res_y = float(resolution)
+    x0 = math.floor(xmin / res_x) * res_x
+    y0 = math.ceil(ymax / res_y) * res_y
+    width = math.ceil((xmax - x0) / res_x - 1e-9)
+    height = math.ceil((y0 - ymin) / res_y - 1e-9)
+    return Grid(dst_crs, x0, y0, res_x, -res_y, height, width)
+
+
+def _merge_track(group: Sequence[RateSource]) -> TrackInfo:
+    first = group[0].track
+    headings = [s.track.heading for s in group if not math.isnan(s.track.heading)]
+    incidences = [s.track.incidence for s in group if not math.isnan(s.track.incidence)]
+    starts = [s.track.start_date for s in group if s.track.start_date]
+    ends = [s.track.end_date for s in group if s.track.end_date]
+    return replace(
+        first,
+        heading=float(np.mean(headings)) if headings else float("nan"),
+        incidence=float(np.mean(incidences)) if incidences else float("nan"),
+        start_date=min(starts) if starts else "",
+        end_date=max(ends) if ends else "",
+        sources=tuple(s.path for s in group),
+    )
+
+
+# ---------------------------------------------------------------------------- reading
+
+def read_block(plan: IngestPlan, track: int, win: PixelWindow) -> np.ndarray:
+    """Mosaic of one track over ``win`` of the target grid (float32 mm/yr, NaN = no data)."""
+    total = np.zeros((win.rows, win.cols), dtype="float64")
+    count = np.zeros((win.rows, win.cols), dtype="int32")
+    out = np.full((win.rows, win.cols), np.nan, dtype="float32")
+    for src in plan.frames[track]:
+        piece = _warp(src, plan.grid, win) if plan.reproject else _aligned(src, plan.grid, win)
+        if piece is None:
+            continue
+        valid = np.isfinite(piece)
+        if plan.overlap == "first":
+            fill = valid & np.isnan(out)
+            out[fill] = piece[fill]
+        else:
+            total[valid] += piece[valid]
+            count[valid] += 1
+    if plan.overlap == "mean":
+        has = count > 0
+        out[has] = (total[has] / count[has]).astype("float32")
+    return out
+
+
+def _aligned(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
+    r, c = grid.offset_of(src.grid)
+    src_in_target = PixelWindow(r, c, src.grid.height, src.grid.width)
+    inter = win.intersection(src_in_target)
+    if inter is None:
+        return None
+    data = src.read(inter.shift(-r, -c))
+    piece = np.full((win.rows, win.cols), np.nan, dtype="float32")
+    piece[inter.row0 - win.row0:inter.row1 - win.row0, inter.col0 - win.col0:inter.col1 - win.col0] = data
+    return piece
+
+
+def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
+    dst = grid.window_grid(win)
+    b = transform_bounds(grid.crs, src.grid.crs, *dst.bounds, densify_pts=21)
+    sw = src.grid.window_of_bounds(*b)
+    if sw.rows == 0 or sw.cols == 0:
+        return None
+    margin = 2
+    sw = PixelWindow(max(0, sw.row0 - margin), max(0, sw.col0 - margin), 0, 0)
+    r1 = min(src.grid.height, src.grid.window_of_bounds(*b).row1 + margin)
+    c1 = min(src.grid.width, src.grid.window_of_bounds(*b).col1 + margin)
+    sw = PixelWindow(sw.row0, sw.col0, r1 - sw.row0, c1 - sw.col0)
+    data = src.read(sw)
+    out = np.full(dst.shape, np.nan, dtype="float32")
+    rio_reproject(
+        source=data, destination=out,
+        src_transform=src.grid.window_grid(sw).transform, src_crs=src.grid.crs,
+        dst_transform=dst.transform, dst_crs=grid.crs,
+        src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.bilinear,
+    )
+    return out
+
+
+def _block(plan: IngestPlan, block_info: dict | None = None) -> np.ndarray:
+    assert block_info is not None
+    (t0, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
+    return read_block(plan, t0, PixelWindow(r0, c0, r1 - r0, c1 - c0))[None]
+
+
+def lazy_mosaic(plan: IngestPlan, *, chunk: int) -> da.Array:
+    """The mosaic as a Dask array ``(track, y, x)``: each chunk reads only its own windows."""
+    h, w = plan.grid.shape
+    chunks = ((1,) * len(plan.tracks), _split(h, chunk), _split(w, chunk))
+    return da.map_blocks(_block, plan, dtype="float32", chunks=chunks, meta=np.empty((0, 0, 0), "float32"))
+
+
+def _split(n: int, chunk: int) -> tuple[int, ...]:
+    return tuple(min(chunk, n - i) for i in range(0, n, chunk))
+
+
+def ingest(
+    sources: Sequence[RateSource],
+    out: str | Path,
+    *,
+    reproject: bool = False,
+    crs: str | None = None,
+    resolution: float | None = None,
+    overlap: Overlap = "mean",
+    chunk: int = 1024,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``sources`` as one basin mosaic at ``out`` (all or nothing)."""
+    plan = plan_ingest(sources, reproject=reproject, crs=crs, resolution=resolution, overlap=overlap)
+    log.info("ingest: %d product(s), %d track(s), grid %s x %s in %s", len(sources), len(plan.tracks), *plan.grid.shape, plan.grid.crs)
+    rate = lazy_mosaic(plan, chunk=chunk)
+    products = sorted({s.product for s in sources})
+    ds = build_dataset(rate, plan.grid, plan.tracks, attrs={
+        "product": ",".join(products),
+        "overlap_rule": overlap,
+        "reprojected": int(plan.reproject),
+    })
+    return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite)

@@ -1,0 +1,121 @@
+"""The landslide inventory (DESIGN.md contract 2): schema, statistics from the mosaic, I/O.
+
+One row per landslide, GeoParquet in the mosaic's CRS. ``tracks`` is a comma-separated list
+of track names. Rate statistics are measured on the mosaic inside each polygon, on the track
+with the largest 95th-percentile |rate| there (named in ``rate_track``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import xarray as xr
+from rasterio.features import geometry_mask
+
+from .atomic import atomic_path
+from .errors import InputError
+from .grid import Grid
+from .mosaic import RATE, grid_of
+
+COLUMNS = ["slide_id", "method", "score", "tracks", "area_m2", "rate_mean", "rate_p95_abs",
+           "valid_fraction", "rate_track", "run_id", "model_id", "geometry"]
+METHODS = ("faster_rcnn", "hotspot", "kmeans", "truth")
+META_KEY = b"insar_slide"
+
+
+def empty_inventory(crs: str) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({c: pd.Series(dtype="float64" if c in ("score", "area_m2", "rate_mean", "rate_p95_abs", "valid_fraction") else "object")
+                             for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, pad: int = 1) -> pd.DataFrame:
+    """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per-track valid fraction.
+
+    Reads only each polygon's bounding window from the (lazy) mosaic. ``geoms`` must be in the
+    mosaic CRS. Pixels whose centre is inside the polygon count (``all_touched=False``).
+    """
+    grid = grid_of(ds)
+    tracks = [str(t) for t in ds["track"].values]
+    rows: list[dict[str, Any]] = []
+    for geom in geoms:
+        rows.append(_stats_one(ds, grid, tracks, geom, pad))
+    return pd.DataFrame(rows)
+
+
+def _stats_one(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, pad: int) -> dict[str, Any]:
+    xmin, ymin, xmax, ymax = geom.bounds
+    win = grid.window_of_bounds(xmin, ymin, xmax, ymax)
+    nan_row: dict[str, Any] = {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": ""}
+    for t in tracks:
+        nan_row[f"valid_fraction_{t}"] = 0.0
+    if win.rows == 0 or win.cols == 0:
+        return nan_row
+    rs, cs = win.slices()
+    block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
+    inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=grid.window_grid(win).transform, invert=False)
+    if not inside.any():  # tiny polygon: take the pixel under its centroid
+        inside = ~geometry_mask([geom.centroid.buffer(abs(grid.dx) * 0.5)], out_shape=(win.rows, win.cols),
+                                transform=grid.window_grid(win).transform, all_touched=True)
+    n = int(inside.sum())
+    best, best_p95 = -1, -1.0
+    out = dict(nan_row)
+    for k, t in enumerate(tracks):
+        vals = block[k][inside]
+        ok = np.isfinite(vals)
+        out[f"valid_fraction_{t}"] = float(ok.sum() / n) if n else 0.0
+        if ok.any():
+            p95 = float(np.percentile(np.abs(vals[ok]), 95))
+            if p95 > best_p95:
+                best, best_p95 = k, p95
+    if best >= 0:
+        vals = block[best][inside]
+        ok = np.isfinite(vals)
+        out.update(rate_mean=float(vals[ok].mean()), rate_p95_abs=best_p95, valid_fraction=float(ok.sum() / n),
+                   rate_track=tracks[best])
+    return out
+
+
+def write_inventory(gdf: gpd.GeoDataFrame, path: str | Path, *, metadata: Mapping[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write an inventory as GeoParquet, atomically, with file-level JSON metadata."""
+    missing = [c for c in COLUMNS if c not in gdf.columns]
+    if missing:
+        raise ValueError(f"inventory lacks columns {missing}")
+    bad = set(gdf["method"].dropna()) - set(METHODS)
+    if bad:
+        raise ValueError(f"unknown method(s) {sorted(bad)}; allowed: {METHODS}")
+    target = Path(path)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        import pyarrow.parquet as pq
+        gdf.to_parquet(tmp, index=False)
+        table = pq.read_table(tmp)
+        meta = dict(table.schema.metadata or {})
+        meta[META_KEY] = json.dumps(dict(metadata or {}), default=str).encode()
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+    return target
+
+
+def read_inventory(path: str | Path) -> gpd.GeoDataFrame:
+    """Read any inventory: GeoParquet, or any vector file geopandas reads."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such inventory file")
+    try:
+        if p.suffix.lower() in (".parquet", ".geoparquet"):
+            return gpd.read_parquet(p)
+        return gpd.read_file(p)
+    except Exception as exc:
+        raise InputError(f"{p}: cannot read as a vector inventory ({exc})") from exc
+
+
+def inventory_metadata(path: str | Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(META_KEY)
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,249 @@
+"""The basin mosaic store (DESIGN.md contract 1): build, write, open, describe.
+
+A Zarr v3 group with ``los_rate`` (float32, dims ``(track, y, x)``, mm/yr, positive toward
+the satellite, NaN = no measurement), per-track ``heading`` / ``incidence`` coordinates,
+CRS and transform written the rioxarray way, chunks aligned to the window grid, consolidated
+metadata, and block-mean overviews in sub-groups ``overviews/<factor>`` for quick looks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+import zarr
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import StoreError
+from .grid import Grid
+
+log = logging.getLogger(__name__)
+
+RATE = "los_rate"
+OVERVIEW_GROUP = "overviews"
+OVERVIEW_FACTOR = 4
+OVERVIEW_MIN_SIZE = 256
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    """One viewing geometry: ``asc_099``, ``desc_062``…; angles in degrees (NaN if unknown)."""
+
+    name: str
+    heading: float = float("nan")
+    incidence: float = float("nan")
+    start_date: str = ""
+    end_date: str = ""
+    sources: tuple[str, ...] = field(default_factory=tuple)
+
+
+def build_dataset(
+    rate: da.Array,
+    grid: Grid,
+    tracks: Sequence[TrackInfo],
+    *,
+    extra: Mapping[str, da.Array] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Wrap a lazy ``(track, y, x)`` rate array and optional 2-D layers as a mosaic Dataset."""
+    if rate.ndim != 3 or rate.shape[1:] != grid.shape or rate.shape[0] != len(tracks):
+        raise ValueError(f"rate shape {rate.shape} does not match {len(tracks)} tracks on a {grid.shape} grid")
+    coords = {
+        "track": ("track", np.array([t.name for t in tracks], dtype=object)),
+        "heading": ("track", np.array([t.heading for t in tracks], dtype="float64"), {"units": "degree", "long_name": "satellite heading, clockwise from north"}),
+        "incidence": ("track", np.array([t.incidence for t in tracks], dtype="float64"), {"units": "degree", "long_name": "incidence angle at the scene centre"}),
+        "start_date": ("track", np.array([t.start_date for t in tracks], dtype=object)),
+        "end_date": ("track", np.array([t.end_date for t in tracks], dtype=object)),
+        "y": ("y", grid.y_coords()),
+        "x": ("x", grid.x_coords()),
+    }
+    data_vars: dict[str, Any] = {
+        RATE: (("track", "y", "x"), rate.astype("float32"), {
+            "units": "mm/yr",
+            "long_name": "line-of-sight deformation rate",
+            "positive": "toward the satellite",
+        }),
+    }
+    for name, arr in (extra or {}).items():
+        data_vars[name] = (("y", "x"), arr.astype("float32"))
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs.update({
+        "insar_slide_version": __version__,
+        "sources": json.dumps({t.name: list(t.sources) for t in tracks}),
+        **(attrs or {}),
+    })
+    ds = ds.rio.write_crs(grid.crs).rio.write_transform(grid.transform).set_coords("spatial_ref")
+    ds["x"].attrs.update({"units": "metre" if not grid.is_geographic() else "degrees_east"})
+    ds["y"].attrs.update({"units": "metre" if not grid.is_geographic() else "degrees_north"})
+    return ds
+
+
+def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: bool = False) -> Path:
+    """Write ``ds`` as a consolidated Zarr v3 store, all or nothing, with overviews.
+
+    ``ds`` may be lazy (Dask): it is computed chunk by chunk while writing, so memory is
+    bounded by a few chunks per thread whatever the mosaic's size.
+    """
+    target = Path(path)
+    ds = ds.copy()
+    for var in list(ds.data_vars):
+        chunks = {d: (1 if d == "track" else chunk) for d in ds[var].dims}
+        ds[var] = ds[var].chunk(chunks)
+        ds[var].encoding.pop("chunks", None)
+        # List spatial_ref among the coordinates so that a plain ``xarray.open_zarr``
+        # gives ``ds.los_rate.rio.crs`` (CF encoding would otherwise drop it).
+        coords = [str(c) for c in ds[var].coords if c not in ds[var].dims]
+        ds[var].encoding["coordinates"] = " ".join(sorted(coords))
+    with atomic_path(target, overwrite=overwrite) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
+        _write_overviews(tmp)
+        zarr.consolidate_metadata(str(tmp))
+        # Check it opens as a user would before moving it into place.
+        xr.open_zarr(tmp, consolidated=True).close()
+    return target
+
+
+def _write_overviews(store: Path) -> None:
+    """Block-mean pyramids of ``los_rate`` (factors 4, 16, 64, …) for quick looks.
+
+    Each level is computed from the previous one, so the full-resolution array is read once.
+    Coordinates are the exact centres of the (padded) blocks on the full-resolution lattice.
+    """
+    full = xr.open_zarr(store, consolidated=False)
+    x0 = float(full["x"][0]) - float(full["x"][1] - full["x"][0]) / 2 if full.sizes["x"] > 1 else float(full["x"][0])
+    y0 = float(full["y"][0]) - float(full["y"][1] - full["y"][0]) / 2 if full.sizes["y"] > 1 else float(full["y"][0])
+    dx = float(full["x"][1] - full["x"][0]) if full.sizes["x"] > 1 else 1.0
+    dy = float(full["y"][1] - full["y"][0]) if full.sizes["y"] > 1 else -1.0
+    src = full[RATE].drop_vars([c for c in full[RATE].coords if c not in ("track", "x", "y")])
+    factor = 1
+    while min(src.sizes["y"], src.sizes["x"]) >= 2 * OVERVIEW_FACTOR:
+        level = src.coarsen(y=OVERVIEW_FACTOR, x=OVERVIEW_FACTOR, boundary="pad").mean()
+        factor *= OVERVIEW_FACTOR
+        level = level.assign_coords(
+            x=x0 + (np.arange(level.sizes["x"]) + 0.5) * dx * factor,
+            y=y0 + (np.arange(level.sizes["y"]) + 0.5) * dy * factor,
+        ).chunk({"track": 1, "y": 1024, "x": 1024})
+        level.attrs = {"units": "mm/yr", "overview_factor": factor}
+        level.encoding = {}
+        group = f"{OVERVIEW_GROUP}/{factor}"
+        level.to_dataset(name=RATE).to_zarr(store, group=group, mode="w", zarr_format=3, consolidated=False)
+        src = xr.open_zarr(store, group=group, consolidated=False)[RATE]
+        if min(src.sizes["y"], src.sizes["x"]) < OVERVIEW_MIN_SIZE:
+            break
+
+
+def open_basin(path: str | Path) -> xr.Dataset:
+    """Open a basin mosaic lazily (Dask-backed), checking it follows contract 1."""
+    p = str(path)
+    if "://" not in p and not Path(p).exists():
+        raise StoreError(f"no basin mosaic at {p}; create one with `insar-slide ingest` or `insar-slide simulate`")
+    try:
+        ds = xr.open_zarr(p, consolidated=None)
+    except Exception as exc:  # zarr raises several types for a non-store
+        raise StoreError(f"{p} is not a readable Zarr store ({exc}); was it written by insar-slide?") from exc
+    if RATE not in ds or ds[RATE].dims != ("track", "y", "x"):
+        raise StoreError(f"{p} has no '{RATE}(track, y, x)' variable; it is not a basin mosaic")
+    return ds
+
+
+def grid_of(ds: xr.Dataset) -> Grid:
+    """The :class:`Grid` of a mosaic Dataset."""
+    t = ds.rio.transform(recalc=False)
+    crs = ds.rio.crs
+    if crs is None:
+        raise StoreError("the mosaic has no CRS (no 'spatial_ref' variable); re-ingest it")
+    return Grid.from_transform(crs.to_string(), t, ds.sizes["y"], ds.sizes["x"], source="mosaic")
+
+
+def overview_factors(path: str | Path) -> list[int]:
+    """Overview factors stored beside the mosaic (ascending), [] if none."""
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        grp = root[OVERVIEW_GROUP]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return []
+    return sorted(int(k) for k in grp.group_keys())
+
+
+def open_overview(path: str | Path, factor: int) -> xr.DataArray:
+    return xr.open_zarr(str(path), group=f"{OVERVIEW_GROUP}/{factor}", consolidated=False)[RATE]
+
+
+# ---------------------------------------------------------------------------- describe
+
+_HIST_RANGE = (-2000.0, 2000.0)
+_HIST_BIN = 0.05
+
+
+def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75, 95, 99)) -> dict[str, Any]:
+    """Summary of a mosaic, computed lazily with Dask in one pass over the data.
+
+    Percentiles come from a histogram with 0.05 mm/yr bins over ±2000 mm/yr (values outside
+    are counted in the edge bins), so they are exact to 0.05 mm/yr with bounded memory.
+    """
+    grid = grid_of(ds)
+    rate = ds[RATE].data
+    nbins = int(round((_HIST_RANGE[1] - _HIST_RANGE[0]) / _HIST_BIN))
+    edges = np.linspace(*_HIST_RANGE, nbins + 1)
+    hists, valids = [], []
+    for i in range(rate.shape[0]):
+        band = rate[i]
+        clipped = da.clip(band, _HIST_RANGE[0], _HIST_RANGE[1] - _HIST_BIN / 2)
+        h, _ = da.histogram(clipped, bins=edges)
+        hists.append(h)
+        valids.append(da.isfinite(band).sum())
+    hists_np, valids_np = da.compute(hists, valids)
+    centres = (edges[:-1] + edges[1:]) / 2
+    tracks = []
+    for i, name in enumerate(ds["track"].values.tolist()):
+        h = np.asarray(hists_np[i])
+        n = int(valids_np[i])
+        cdf = np.cumsum(h)
+        pct = {}
+        for q in percentiles:
+            if n == 0:
+                pct[f"p{q:g}"] = None
+            else:
+                k = int(np.searchsorted(cdf, q / 100 * n, side="left"))
+                pct[f"p{q:g}"] = round(float(centres[min(k, nbins - 1)]), 2)
+        above10 = int(h[np.abs(centres) >= 10].sum())
+        tracks.append({
+            "name": str(name),
+            "heading_deg": _num(ds["heading"].values[i]) if "heading" in ds.coords else None,
+            "incidence_deg": _num(ds["incidence"].values[i]) if "incidence" in ds.coords else None,
+            "valid_fraction": round(n / (grid.height * grid.width), 4),
+            "fraction_abs_ge_10": round(above10 / n, 4) if n else None,
+            "percentiles_mm_yr": pct,
+        })
+    chunks = ds[RATE].encoding.get("chunks") or tuple(c[0] for c in ds[RATE].chunks)
+    return {
+        "tracks": tracks,
+        "grid": {
+            "shape": list(grid.shape),
+            "crs": grid.crs,
+            "pixel_size": [grid.dx, -grid.dy],
+            "pixel_size_m": [round(v, 2) for v in grid.pixel_size_m()],
+            "bounds": list(grid.bounds),
+        },
+        "extent_km2": round(grid.area_km2(), 2),
+        "chunks": list(chunks),
+        "n_chunks": int(np.prod([len(c) for c in ds[RATE].chunks])),
+        "variables": sorted(str(v) for v in ds.data_vars),
+        "attrs": {k: v for k, v in ds.attrs.items() if k in ("insar_slide_version", "product", "seed", "time_span")},
+    }
+
+
+def _num(v: Any) -> float | None:
+    f = float(v)
+    return None if np.isnan(f) else round(f, 3)

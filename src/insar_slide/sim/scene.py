@@ -1,0 +1,581 @@
+"""A synthetic basin as pure functions of global pixel position.
+
+:func:`build_scene` makes the cheap, global part once — grid, river line, viewing geometry
+and the catalogue of landslides and other deforming objects (a few thousand rows even for a
+32k × 32k basin). :func:`render` then produces any window of the rate mosaic and DEM from the
+scene alone, so windows can be rendered independently, in any order, on any worker, and
+agree exactly where they meet.
+
+Layers of a track's LOS rate (mm/yr, positive toward the satellite):
+landslides (downslope motion projected on the LOS) + subsidence bowls + frost heave + glacier
+flow + unwrapping-error patches + turbulent and stratified atmosphere + ramp + pixel noise;
+then decorrelation, layover and shadow holes (NaN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import shapely
+from pyproj import CRS, Transformer
+from scipy.spatial import cKDTree
+from scipy.stats import norm
+
+from ..grid import Grid, PixelWindow
+from .config import SimConfig, track_geometry
+from .geometry import downslope_motion, gradient_en, look_direction, los_unit_vector
+from .noise import SPLINE_STD, fbm_grid, fbm_points, hash_normal, hash_uniform, spline_grid, spline_points
+
+# Noise streams (one per independent field).
+S_RELIEF, S_TRIB, S_CAND, S_SLIDE, S_TEX, S_BOWL, S_GLACIER, S_FROST = 1, 2, 3, 4, 5, 6, 7, 8
+S_UNW, S_TURB, S_STORM, S_PIX, S_DEC, S_DEC_T, S_TRACK, S_RIVER = 9, 10, 11, 12, 13, 14, 15, 16
+
+CELL = 256  # catalogue cell side, px
+DIST_NODE = 8  # river-distance lattice spacing, px
+SENTINEL_WAVELENGTH_MM = 55.46
+
+
+@dataclass(frozen=True)
+class SceneTrack:
+    name: str
+    heading: float
+    incidence: float
+    los: np.ndarray  # (east, north, up), ground to satellite
+    look: np.ndarray  # (east, north), satellite to ground
+    strat_k: float  # mm/yr per km of elevation
+    ramp: tuple[float, float]  # mm/yr per 100 km, (east, north)
+
+
+@dataclass(frozen=True)
+class Objects:
+    """A catalogue of deforming objects, one row per object (arrays of equal length).
+
+    ``row``, ``col``: centre (global pixel index space); ``a``, ``b``: half-length along
+    ``(ue, ur)`` (unit vector in (col, row) pixel axes) and half-width, px; ``speed``: mm/yr;
+    ``motion``: (n, 3) unit motion vector (east, north, up); ``kid``: an integer id that seeds
+    the object's shape and texture; ``track``: -1 for all tracks, else the track index.
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    ue: np.ndarray
+    ur: np.ndarray
+    speed: np.ndarray
+    motion: np.ndarray
+    kid: np.ndarray
+    track: np.ndarray
+    slope_deg: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Objects:
+        z = np.zeros(0)
+        return cls(z, z, z, z, z, z, z, np.zeros((0, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), z)
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def take(self, idx: np.ndarray) -> Objects:
+        return Objects(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+    def radius(self) -> np.ndarray:
+        """Bounding radius in px (shape harmonics add at most 36 %)."""
+        return np.maximum(self.a, self.b) * 1.4 + 2
+
+    def in_window(self, win: PixelWindow, pad: float = 0.0) -> np.ndarray:
+        r = self.radius() + pad
+        return np.nonzero((self.row + r >= win.row0) & (self.row - r < win.row1)
+                          & (self.col + r >= win.col0) & (self.col - r < win.col1))[0]
+
+
+@dataclass(frozen=True)
+class Scene:
+    cfg: SimConfig
+    grid: Grid
+    river_rc: np.ndarray  # (n, 2) river vertices as (row, col) in pixel index space
+    tracks: tuple[SceneTrack, ...]
+    slides: Objects
+    bowls: Objects
+    glaciers: Objects
+    unwrap: Objects
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    @property
+    def px(self) -> float:
+        return self.cfg.grid.pixel_size
+
+
+# ---------------------------------------------------------------------------- the grid and river
+
+def _utm_epsg(lon: float, lat: float) -> str:
+    zone = int((lon + 180) // 6) + 1
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
+def _make_grid_and_river(cfg: SimConfig) -> tuple[Grid, np.ndarray]:
+    g = cfg.grid
+    lon, lat = g.centre
+    crs = g.crs or _utm_epsg(lon, lat)
+    if not CRS.from_user_input(crs).is_projected:
+        from ..errors import ConfigError
+        raise ConfigError(f"grid.crs: {crs} is not projected; the simulator needs metres (e.g. a UTM zone), or leave it out")
+    to_map = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    h, w = g.shape
+    if cfg.river.wkt:
+        line_ll = shapely.from_wkt(open(cfg.river.wkt).read())
+        xs, ys = to_map.transform(*np.asarray(line_ll.coords).T)
+        line = shapely.LineString(np.column_stack([xs, ys]))
+        cx, cy = to_map.transform(lon, lat)
+        if cfg.river.centre_on_river:
+            p = line.interpolate(line.project(shapely.Point(cx, cy)))
+            cx, cy = p.x, p.y
+        cx, cy = round(cx / g.pixel_size) * g.pixel_size, round(cy / g.pixel_size) * g.pixel_size
+        grid = Grid(crs, cx - w / 2 * g.pixel_size, cy + h / 2 * g.pixel_size, g.pixel_size, -g.pixel_size, h, w)
+        margin = (cfg.terrain.valley_halfwidth_m + 20 * g.pixel_size)
+        xmin, ymin, xmax, ymax = grid.bounds
+        box = shapely.box(xmin - margin, ymin - margin, xmax + margin, ymax + margin)
+        clipped = line.intersection(box)
+        parts = list(getattr(clipped, "geoms", [clipped]))
+        coords = np.concatenate([np.asarray(pt.coords) for pt in parts if not pt.is_empty]) if parts and not clipped.is_empty else np.zeros((0, 2))
+        # Keep the parts as separate polylines by inserting NaN rows between them.
+        segs = []
+        for part in parts:
+            if part.is_empty:
+                continue
+            segs.append(np.asarray(part.coords))
+            segs.append(np.full((1, 2), np.nan))
+        coords = np.concatenate(segs) if segs else np.zeros((0, 2))
+        rc = np.column_stack([(grid.y0 - coords[:, 1]) / g.pixel_size - 0.5, (coords[:, 0] - grid.x0) / g.pixel_size - 0.5])
+        return grid, rc
+    cx, cy = to_map.transform(lon, lat)
+    cx, cy = round(cx / g.pixel_size) * g.pixel_size, round(cy / g.pixel_size) * g.pixel_size
+    grid = Grid(crs, cx - w / 2 * g.pixel_size, cy + h / 2 * g.pixel_size, g.pixel_size, -g.pixel_size, h, w)
+    # A synthetic meandering river from the northern to the southern edge.
+    step = max(4.0, 200.0 / g.pixel_size)
+    rows = np.arange(-200.0, h + 200.0, step)
+    u = [hash_uniform(cfg.seed, S_RIVER, np.array(k), np.array(0)) for k in range(6)]
+    wl1, wl2 = 60_000 / g.pixel_size * (1 + 0.3 * u[0]), 14_000 / g.pixel_size * (1 + 0.3 * u[1])
+    amp1, amp2 = 0.12 * w * (1 + 0.3 * u[2]), 25_00 / g.pixel_size * (1 + 0.3 * u[3])
+    cols = w / 2 + amp1 * np.sin(2 * np.pi * rows / wl1 + 3 * u[4]) + amp2 * np.sin(2 * np.pi * rows / wl2 + 3 * u[5])
+    return grid, np.column_stack([rows, cols])
+
+
+def _segments_near(river_rc: np.ndarray, r0: float, r1: float, c0: float, c1: float, margin: float) -> np.ndarray:
+    """(m, 4) segments (ra, ca, rb, cb) whose bounding box comes within ``margin`` of the box."""
+    if len(river_rc) < 2:
+        return np.zeros((0, 4))
+    a, b = river_rc[:-1], river_rc[1:]
+    ok = np.isfinite(a).all(1) & np.isfinite(b).all(1)
+    lo_r, hi_r = np.minimum(a[:, 0], b[:, 0]), np.maximum(a[:, 0], b[:, 0])
+    lo_c, hi_c = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+    ok &= (hi_r >= r0 - margin) & (lo_r <= r1 + margin) & (hi_c >= c0 - margin) & (lo_c <= c1 + margin)
+    return np.column_stack([a[ok], b[ok]])
+
+
+def _distance_to_segments(pr: np.ndarray, pc: np.ndarray, segs: np.ndarray, cap: float) -> np.ndarray:
+    """Distance (px) from points to the nearest segment, capped at ``cap``."""
+    d = np.full(pr.shape, cap, dtype=np.float64)
+    for ra, ca, rb, cb in segs:
+        vr, vc = rb - ra, cb - ca
+        L2 = vr * vr + vc * vc
+        t = np.clip(((pr - ra) * vr + (pc - ca) * vc) / L2, 0.0, 1.0) if L2 > 0 else np.zeros_like(pr)
+        dd = np.hypot(pr - (ra + t * vr), pc - (ca + t * vc))
+        d = np.minimum(d, dd)
+    return d
+
+
+def _river_distance(scene: Scene, rows: np.ndarray, cols: np.ndarray, grid_mode: bool) -> np.ndarray:
+    """Distance to the river in metres, bilinear from a lattice of nodes every DIST_NODE px.
+
+    ``grid_mode``: ``rows``/``cols`` are 1-D axes of a grid; else scattered points.
+    """
+    cap = scene.cfg.terrain.valley_halfwidth_m / scene.px + 4 * DIST_NODE
+    nr0, nr1 = int(np.floor(rows.min() / DIST_NODE)), int(np.floor(rows.max() / DIST_NODE)) + 1
+    nc0, nc1 = int(np.floor(cols.min() / DIST_NODE)), int(np.floor(cols.max() / DIST_NODE)) + 1
+    segs = _segments_near(scene.river_rc, nr0 * DIST_NODE, nr1 * DIST_NODE, nc0 * DIST_NODE, nc1 * DIST_NODE, cap + DIST_NODE)
+    if grid_mode:
+        NR, NC = np.meshgrid(np.arange(nr0, nr1 + 1) * DIST_NODE, np.arange(nc0, nc1 + 1) * DIST_NODE, indexing="ij")
+        nodes = _distance_to_segments(NR.astype(float), NC.astype(float), segs, cap)
+        ur, uc = rows / DIST_NODE, cols / DIST_NODE
+        ir, ic = np.floor(ur).astype(int), np.floor(uc).astype(int)
+        tr, tc = (ur - ir)[:, None], (uc - ic)[None, :]
+        jr, jc = ir - nr0, ic - nc0
+        top = nodes[jr][:, jc] * (1 - tc) + nodes[jr][:, jc + 1] * tc
+        bot = nodes[jr + 1][:, jc] * (1 - tc) + nodes[jr + 1][:, jc + 1] * tc
+        return (top * (1 - tr) + bot * tr) * scene.px
+    ur, uc = rows / DIST_NODE, cols / DIST_NODE
+    ir, ic = np.floor(ur), np.floor(uc)
+    tr, tc = ur - ir, uc - ic
+
+    def node(dr: int, dc: int) -> np.ndarray:
+        return _distance_to_segments((ir + dr) * DIST_NODE, (ic + dc) * DIST_NODE, segs, cap)
+
+    top = node(0, 0) * (1 - tc) + node(0, 1) * tc
+    bot = node(1, 0) * (1 - tc) + node(1, 1) * tc
+    return (top * (1 - tr) + bot * tr) * scene.px
+
+
+# ---------------------------------------------------------------------------- terrain
+
+def _relief_args(scene: Scene) -> dict[str, float]:
+    return {"largest": 40_000 / scene.px, "smallest": 2.0, "hurst": 0.85}
+
+
+def _compose_elevation(scene: Scene, relief: np.ndarray, trib: np.ndarray, dist_m: np.ndarray) -> np.ndarray:
+    t = scene.cfg.terrain
+    floor_m = 250.0
+    s = np.clip((dist_m - floor_m) / t.valley_halfwidth_m, 0.0, 1.0)
+    incision = t.valley_depth_m * (1.0 - s) ** 1.6
+    # Tributary valleys along the zero lines of a smooth noise field.
+    v = 1.0 - np.minimum(1.0, np.abs(trib) / (0.35 * SPLINE_STD))
+    tributaries = t.tributary_depth_m * v * v * s  # fade out toward the main valley floor
+    return t.plateau_m + t.relief_m * relief * (0.4 + 0.6 * s) - incision - tributaries
+
+
+def elevation_grid(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    relief = fbm_grid(scene.seed, S_RELIEF, rows, cols, **_relief_args(scene))
+    trib = spline_grid(scene.seed, S_TRIB, rows, cols, 5000 / scene.px)
+    return _compose_elevation(scene, relief, trib, _river_distance(scene, rows, cols, True))
+
+
+def elevation_points(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    relief = fbm_points(scene.seed, S_RELIEF, rows, cols, **_relief_args(scene))
+    trib = spline_points(scene.seed, S_TRIB, rows, cols, 5000 / scene.px)
+    return _compose_elevation(scene, relief, trib, _river_distance(scene, rows, cols, False))
+
+
+def terrain_at_points(scene: Scene, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(elevation m, dz/deast, dz/dnorth) at integer pixel positions (central differences)."""
+    rr = np.concatenate([rows, rows, rows - 1, rows + 1, rows])
+    cc = np.concatenate([cols - 1, cols + 1, cols, cols, cols])
+    z = elevation_points(scene, rr.astype(float), cc.astype(float))
+    n = len(rows)
+    ge = (z[n:2 * n] - z[:n]) / (2 * scene.px)
+    gn = -(z[3 * n:4 * n] - z[2 * n:3 * n]) / (2 * scene.px)
+    return z[4 * n:], ge, gn
+
+
+# ---------------------------------------------------------------------------- catalogues
+
+def _poisson_counts(u: np.ndarray, lam: float) -> np.ndarray:
+    """Poisson counts by inverse CDF from uniforms in [0, 1)."""
+    counts = np.zeros(u.shape, dtype=np.int64)
+    if lam <= 0:
+        return counts
+    p = math.exp(-lam)
+    cdf = p
+    k = 0
+    while k < 200:
+        counts += (u >= cdf).astype(np.int64)
+        k += 1
+        p *= lam / k
+        cdf += p
+        if cdf > 1 - 1e-12:
+            break
+    return counts
+
+
+def _candidates(scene: Scene, stream: int, per_km2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate sites (row, col, id) with the given density, hashed per catalogue cell."""
+    h, w = scene.grid.shape
+    gi, gj = np.meshgrid(np.arange(-(-h // CELL)), np.arange(-(-w // CELL)), indexing="ij")
+    gi, gj = gi.ravel(), gj.ravel()
+    lam = per_km2 * (CELL * scene.px / 1000) ** 2
+    counts = _poisson_counts((hash_uniform(scene.seed, stream, gi, gj) + 1) / 2, lam)
+    ci, cj = np.repeat(gi, counts), np.repeat(gj, counts)
+    k = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+    sub = k * 1_000_003 + ci * 7919
+    r = ci * CELL + (hash_uniform(scene.seed, stream + 100, sub, cj) + 1) / 2 * CELL
+    c = cj * CELL + (hash_uniform(scene.seed, stream + 200, sub, cj) + 1) / 2 * CELL
+    r, c = np.floor(r).astype(np.int64), np.floor(c).astype(np.int64)
+    keep = (r < h) & (c < w)
+    ids = (ci * 100_003 + cj) * 1000 + k
+    return r[keep], c[keep], ids[keep]
+
+
+def _u01(scene: Scene, stream: int, ids: np.ndarray, j: int) -> np.ndarray:
+    return (hash_uniform(scene.seed, stream, ids, np.full(ids.shape, j)) + 1) / 2
+
+
+def _motion_frame(ge: np.ndarray, gn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    me, mn, mu = downslope_motion(ge, gn)
+    hnorm = np.hypot(me, mn)
+    hnorm = np.where(hnorm > 0, hnorm, 1.0)
+    # Downslope direction in (col, row) pixel axes: east = +col, north = -row.
+    return np.column_stack([me, mn, mu]), me / hnorm, -mn / hnorm
+
+
+def _slides(scene: Scene) -> Objects:
+    L = scene.cfg.landslides
+    r, c, ids = _candidates(scene, S_CAND, L.density_per_100km2 / 100)
+    if len(r) == 0:
+        return Objects.empty()
+    z, ge, gn = terrain_at_points(scene, r, c)
+    slope = np.degrees(np.arctan(np.hypot(ge, gn)))
+    ok = (slope >= L.slope_deg[0]) & (slope <= L.slope_deg[1])
+    r, c, ids, ge, gn, slope = r[ok], c[ok], ids[ok], ge[ok], gn[ok], slope[ok]
+    lo, hi = L.size_px
+    length = np.exp(np.log(lo) + _u01(scene, S_SLIDE, ids, 0) ** 1.6 * (np.log(hi) - np.log(lo)))
+    width = length * (0.45 + 0.55 * _u01(scene, S_SLIDE, ids, 1))
+    vlo, vhi = L.speed_mm_yr
+    faint = _u01(scene, S_SLIDE, ids, 2) < L.faint_fraction
+    fast = np.exp(np.log(max(vlo, 20.0)) + _u01(scene, S_SLIDE, ids, 3) * (np.log(vhi) - np.log(max(vlo, 20.0))))
+    speed = np.where(faint, vlo + _u01(scene, S_SLIDE, ids, 4) * (min(20.0, vhi) - vlo), fast)
+    motion, ue, ur = _motion_frame(ge, gn)
+    objs = Objects(r.astype(float), c.astype(float), length / 2, width / 2, ue, ur, speed, motion, ids,
+                   np.full(len(r), -1), slope)
+    return _thin_overlaps(objs)
+
+
+def _thin_overlaps(objs: Objects) -> Objects:
+    """Drop objects whose centre lies inside an earlier one (in id order), deterministically."""
+    if len(objs) < 2:
+        return objs
+    order = np.argsort(objs.kid, kind="stable")
+    objs = objs.take(order)
+    tree = cKDTree(np.column_stack([objs.row, objs.col]))
+    keep = np.ones(len(objs), bool)
+    rad = objs.radius()
+    for i in range(len(objs)):
+        if not keep[i]:
+            continue
+        for j in tree.query_ball_point([objs.row[i], objs.col[i]], r=2 * rad[i]):
+            if j > i and keep[j] and math.hypot(objs.row[j] - objs.row[i], objs.col[j] - objs.col[i]) < 0.8 * (rad[i] + rad[j]):
+                keep[j] = False
+    return objs.take(np.nonzero(keep)[0])
+
+
+def _bowls(scene: Scene) -> Objects:
+    n = scene.cfg.nuisance
+    r, c, ids = _candidates(scene, S_BOWL, n.subsidence_per_1000km2 / 1000)
+    if len(r) == 0:
+        return Objects.empty()
+    z, ge, gn = terrain_at_points(scene, r, c)
+    slope = np.degrees(np.arctan(np.hypot(ge, gn)))
+    ok = slope < 5.0
+    r, c, ids, slope = r[ok], c[ok], ids[ok], slope[ok]
+    rad = 8 + _u01(scene, S_BOWL, ids, 0) * 50
+    lo, hi = n.subsidence_mm_yr
+    speed = lo + _u01(scene, S_BOWL, ids, 1) * (hi - lo)
+    motion = np.tile([0.0, 0.0, -1.0], (len(r), 1))
+    one = np.ones(len(r))
+    return Objects(r.astype(float), c.astype(float), rad, rad * (0.7 + 0.3 * _u01(scene, S_BOWL, ids, 2)), one, 0 * one,
+                   speed, motion, ids, np.full(len(r), -1), slope)
+
+
+def _glaciers(scene: Scene) -> Objects:
+    n = scene.cfg.nuisance
+    r, c, ids = _candidates(scene, S_GLACIER, n.glaciers_per_1000km2 / 1000)
+    if len(r) == 0:
+        return Objects.empty()
+    z, ge, gn = terrain_at_points(scene, r, c)
+    ok = z >= n.glacier_min_elevation_m
+    r, c, ids, ge, gn = r[ok], c[ok], ids[ok], ge[ok], gn[ok]
+    slope = np.degrees(np.arctan(np.hypot(ge, gn)))
+    length = 60 + _u01(scene, S_GLACIER, ids, 0) * 200
+    width = 10 + _u01(scene, S_GLACIER, ids, 1) * 25
+    speed = 60 + _u01(scene, S_GLACIER, ids, 2) * 340
+    motion, ue, ur = _motion_frame(ge, gn)
+    return Objects(r.astype(float), c.astype(float), length / 2, width / 2, ue, ur, speed, motion, ids,
+                   np.full(len(r), -1), slope)
+
+
+def _unwrap_patches(scene: Scene) -> Objects:
+    """Unwrapping errors: whole-cycle offsets with straight, sharp edges, per track."""
+    n = scene.cfg.nuisance
+    years = _years(scene)
+    out = []
+    for t in range(len(scene.tracks)):
+        r, c, ids = _candidates(scene, S_UNW + 1000 * (t + 1), n.unwrapping_per_1000km2 / 1000)
+        if len(r) == 0:
+            continue
+        half = 20 + _u01(scene, S_UNW, ids, 0) * 110
+        ang = _u01(scene, S_UNW, ids, 1) * np.pi
+        cycles = np.where(_u01(scene, S_UNW, ids, 2) < 0.5, -1.0, 1.0) * np.where(_u01(scene, S_UNW, ids, 3) < 0.8, 1.0, 2.0)
+        speed = cycles * SENTINEL_WAVELENGTH_MM / 2 / years
+        one = np.ones(len(r))
+        out.append(Objects(r.astype(float), c.astype(float), half, half * (0.4 + 0.6 * _u01(scene, S_UNW, ids, 4)),
+                           np.cos(ang), np.sin(ang), speed, np.tile([0.0, 0.0, 0.0], (len(r), 1)), ids,
+                           np.full(len(r), t), 0 * one))
+    if not out:
+        return Objects.empty()
+    return Objects(*(np.concatenate([getattr(o, f) for o in out]) for f in Objects.__dataclass_fields__))
+
+
+def _years(scene: Scene) -> float:
+    from datetime import date
+    a, b = (date.fromisoformat(s) for s in scene.cfg.time_span)
+    return max(0.25, (b - a).days / 365.25)
+
+
+def build_scene(cfg: SimConfig) -> Scene:
+    """The global, cheap part of a synthetic basin: grid, river, tracks, object catalogues."""
+    grid, river_rc = _make_grid_and_river(cfg)
+    tracks = []
+    for i, tc in enumerate(cfg.tracks):
+        heading, incidence = track_geometry(tc)
+        u = [float(hash_uniform(cfg.seed, S_TRACK, np.array(i), np.array(k))) for k in range(3)]
+        tracks.append(SceneTrack(
+            tc.name, heading, incidence, los_unit_vector(heading, incidence), look_direction(heading),
+            strat_k=cfg.atmosphere.stratified_mm_yr_per_km * u[0],
+            ramp=(cfg.atmosphere.ramp_mm_yr_per_100km * u[1], cfg.atmosphere.ramp_mm_yr_per_100km * u[2]),
+        ))
+    scene = Scene(cfg, grid, river_rc, tuple(tracks), Objects.empty(), Objects.empty(), Objects.empty(), Objects.empty())
+    return Scene(cfg, grid, river_rc, tuple(tracks), _slides(scene), _bowls(scene), _glaciers(scene), _unwrap_patches(scene))
+
+
+# ---------------------------------------------------------------------------- shapes
+
+def shape_field(scene: Scene, objs: Objects, i: int, rows: np.ndarray, cols: np.ndarray, *, lobes: bool = True,
+                sharp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, profile) of object ``i`` on the grid ``rows × cols``; profile is 1 at the centre, 0 at the edge."""
+    dr = rows[:, None] - objs.row[i]
+    dc = cols[None, :] - objs.col[i]
+    u = dc * objs.ue[i] + dr * objs.ur[i]
+    v = -dc * objs.ur[i] + dr * objs.ue[i]
+    ua, vb = u / objs.a[i], v / objs.b[i]
+    if sharp:  # a rotated rectangle cut by one more straight edge
+        cut = _u01(scene, S_UNW, objs.kid[i:i + 1], 5)[0] * 2 - 1
+        mask = (np.abs(ua) <= 1) & (np.abs(vb) <= 1) & (ua + vb <= 1 + cut)
+        return mask, mask.astype(float)
+    q = np.hypot(ua, vb)
+    rad = np.ones_like(q)
+    if lobes:
+        phi = np.arctan2(vb, ua)
+        kid = objs.kid[i:i + 1]
+        for k in (2, 3, 4):
+            amp = 0.12 * _u01(scene, S_SLIDE, kid, 10 + k)[0]
+            ph = 2 * np.pi * _u01(scene, S_SLIDE, kid, 20 + k)[0]
+            rad = rad + amp * np.cos(k * phi + ph)
+        # Widen the toe (downslope half) a little: lobate, not elliptical.
+        rad = rad * (1 + 0.15 * np.clip(ua, 0, 1))
+    qn = q / rad
+    mask = qn < 1
+    profile = np.where(mask, np.sqrt(np.clip(1 - qn * qn, 0, 1)), 0.0)
+    return mask, profile
+
+
+def slide_velocity(scene: Scene, i: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask, slope-parallel speed mm/yr) of landslide ``i``: peak ``speed``, internal variation."""
+    s = scene.slides
+    mask, profile = shape_field(scene, s, i, rows, cols)
+    tex = spline_grid(scene.seed, S_TEX * 1_000_003 + int(s.kid[i]) % 1_000_003, rows, cols, max(2.0, s.a[i] / 3))
+    tex = np.clip(tex / SPLINE_STD, -2, 2)
+    speed = s.speed[i] * profile ** 0.6 * (0.85 + 0.075 * tex)
+    return mask, np.where(mask, np.minimum(speed, s.speed[i]), 0.0)
+
+
+def slide_polygon(scene: Scene, i: int, n: int = 96) -> shapely.Polygon:
+    """The outline of landslide ``i`` in map coordinates (the edge of its shape function)."""
+    s = scene.slides
+    phi = np.linspace(-np.pi, np.pi, n, endpoint=False)
+    kid = s.kid[i:i + 1]
+    rad = np.ones_like(phi)
+    for k in (2, 3, 4):
+        amp = 0.12 * _u01(scene, S_SLIDE, kid, 10 + k)[0]
+        ph = 2 * np.pi * _u01(scene, S_SLIDE, kid, 20 + k)[0]
+        rad = rad + amp * np.cos(k * phi + ph)
+    ua, vb = rad * np.cos(phi), rad * np.sin(phi)
+    rad = rad * (1 + 0.15 * np.clip(ua, 0, 1))
+    ua, vb = rad * np.cos(phi), rad * np.sin(phi)
+    u, v = ua * s.a[i], vb * s.b[i]
+    dc = u * s.ue[i] - v * s.ur[i]
+    dr = u * s.ur[i] + v * s.ue[i]
+    g = scene.grid
+    x = g.x0 + (s.col[i] + dc + 0.5) * g.dx
+    y = g.y0 + (s.row[i] + dr + 0.5) * g.dy
+    return shapely.make_valid(shapely.Polygon(np.column_stack([x, y])))
+
+
+# ---------------------------------------------------------------------------- render
+
+def render(scene: Scene, win: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+    """Rates ``(track, rows, cols)`` float32 mm/yr (NaN = hole) and DEM ``(rows, cols)`` of a window."""
+    cfg = scene.cfg
+    rows = np.arange(win.row0, win.row1, dtype=np.float64)
+    cols = np.arange(win.col0, win.col1, dtype=np.float64)
+    zh = elevation_grid(scene, np.arange(win.row0 - 1, win.row1 + 1, dtype=np.float64),
+                        np.arange(win.col0 - 1, win.col1 + 1, dtype=np.float64))
+    z = zh[1:-1, 1:-1]
+    ge, gn = gradient_en(zh, scene.px)
+    slope = np.arctan(np.hypot(ge, gn))
+
+    # Deformation shared by all tracks, as (east, north, up) rate fields.
+    de = np.zeros(z.shape)
+    dn = np.zeros(z.shape)
+    du = np.zeros(z.shape)
+    glacier_mask = np.zeros(z.shape, bool)
+    for objs, kind in ((scene.slides, "slide"), (scene.bowls, "bowl"), (scene.glaciers, "glacier")):
+        for i in objs.in_window(win):
+            r0 = max(win.row0, int(objs.row[i] - objs.radius()[i]))
+            r1 = min(win.row1, int(objs.row[i] + objs.radius()[i]) + 1)
+            c0 = max(win.col0, int(objs.col[i] - objs.radius()[i]))
+            c1 = min(win.col1, int(objs.col[i] + objs.radius()[i]) + 1)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            rr, cc = np.arange(r0, r1, dtype=float), np.arange(c0, c1, dtype=float)
+            if kind == "slide":
+                mask, speed = slide_velocity(scene, i, rr, cc)
+            elif kind == "bowl":
+                mask, prof = shape_field(scene, objs, i, rr, cc, lobes=False)
+                speed = objs.speed[i] * prof ** 2
+            else:
+                mask, prof = shape_field(scene, objs, i, rr, cc, lobes=False)
+                speed = objs.speed[i] * np.sqrt(prof)
+                glacier_mask[r0 - win.row0:r1 - win.row0, c0 - win.col0:c1 - win.col0] |= mask
+            sl = (slice(r0 - win.row0, r1 - win.row0), slice(c0 - win.col0, c1 - win.col0))
+            m = objs.motion[i]
+            de[sl] += speed * m[0]
+            dn[sl] += speed * m[1]
+            du[sl] += speed * m[2]
+    n = cfg.nuisance
+    if n.frost_heave:
+        w = np.clip((z - n.frost_min_elevation_m) / 200.0, 0, 1) * (np.degrees(slope) < 12)
+        if w.any():
+            f = spline_grid(scene.seed, S_FROST, rows, cols, 300 / scene.px) / SPLINE_STD
+            du += w * (-3.0 + 5.0 * f)
+
+    a = cfg.atmosphere
+    storm = spline_grid(scene.seed, S_STORM, rows, cols, 15_000 / scene.px) / SPLINE_STD
+    storm_amp = 1.0 + 2.0 * (storm > norm.ppf(1 - a.turbulence_storm_fraction)) if a.turbulence_storm_fraction > 0 else 1.0
+    dec_shared = fbm_grid(scene.seed, S_DEC, rows, cols, largest=40.0, smallest=1.5, hurst=0.5)
+    # Vegetated low ground and steep slopes decorrelate more.
+    dec_bias = 0.5 * np.clip((3500.0 - z) / 1500.0, 0, 1) + 0.8 * np.clip((np.degrees(slope) - 35.0) / 20.0, 0, 1)
+    h, wd = win.rows, win.cols
+    out = np.empty((len(scene.tracks), h, wd), dtype=np.float32)
+    xr_km = (cols - scene.grid.width / 2) * scene.px / 1000
+    yr_km = -(rows - scene.grid.height / 2) * scene.px / 1000
+    z_ref = cfg.terrain.plateau_m - cfg.terrain.valley_depth_m / 2
+    for t, tr in enumerate(scene.tracks):
+        los = tr.los
+        rate = de * los[0] + dn * los[1] + du * los[2]
+        for i in scene.unwrap.in_window(win):
+            if scene.unwrap.track[i] != t:
+                continue
+            mask, _ = shape_field(scene, scene.unwrap, i, rows, cols, sharp=True)
+            rate += np.where(mask, scene.unwrap.speed[i], 0.0)
+        turb = fbm_grid(scene.seed, S_TURB + 100 * t, rows, cols, largest=20_000 / scene.px, smallest=2.0, hurst=0.3)
+        rate += a.turbulence_mm_yr * storm_amp * turb
+        rate += tr.strat_k * (z - z_ref) / 1000.0
+        rate += tr.ramp[0] * xr_km[None, :] / 100 + tr.ramp[1] * yr_km[:, None] / 100
+        rate += a.pixel_noise_mm_yr * hash_normal(scene.seed, S_PIX + 100 * t, rows[:, None].astype(np.int64), cols[None, :].astype(np.int64))
+        # Holes: decorrelation (shared + per-track), glacier ice, layover and shadow.
+        hc = cfg.holes
+        holes = np.zeros((h, wd), bool)
+        if hc.decorrelation_fraction > 0:
+            dec_t = fbm_grid(scene.seed, S_DEC_T + 100 * t, rows, cols, largest=20.0, smallest=1.5, hurst=0.5)
+            score = 0.8 * dec_shared + 0.6 * dec_t + dec_bias
+            holes |= score > norm.ppf(1 - hc.decorrelation_fraction) * 1.0 + 0.35
+        holes |= glacier_mask & (hash_uniform(scene.seed, S_GLACIER + t, rows[:, None], cols[None, :]) < 0.2)
+        if hc.layover_shadow:
+            rise = np.degrees(np.arctan(ge * tr.look[0] + gn * tr.look[1]))  # terrain rise along the look
+            holes |= (rise > tr.incidence) | (-rise > 90.0 - tr.incidence)
+        rate[holes] = np.nan
+        out[t] = rate.astype(np.float32)
+    return out, z.astype(np.float32)
