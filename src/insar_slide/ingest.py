@@ -104,8 +104,12 @@ def _target_grid(sources: Sequence[RateSource], *, crs: str | None, resolution: 
             res_x = res_y = min((b0[2] - b0[0]) / ref.width, (b0[3] - b0[1]) / ref.height)
     else:
         res_x = res_y = float(resolution)
-    x0 = math.floor(xmin / res_x) * res_x
-    y0 = math.ceil(ymax / res_y) * res_y
+    # Anchor the lattice on the first product's corner (same CRS) so that it is not resampled
+    # by a fraction of a pixel; in another CRS, on whole multiples of the resolution.
+    same = CRS.from_user_input(dst_crs) == CRS.from_user_input(ref.crs)
+    ax, ay = (ref.x0, ref.y0) if same else (0.0, 0.0)
+    x0 = ax + math.floor((xmin - ax) / res_x + 1e-9) * res_x
+    y0 = ay + math.ceil((ymax - ay) / res_y - 1e-9) * res_y
     width = math.ceil((xmax - x0) / res_x - 1e-9)
     height = math.ceil((y0 - ymin) / res_y - 1e-9)
     return Grid(dst_crs, x0, y0, res_x, -res_y, height, width)

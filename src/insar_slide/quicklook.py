@@ -30,6 +30,8 @@ def pick_overview(path: str | Path, shape: tuple[int, int], max_side: int) -> tu
     fitting = [f for f in stored if f >= need]
     if fitting:
         return fitting[0], True
+    if stored:  # the coarsest overview, strided further when read
+        return stored[-1], True
     return need, False
 
 
@@ -39,7 +41,9 @@ def _load(path: str | Path, max_side: int) -> tuple[xr.DataArray, int]:
     if factor == 1:
         return ds[RATE].load(), 1
     if stored:
-        return open_overview(path, factor).load(), factor
+        ov = open_overview(path, factor)
+        step = max(1, math.ceil(max(ov.sizes["y"], ov.sizes["x"]) / max_side))
+        return ov[:, ::step, ::step].load(), factor * step
     log.warning("%s has no overview of factor ≥ %d; reading every %d-th pixel instead (slower)", path, factor, factor)
     return ds[RATE][:, ::factor, ::factor].load(), factor
 
@@ -75,7 +79,7 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None
     aspect = (ymax - ymin) / (xmax - xmin)
     fig, axes = plt.subplots(1, n, figsize=(6.0 * n + 1.2, 6.0 * aspect + 1.0), squeeze=False, constrained_layout=True)
     cmap = plt.get_cmap("RdBu").copy()
-    cmap.set_bad("#bdbdbd")
+    cmap = cmap.with_extremes(bad="#bdbdbd")
     im = None
     for t, ax in enumerate(axes[0]):
         im = ax.imshow(np.ma.masked_invalid(rate.isel(track=t).values), cmap=cmap, vmin=-vmax, vmax=vmax,

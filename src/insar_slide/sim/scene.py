@@ -542,8 +542,10 @@ def render(scene: Scene, win: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
             du += w * (-3.0 + 5.0 * f)
 
     a = cfg.atmosphere
-    storm = spline_grid(scene.seed, S_STORM, rows, cols, 15_000 / scene.px) / SPLINE_STD
-    storm_amp = 1.0 + 2.0 * (storm > norm.ppf(1 - a.turbulence_storm_fraction)) if a.turbulence_storm_fraction > 0 else 1.0
+    storm = spline_grid(scene.seed, S_STORM, rows, cols, 4_000 / scene.px) / SPLINE_STD
+    # Smooth (not sharp-edged) regions of stronger turbulence: a wet season over part of the basin.
+    storm_amp = 1.0 + 2.0 * np.clip((storm - norm.ppf(1 - a.turbulence_storm_fraction)) / 0.6 + 0.5, 0, 1) \
+        if a.turbulence_storm_fraction > 0 else 1.0
     dec_shared = fbm_grid(scene.seed, S_DEC, rows, cols, largest=40.0, smallest=1.5, hurst=0.5)
     # Vegetated low ground and steep slopes decorrelate more.
     dec_bias = 0.5 * np.clip((3500.0 - z) / 1500.0, 0, 1) + 0.8 * np.clip((np.degrees(slope) - 35.0) / 20.0, 0, 1)
@@ -579,3 +581,27 @@ def render(scene: Scene, win: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
         rate[holes] = np.nan
         out[t] = rate.astype(np.float32)
     return out, z.astype(np.float32)
+
+
+def deformation_mask(scene: Scene, win: PixelWindow) -> np.ndarray:
+    """Pixels of ``win`` where the scene puts any deformation or artefact (not atmosphere).
+
+    Landslides, subsidence bowls, glaciers, unwrapping patches (any track) and frost-heave
+    ground: everything else is "stable ground", where only atmosphere and noise remain.
+    """
+    rows = np.arange(win.row0, win.row1, dtype=np.float64)
+    cols = np.arange(win.col0, win.col1, dtype=np.float64)
+    mask = np.zeros((win.rows, win.cols), bool)
+    for objs, lobes, sharp in ((scene.slides, True, False), (scene.bowls, False, False),
+                               (scene.glaciers, False, False), (scene.unwrap, False, True)):
+        for i in objs.in_window(win):
+            m, _ = shape_field(scene, objs, i, rows, cols, lobes=lobes, sharp=sharp)
+            mask |= m
+    n = scene.cfg.nuisance
+    if n.frost_heave:
+        zh = elevation_grid(scene, np.arange(win.row0 - 1, win.row1 + 1, dtype=np.float64),
+                            np.arange(win.col0 - 1, win.col1 + 1, dtype=np.float64))
+        ge, gn = gradient_en(zh, scene.px)
+        slope = np.degrees(np.arctan(np.hypot(ge, gn)))
+        mask |= (zh[1:-1, 1:-1] > n.frost_min_elevation_m) & (slope < 12)
+    return mask

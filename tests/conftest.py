@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL = SHARED / "data" / "real"
+KIRISHIMA = REAL / "kirishima_alos2_mintpy" / "velocity.h5"
+CADIA = REAL / "cadia_s1_mintpy" / "geo_velocity.h5"
+CAMPI = REAL / "campi_flegrei_licsbas" / "raw" / "vel"
+JINSHA_WKT = REAL / "jinsha_river" / "JinshaRiver.wkt"
+
+warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+
+
+def need_real() -> None:
+    if not KIRISHIMA.exists():
+        pytest.skip("../shared/data/real is not beside the repository")
+
+
+@pytest.fixture
+def real() -> Path:
+    need_real()
+    return REAL
+
+
+def write_tif(path: Path, data: np.ndarray, *, transform: Affine | None = None, crs: str | None = "EPSG:32647",
+              nodata: float | None = None) -> Path:
+    transform = transform or Affine(30.0, 0, 500_000.0, 0, -30.0, 3_000_000.0)
+    profile = {"driver": "GTiff", "height": data.shape[0], "width": data.shape[1], "count": 1,
+               "dtype": "float32", "transform": transform}
+    if crs:
+        profile["crs"] = crs
+    if nodata is not None:
+        profile["nodata"] = nodata
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data.astype("float32"), 1)
+    return path
+
+
+@pytest.fixture
+def rates() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return (rng.normal(0, 3, (300, 400)) + np.linspace(-20, 20, 400)[None, :]).astype("float32")
