@@ -115,7 +115,7 @@ def test_stable_ground_looks_like_real_rate_maps():
         assert 1.8 < robust_std < 3.5, robust_std
         above10.append((np.abs(s) >= 10).mean())
 
-        def semivar(lag_px):
+        def semivar(lag_px, v=v):
             a, b = v[:, :-lag_px], v[:, lag_px:]
             m = stable[:, :-lag_px] & stable[:, lag_px:] & np.isfinite(a) & np.isfinite(b)
             return np.sqrt(0.5 * np.mean((a[m] - b[m]) ** 2))
@@ -177,3 +177,14 @@ def test_failed_truth_leaves_no_mosaic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         sim_basin.simulate(_cfg(), tmp_path / "s.zarr")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_config_is_the_small_sample_config():
+    assert load_sim_config(SMALL) == __import__("insar_slide.sim.config", fromlist=["demo_config"]).demo_config()
+
+
+def test_cli_demo(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "demo" / "basin.zarr").is_dir() and (tmp_path / "demo" / "basin.png").is_file()
+    assert "simulated landslides" in res.output and "asc_099" in res.output

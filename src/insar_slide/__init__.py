@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import InsarSlideError  # noqa: E402
-from .mosaic import open_basin  # noqa: E402
+from .errors import InsarSlideError
+from .mosaic import open_basin
 
 __all__ = ["InsarSlideError", "__version__", "open_basin"]

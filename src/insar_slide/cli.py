@@ -151,5 +151,27 @@ def quicklook(mosaic: str, out: str, inventory: str | None, clip: float | None, 
     click.echo(f"wrote {path}")
 
 
+@main.command()
+@click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@_friendly
+def demo(out_dir: str) -> None:
+    """Simulate the built-in demo basin, describe it and draw its quick look (no config needed)."""
+    from .mosaic import describe, open_basin
+    from .quicklook import quicklook as do_quicklook
+    from .sim.basin import simulate as do_simulate
+    from .sim.config import demo_config
+
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    mosaic, truth = do_simulate(demo_config(), out / "basin.zarr", overwrite=True)
+    click.echo(f"simulated {mosaic} and {truth} in {time.perf_counter() - t0:.1f} s")
+    ctx = click.get_current_context()
+    ctx.invoke(info, mosaic=str(mosaic), as_json=False)
+    png = do_quicklook(mosaic, out / "basin.png", inventory=truth)
+    d = describe(open_basin(mosaic))
+    import geopandas as gpd
+    click.echo(f"{len(gpd.read_parquet(truth))} simulated landslides over {d['extent_km2']:.0f} km²; quick look: {png}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,7 +195,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
     """
     grid = grid_of(ds)
     rate = ds[RATE].data
-    nbins = int(round((_HIST_RANGE[1] - _HIST_RANGE[0]) / _HIST_BIN))
+    nbins = round((_HIST_RANGE[1] - _HIST_RANGE[0]) / _HIST_BIN)
     edges = np.linspace(*_HIST_RANGE, nbins + 1)
     hists, valids = [], []
     for i in range(rate.shape[0]):
@@ -238,7 +239,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
         },
         "extent_km2": round(grid.area_km2(), 2),
         "chunks": list(chunks),
-        "n_chunks": int(np.prod([len(c) for c in ds[RATE].chunks])),
+        "n_chunks": math.prod(len(c) for c in ds[RATE].chunks),
         "variables": sorted(str(v) for v in ds.data_vars),
         "attrs": {k: v for k, v in ds.attrs.items() if k in ("insar_slide_version", "product", "seed", "time_span")},
     }

@@ -9,14 +9,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from pyproj import CRS  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+from pyproj import CRS
 
-from .atomic import atomic_path  # noqa: E402
-from .inventory import read_inventory  # noqa: E402
-from .mosaic import RATE, grid_of, open_basin, open_overview, overview_factors  # noqa: E402
+from .atomic import atomic_path
+from .inventory import read_inventory
+from .mosaic import RATE, grid_of, open_basin, open_overview, overview_factors
 
 log = logging.getLogger(__name__)
 

@@ -149,3 +149,12 @@ def track_geometry(t: TrackConfig) -> tuple[float, float]:
 
 
 Mode = Literal["synthetic", "wkt"]
+
+
+def demo_config() -> SimConfig:
+    """The built-in demo scene: the same as ``configs/sim_small.yaml`` (a test keeps them equal)."""
+    return SimConfig(
+        seed=7,
+        grid=GridConfig(shape=(1024, 1024), pixel_size=30.0, centre=(99.3, 27.6), chunk=512),
+        landslides=LandslideConfig(density_per_100km2=10),
+    )

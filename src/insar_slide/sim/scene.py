@@ -26,7 +26,15 @@ from scipy.stats import norm
 from ..grid import Grid, PixelWindow
 from .config import SimConfig, track_geometry
 from .geometry import downslope_motion, gradient_en, look_direction, los_unit_vector
-from .noise import SPLINE_STD, fbm_grid, fbm_points, hash_normal, hash_uniform, spline_grid, spline_points
+from .noise import (
+    SPLINE_STD,
+    fbm_grid,
+    fbm_points,
+    hash_normal,
+    hash_uniform,
+    spline_grid,
+    spline_points,
+)
 
 # Noise streams (one per independent field).
 S_RELIEF, S_TRIB, S_CAND, S_SLIDE, S_TEX, S_BOWL, S_GLACIER, S_FROST = 1, 2, 3, 4, 5, 6, 7, 8
@@ -316,7 +324,7 @@ def _slides(scene: Scene) -> Objects:
     r, c, ids = _candidates(scene, S_CAND, L.density_per_100km2 / 100)
     if len(r) == 0:
         return Objects.empty()
-    z, ge, gn = terrain_at_points(scene, r, c)
+    _, ge, gn = terrain_at_points(scene, r, c)
     slope = np.degrees(np.arctan(np.hypot(ge, gn)))
     ok = (slope >= L.slope_deg[0]) & (slope <= L.slope_deg[1])
     r, c, ids, ge, gn, slope = r[ok], c[ok], ids[ok], ge[ok], gn[ok], slope[ok]
@@ -356,7 +364,7 @@ def _bowls(scene: Scene) -> Objects:
     r, c, ids = _candidates(scene, S_BOWL, n.subsidence_per_1000km2 / 1000)
     if len(r) == 0:
         return Objects.empty()
-    z, ge, gn = terrain_at_points(scene, r, c)
+    _, ge, gn = terrain_at_points(scene, r, c)
     slope = np.degrees(np.arctan(np.hypot(ge, gn)))
     ok = slope < 5.0
     r, c, ids, slope = r[ok], c[ok], ids[ok], slope[ok]
