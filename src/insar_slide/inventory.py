@@ -20,7 +20,7 @@ from rasterio.features import geometry_mask
 
 from .atomic import atomic_path
 from .errors import InputError
-from .grid import Grid
+from .grid import Grid, PixelWindow
 from .mosaic import RATE, grid_of
 
 COLUMNS = ["slide_id", "method", "score", "tracks", "area_m2", "rate_mean", "rate_p95_abs",
@@ -34,39 +34,52 @@ def empty_inventory(crs: str) -> gpd.GeoDataFrame:
                              for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, pad: int = 1) -> pd.DataFrame:
+def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: int = 4096 * 4096) -> pd.DataFrame:
     """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per-track valid fraction.
 
-    Reads only each polygon's bounding window from the (lazy) mosaic. ``geoms`` must be in the
-    mosaic CRS. Pixels whose centre is inside the polygon count (``all_touched=False``).
+    ``geoms`` must be in the mosaic CRS. Pixels whose centre is inside the polygon count. The
+    mosaic is read once for the union window of all ``geoms`` when that window is at most
+    ``max_block_px`` pixels (pass spatially compact batches), else polygon by polygon.
     """
     grid = grid_of(ds)
     tracks = [str(t) for t in ds["track"].values]
-    rows: list[dict[str, Any]] = []
-    for geom in geoms:
-        rows.append(_stats_one(ds, grid, tracks, geom, pad))
+    if len(geoms) == 0:
+        return pd.DataFrame([])
+    xmin, ymin, xmax, ymax = geoms.total_bounds
+    union = grid.window_of_bounds(xmin, ymin, xmax, ymax)
+    if 0 < union.rows * union.cols <= max_block_px:
+        rs, cs = union.slices()
+        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
+        return pd.DataFrame([_stats_one(block, union, grid, tracks, g) for g in geoms])
+    rows = []
+    for g in geoms:
+        win = grid.window_of_bounds(*g.bounds)
+        rs, cs = win.slices()
+        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values) if win.rows and win.cols else np.zeros((len(tracks), 0, 0))
+        rows.append(_stats_one(block, win, grid, tracks, g))
     return pd.DataFrame(rows)
 
 
-def _stats_one(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, pad: int) -> dict[str, Any]:
-    xmin, ymin, xmax, ymax = geom.bounds
-    win = grid.window_of_bounds(xmin, ymin, xmax, ymax)
+def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: list[str], geom: Any) -> dict[str, Any]:
+    """Statistics of one polygon from ``block`` (track, rows, cols), the mosaic over ``block_win``."""
+    win = grid.window_of_bounds(*geom.bounds)
     nan_row: dict[str, Any] = {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": ""}
     for t in tracks:
         nan_row[f"valid_fraction_{t}"] = 0.0
     if win.rows == 0 or win.cols == 0:
         return nan_row
-    rs, cs = win.slices()
-    block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
-    inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=grid.window_grid(win).transform, invert=False)
-    if not inside.any():  # tiny polygon: take the pixel under its centroid
+    local = win.shift(-block_win.row0, -block_win.col0)
+    sub = block[:, local.row0:local.row1, local.col0:local.col1]
+    transform = grid.window_grid(win).transform
+    inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=transform)
+    if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
         inside = ~geometry_mask([geom.centroid.buffer(abs(grid.dx) * 0.5)], out_shape=(win.rows, win.cols),
-                                transform=grid.window_grid(win).transform, all_touched=True)
+                                transform=transform, all_touched=True)
     n = int(inside.sum())
     best, best_p95 = -1, -1.0
     out = dict(nan_row)
     for k, t in enumerate(tracks):
-        vals = block[k][inside]
+        vals = sub[k][inside]
         ok = np.isfinite(vals)
         out[f"valid_fraction_{t}"] = float(ok.sum() / n) if n else 0.0
         if ok.any():
@@ -74,7 +87,7 @@ def _stats_one(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, pad: in
             if p95 > best_p95:
                 best, best_p95 = k, p95
     if best >= 0:
-        vals = block[best][inside]
+        vals = sub[best][inside]
         ok = np.isfinite(vals)
         out.update(rate_mean=float(vals[ok].mean()), rate_p95_abs=best_p95, valid_fraction=float(ok.sum() / n),
                    rate_track=tracks[best])

@@ -174,6 +174,8 @@ def overview_factors(path: str | Path) -> list[int]:
         grp = root[OVERVIEW_GROUP]
     except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError):
         return []
+    if not isinstance(grp, zarr.Group):
+        return []
     return sorted(int(k) for k in grp.group_keys())
 
 
@@ -211,7 +213,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
         h = np.asarray(hists_np[i])
         n = int(valids_np[i])
         cdf = np.cumsum(h)
-        pct = {}
+        pct: dict[str, float | None] = {}
         for q in percentiles:
             if n == 0:
                 pct[f"p{q:g}"] = None
@@ -227,7 +229,8 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
             "fraction_abs_ge_10": round(above10 / n, 4) if n else None,
             "percentiles_mm_yr": pct,
         })
-    chunks = ds[RATE].encoding.get("chunks") or tuple(c[0] for c in ds[RATE].chunks)
+    dask_chunks = ds[RATE].data.chunks
+    chunks = ds[RATE].encoding.get("chunks") or tuple(c[0] for c in dask_chunks)
     return {
         "tracks": tracks,
         "grid": {
@@ -239,7 +242,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
         },
         "extent_km2": round(grid.area_km2(), 2),
         "chunks": list(chunks),
-        "n_chunks": math.prod(len(c) for c in ds[RATE].chunks),
+        "n_chunks": math.prod([len(c) for c in dask_chunks]),
         "variables": sorted(str(v) for v in ds.data_vars),
         "attrs": {k: v for k, v in ds.attrs.items() if k in ("insar_slide_version", "product", "seed", "time_span")},
     }

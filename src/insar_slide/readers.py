@@ -204,7 +204,7 @@ def _masked_to_nan(arr: np.ma.MaskedArray) -> np.ndarray:
     return out
 
 
-def _rio_open(path: str):  # type: ignore[no-untyped-def]
+def _rio_open(path: str) -> rasterio.DatasetReader:
     try:
         return rasterio.open(path)
     except RasterioError as exc:

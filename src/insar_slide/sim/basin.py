@@ -15,7 +15,7 @@ import pandas as pd
 from ..atomic import check_target
 from ..grid import PixelWindow
 from ..inventory import polygon_rate_stats, write_inventory
-from ..mosaic import TrackInfo, build_dataset, open_basin, write_mosaic
+from ..mosaic import TrackInfo, build_dataset, grid_of, open_basin, write_mosaic
 from .config import SimConfig
 from .scene import Scene, build_scene, render, slide_polygon, slide_velocity
 
@@ -95,7 +95,7 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     peaks = _peaks(scene)
     geoms = gpd.GeoSeries(polys, crs=crs)
     ds = open_basin(mosaic)
-    stats = _stats_parallel(ds, geoms)
+    stats = _stats_parallel(ds, geoms, scene.cfg.grid.chunk)
     names = [t.name for t in scene.tracks]
     df = pd.DataFrame({
         "slide_id": [f"sim{scene.seed}-{int(k)}" for k in s.kid],
@@ -132,8 +132,20 @@ def _peaks(scene: Scene) -> np.ndarray:
     return out
 
 
-def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, batch: int = 64) -> pd.DataFrame:
-    parts = [dask.delayed(polygon_rate_stats)(ds, geoms.iloc[i:i + batch]) for i in range(0, len(geoms), batch)]
+def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, chunk: int) -> pd.DataFrame:
+    """Rate statistics of every polygon, one Dask task per mosaic chunk holding their centres.
+
+    Each task reads its chunk (plus the polygons' overhang) once, not once per polygon.
+    """
+    c = geoms.centroid
+    g = grid_of(ds)
+    key = (np.floor((g.y0 - c.y.to_numpy()) / -g.dy / chunk).astype(int) * 1_000_000
+           + np.floor((c.x.to_numpy() - g.x0) / g.dx / chunk).astype(int))
+    order = np.argsort(key, kind="stable")
+    groups = np.split(order, np.nonzero(np.diff(key[order]))[0] + 1)
+    parts = [dask.delayed(polygon_rate_stats)(ds, geoms.iloc[idx]) for idx in groups if len(idx)]
     with dask.config.set(scheduler="threads"):
         frames = dask.compute(*parts)
-    return pd.concat(frames, ignore_index=True)
+    stats = pd.concat(frames, ignore_index=True)
+    stats.index = np.concatenate([idx for idx in groups if len(idx)])
+    return stats.sort_index()

@@ -15,6 +15,7 @@ chunk by chunk, in any order, on any worker. Nothing here keeps state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ _GOLD = np.uint64(0x9E3779B97F4A7C15)
 SPLINE_STD = 0.2765
 
 
-def _mix(z: np.ndarray) -> np.ndarray:
+def _mix(z: Any) -> Any:
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
     return z ^ (z >> np.uint64(31))

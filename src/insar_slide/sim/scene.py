@@ -292,8 +292,8 @@ def _poisson_counts(u: np.ndarray, lam: float) -> np.ndarray:
 def _candidates(scene: Scene, stream: int, per_km2: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate sites (row, col, id) with the given density, hashed per catalogue cell."""
     h, w = scene.grid.shape
-    gi, gj = np.meshgrid(np.arange(-(-h // CELL)), np.arange(-(-w // CELL)), indexing="ij")
-    gi, gj = gi.ravel(), gj.ravel()
+    gi2, gj2 = np.meshgrid(np.arange(-(-h // CELL)), np.arange(-(-w // CELL)), indexing="ij")
+    gi, gj = gi2.ravel(), gj2.ravel()
     lam = per_km2 * (CELL * scene.px / 1000) ** 2
     counts = _poisson_counts((hash_uniform(scene.seed, stream, gi, gj) + 1) / 2, lam)
     ci, cj = np.repeat(gi, counts), np.repeat(gj, counts)

@@ -1,0 +1,53 @@
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+
+from insar_slide import open_basin
+from insar_slide.ingest import ingest
+from insar_slide.inventory import COLUMNS, inventory_metadata, polygon_rate_stats, read_inventory, write_inventory
+from insar_slide.readers import ReadOptions, open_source
+
+from .conftest import write_tif
+
+
+@pytest.fixture
+def mosaic(tmp_path):
+    data = np.zeros((200, 300), "float32")
+    data[50:100, 50:100] = -20.0
+    data[50:60, 50:100] = np.nan  # a tenth of the slide without measurement
+    data[150:160, 200:210] = 7.0
+    src = write_tif(tmp_path / "a.tif", data)
+    ingest([open_source(src, ReadOptions(units="mm/yr", track="asc"))], tmp_path / "m.zarr", chunk=64)
+    return open_basin(tmp_path / "m.zarr")
+
+
+def _box(ds, r0, c0, r1, c1):
+    x0, y0 = float(ds.x[0]) - 15, float(ds.y[0]) + 15
+    return shapely.box(x0 + c0 * 30, y0 - r1 * 30, x0 + c1 * 30, y0 - r0 * 30)
+
+
+def test_polygon_rate_stats(mosaic):
+    geoms = gpd.GeoSeries([_box(mosaic, 50, 50, 100, 100), _box(mosaic, 150, 200, 160, 210)], crs=mosaic.los_rate.rio.crs)
+    st = polygon_rate_stats(mosaic, geoms)
+    assert st.rate_mean.tolist() == pytest.approx([-20.0, 7.0])
+    assert st.valid_fraction.tolist() == pytest.approx([0.8, 1.0])
+    assert (st.rate_track == "asc").all()
+    # Read once for the batch, or polygon by polygon: the same numbers.
+    pd.testing.assert_frame_equal(st, polygon_rate_stats(mosaic, geoms, max_block_px=0))
+
+
+def test_inventory_round_trip_with_metadata(tmp_path, mosaic):
+    geoms = [_box(mosaic, 50, 50, 100, 100)]
+    gdf = gpd.GeoDataFrame({"slide_id": ["a"], "method": ["truth"], "score": [np.nan], "tracks": ["asc"],
+                            "area_m2": [2.25e6], "rate_mean": [-20.0], "rate_p95_abs": [20.0], "valid_fraction": [0.8],
+                            "rate_track": ["asc"], "run_id": ["r"], "model_id": [""]}, geometry=geoms, crs="EPSG:32647")
+    path = write_inventory(gdf, tmp_path / "inv.parquet", metadata={"config": {"a": 1}})
+    back = read_inventory(path)
+    assert list(back.columns) == list(gdf.columns) and back.crs.to_epsg() == 32647
+    assert inventory_metadata(path) == {"config": {"a": 1}}
+    with pytest.raises(ValueError, match="unknown method"):
+        write_inventory(gdf.assign(method="guess"), tmp_path / "bad.parquet")
+    assert not (tmp_path / "bad.parquet").exists()
+    assert set(COLUMNS) <= set(back.columns)
