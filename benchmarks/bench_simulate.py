@@ -21,6 +21,7 @@ from pathlib import Path
 
 import dask
 
+from insar_slide.quicklook import quicklook
 from insar_slide.sim.basin import simulate
 from insar_slide.sim.config import SimConfig
 
@@ -47,6 +48,11 @@ def main() -> None:
         mosaic, truth = simulate(cfg, store, overwrite=True)
     seconds = time.perf_counter() - t0
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
+    # A quick look of the whole basin must read an overview, not the full array.
+    t1 = time.perf_counter()
+    quicklook(mosaic, out_dir / f"sim_{args.size}.png", inventory=truth)
+    quicklook_s = time.perf_counter() - t1
+    peak_after_quicklook = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     size_bytes = sum(f.stat().st_size for f in mosaic.rglob("*") if f.is_file())
     import geopandas as gpd
     result = {
@@ -57,6 +63,8 @@ def main() -> None:
         "seconds": round(seconds, 1),
         "megapixels_per_second": round(args.size**2 / 1e6 / seconds, 2),
         "peak_rss_gib": round(peak_gib, 3),
+        "quicklook_seconds": round(quicklook_s, 1),
+        "peak_rss_gib_after_quicklook": round(peak_after_quicklook, 3),
         "store_gib": round(size_bytes / 2**30, 3),
         "landslides": len(gpd.read_parquet(truth)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "node": platform.node()},

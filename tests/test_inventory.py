@@ -6,7 +6,13 @@ import shapely
 
 from insar_slide import open_basin
 from insar_slide.ingest import ingest
-from insar_slide.inventory import COLUMNS, inventory_metadata, polygon_rate_stats, read_inventory, write_inventory
+from insar_slide.inventory import (
+    COLUMNS,
+    inventory_metadata,
+    polygon_rate_stats,
+    read_inventory,
+    write_inventory,
+)
 from insar_slide.readers import ReadOptions, open_source
 
 from .conftest import write_tif

@@ -188,3 +188,16 @@ def test_cli_demo(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "demo" / "basin.zarr").is_dir() and (tmp_path / "demo" / "basin.png").is_file()
     assert "simulated landslides" in res.output and "asc_099" in res.output
+
+
+def test_failed_overwrite_keeps_the_previous_pair(tmp_path, monkeypatch):
+    store, truth = sim_basin.simulate(_cfg(), tmp_path / "s.zarr")
+    before = open_basin(store).los_rate.values.copy()
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(sim_basin, "truth_inventory", boom)
+    with pytest.raises(RuntimeError):
+        sim_basin.simulate(_cfg(seed=99), store, overwrite=True)
+    np.testing.assert_array_equal(open_basin(store).los_rate.values, before)
+    assert truth.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.truth.parquet", "s.zarr"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ import dask.array as da
 import numpy as np
 from pyproj import CRS
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import reproject as rio_reproject
 from rasterio.warp import transform_bounds
 
@@ -170,23 +172,29 @@ def _aligned(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None
 def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
     dst = grid.window_grid(win)
     b = transform_bounds(grid.crs, src.grid.crs, *dst.bounds, densify_pts=21)
-    sw = src.grid.window_of_bounds(*b)
-    if sw.rows == 0 or sw.cols == 0:
+    core = src.grid.window_of_bounds(*b)
+    if core.rows == 0 or core.cols == 0:
         return None
-    margin = 2
-    sw = PixelWindow(max(0, sw.row0 - margin), max(0, sw.col0 - margin), 0, 0)
-    r1 = min(src.grid.height, src.grid.window_of_bounds(*b).row1 + margin)
-    c1 = min(src.grid.width, src.grid.window_of_bounds(*b).col1 + margin)
-    sw = PixelWindow(sw.row0, sw.col0, r1 - sw.row0, c1 - sw.col0)
+    margin = 2  # bilinear needs the neighbours just outside the footprint
+    r0, c0 = max(0, core.row0 - margin), max(0, core.col0 - margin)
+    r1, c1 = min(src.grid.height, core.row1 + margin), min(src.grid.width, core.col1 + margin)
+    sw = PixelWindow(r0, c0, r1 - r0, c1 - c0)
     data = src.read(sw)
     out = np.full(dst.shape, np.nan, dtype="float32")
+    with warnings.catch_warnings():
+        # Both transforms are given explicitly; rasterio still warns about the bare arrays.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        _reproject_arrays(data, out, src, grid, sw, dst)
+    return out
+
+
+def _reproject_arrays(data: np.ndarray, out: np.ndarray, src: RateSource, grid: Grid, sw: PixelWindow, dst: Grid) -> None:
     rio_reproject(
         source=data, destination=out,
         src_transform=src.grid.window_grid(sw).transform, src_crs=src.grid.crs,
         dst_transform=dst.transform, dst_crs=grid.crs,
         src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.bilinear,
     )
-    return out
 
 
 def _block(plan: IngestPlan, block_info: dict | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from ..atomic import check_target
+from ..atomic import atomic_path, check_target
 from ..grid import PixelWindow
 from ..inventory import polygon_rate_stats, write_inventory
 from ..mosaic import TrackInfo, build_dataset, grid_of, open_basin, write_mosaic
@@ -59,17 +59,14 @@ def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None
         "sim_config": cfg.model_dump_json(),
     })
     ds["dem"].attrs.update({"units": "m", "long_name": "elevation"})
-    write_mosaic(ds, out, chunk=cfg.grid.chunk, overwrite=overwrite)
-    try:
-        gdf = truth_inventory(scene, out)
-        write_inventory(gdf, truth_path, overwrite=overwrite, metadata={
+    # The mosaic and its truth are one product: both are built beside their targets and moved
+    # into place together at the end, so a failure leaves any earlier pair untouched.
+    with atomic_path(out, overwrite=overwrite) as tmp_store, atomic_path(truth_path, overwrite=overwrite) as tmp_truth:
+        write_mosaic(ds, tmp_store, chunk=cfg.grid.chunk)
+        gdf = truth_inventory(scene, tmp_store)
+        write_inventory(gdf, tmp_truth, metadata={
             "method": "truth", "seed": cfg.seed, "mosaic": str(out), "sim_config": cfg.model_dump(mode="json"),
         })
-    except BaseException:
-        # The pair is one product: never leave a mosaic without its truth.
-        import shutil
-        shutil.rmtree(out, ignore_errors=True)
-        raise
     return out, truth_path
 
 
