@@ -130,3 +130,13 @@ def test_unknown_format_is_refused(tmp_path):
     p.write_text("1,2,3\n")
     with pytest.raises(InputError, match="unrecognised format"):
         open_source(p)
+
+
+def test_licsbas_vel_geotiff_matches_the_binary(real, tmp_path):
+    binary = open_source(CAMPI, ReadOptions(track="desc_124"))
+    d = tmp_path / "124D_04854_171313"
+    d.mkdir()
+    tif = write_tif(d / "vel.geo.tif", _all(binary), transform=binary.grid.transform, crs="EPSG:4326")
+    src = open_source(tif)
+    assert src.track.name == "desc_124" and src.grid == binary.grid
+    np.testing.assert_array_equal(_all(src), _all(binary))

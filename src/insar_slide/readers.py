@@ -228,7 +228,7 @@ def _open_geotiff(p: Path, opts: ReadOptions) -> RateSource:
         grid = Grid.from_transform(crs, ds.transform, ds.height, ds.width, source=str(p))
         tags = ds.tags()
     units = opts.units or _units_from_tag(tags.get("units") or tags.get("UNIT") or "") or "mm/yr"
-    track = TrackInfo(name=opts.track or "los", sources=(str(p),))
+    track = TrackInfo(name=opts.track or _frame_track(p) or "los", sources=(str(p),))
     return GeoTiffSource(str(p), "geotiff", grid, track, units, UNIT_SCALE[units], keep_zeros=True)
 
 
@@ -304,6 +304,12 @@ def _find_dem_par(p: Path, opts: ReadOptions) -> Path | None:
     return None
 
 
+def _frame_track(p: Path) -> str | None:
+    """``desc_124`` from a LiCSAR frame id such as ``124D_04854_171313`` in the path."""
+    m = re.search(r"(\d{3})([AD])_\d{5}_\d{6}", str(p.resolve()))
+    return f"{'asc' if m.group(2) == 'A' else 'desc'}_{int(m.group(1)):03d}" if m else None
+
+
 def _parse_dem_par(d: Path) -> dict[str, str]:
     out = {}
     for line in d.read_text(errors="replace").splitlines():
@@ -334,9 +340,9 @@ def _open_licsbas(p: Path, opts: ReadOptions) -> RateSource:
     # EQA corner_lat/lon are pixel *centres*: shift half a pixel to the corner.
     transform = Affine(plon, 0, clon - plon / 2, 0, plat, clat - plat / 2)
     grid = Grid.from_transform(opts.crs or "EPSG:4326", transform, nlines, width, source=str(p))
-    m = re.search(r"(\d{3})([AD])_\d{5}_\d{6}", str(p.resolve()))
-    name = f"{'asc' if m.group(2) == 'A' else 'desc'}_{int(m.group(1)):03d}" if m else "los"
-    if not m and not opts.track:
+    frame = _frame_track(p)
+    name = frame or "los"
+    if not frame and not opts.track:
         log.warning("%s: no LiCSAR frame id in the path, track named %r; pass --track to name it", p, name)
     units = opts.units or "mm/yr"
     track = TrackInfo(name=name, sources=(str(p),))
