@@ -1,0 +1,106 @@
+"""Checkpoints (DESIGN.md contract 3): safetensors weights + JSON metadata, never pickle.
+
+The metadata document (architecture, input encoding, tile size, classes, training config,
+data fingerprint, metrics) is stored in the safetensors header under ``insar_slide`` and as a
+``<name>.json`` card beside the file for people. Loading reads the header first and refuses
+anything that is not a safetensors file — a ``torch.save`` zip or a raw pickle is never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from .detector import ModelConfig, build_model
+
+META_KEY = "insar_slide"
+FORMAT = "insar-slide-checkpoint/1"
+_MAX_HEADER = 100 * 2**20
+
+
+def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | Path, *, extra: dict[str, Any] | None = None,
+                    half: bool = False, overwrite: bool = True) -> Path:
+    """Write weights (fp16 if ``half``) and metadata atomically; also write the JSON card."""
+    tensors = {k: (v.detach().to("cpu").contiguous()) for k, v in model.state_dict().items()}
+    if half:
+        tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in tensors.items()}
+    meta = {"format": FORMAT, "model": config.to_dict(), **(extra or {})}
+    target = Path(path)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, default=str)})
+    card = target.with_suffix(".json")
+    with atomic_path(card, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return target
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's metadata, after checking that the file really is safetensors."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such checkpoint")
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise InputError(
+            f"{p}: this is a pickle (torch.save) file, not a safetensors checkpoint; insar-slide never "
+            "unpickles checkpoints because a pickle can run code. Convert trusted weights with "
+            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')"
+        )
+    if len(head) < 9:
+        raise InputError(f"{p}: {size} bytes is too short for a checkpoint; the file is truncated")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER or 8 + n > size or head[8:9] != b"{":
+        raise InputError(f"{p}: not a safetensors checkpoint (bad header); the file is truncated or of another kind")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as exc:
+        raise InputError(f"{p}: cannot read the checkpoint ({exc}); the file is truncated or corrupt") from exc
+    if raw is None:
+        raise InputError(f"{p}: a safetensors file without insar-slide metadata; it was not written by insar-slide")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{p}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, *, expect: ModelConfig | None = None,
+                    device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, dict[str, Any]]:
+    """Build the model the checkpoint describes and load its weights (as float32).
+
+    ``expect``: refuse a checkpoint of another variant, tile size or input encoding.
+    """
+    meta = read_metadata(path)
+    config = ModelConfig.from_dict(meta["model"])
+    if expect is not None:
+        for name in ("variant", "tile_size", "encoding", "classes"):
+            if getattr(expect, name) != getattr(config, name):
+                raise InputError(f"{path}: checkpoint {name} is {getattr(config, name)!r}, but {getattr(expect, name)!r} "
+                                 "was asked for; use a checkpoint trained with the same settings")
+    model = build_model(config)
+    own = model.state_dict()
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for k in f.keys():
+                state[k] = f.get_tensor(k)
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read the weights ({exc}); the file is truncated or corrupt") from exc
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    if missing or unexpected:
+        raise InputError(f"{path}: weights do not fit a {config.variant} model "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {sorted(missing | unexpected)[:3]})")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    model.to(device).eval()
+    return model, config, meta

@@ -1,0 +1,156 @@
+"""Faster R-CNN with a ResNet-34 body, optional FPN and CBAM (the paper's three variants).
+
+- ``r34``: ResNet-34 up to layer4, one C5 feature map (stride 32).
+- ``r34_fpn``: ResNet-34 + FPN on the four stages (P2–P5, plus P6 by max pooling).
+- ``r34_fpn_cbam`` (default): as ``r34_fpn`` with CBAM after layer1 and after layer2.
+
+The image transform keeps the native pixel scale (no resize: a 30 m pixel stays a 30 m pixel)
+and does no mean/std normalisation — the :class:`InputEncoding` already scales rates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from ..errors import ConfigError, InputError
+from .cbam import CBAM
+from .encoding import InputEncoding
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("r34", "r34_fpn", "r34_fpn_cbam")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the network; stored in the checkpoint."""
+
+    variant: str = "r34_fpn_cbam"
+    tile_size: int = 512
+    classes: tuple[str, ...] = ("background", "landslide")
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    box_score_thresh: float = 0.05
+    box_detections_per_img: int = 100
+    encoding: InputEncoding = field(default_factory=InputEncoding)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"model variant {self.variant!r} is unknown; choose one of {', '.join(VARIANTS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["encoding"] = self.encoding.to_dict()
+        d["classes"] = list(self.classes)
+        d["anchor_sizes"] = list(self.anchor_sizes)
+        d["aspect_ratios"] = list(self.aspect_ratios)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["encoding"] = InputEncoding.from_dict(d["encoding"])
+        for k in ("classes", "anchor_sizes", "aspect_ratios"):
+            d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class NativeScaleTransform(GeneralizedRCNNTransform):
+    """Batches images without resizing them (torchvision would resize to 800 px)."""
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        return image, target
+
+
+def _body(cbam: bool) -> nn.Sequential:
+    r = torchvision.models.resnet34(weights=None)
+    parts: OrderedDict[str, nn.Module] = OrderedDict(
+        conv1=r.conv1, bn1=r.bn1, relu=r.relu, maxpool=r.maxpool, layer1=r.layer1)
+    if cbam:
+        parts["cbam1"] = CBAM(64)
+    parts["layer2"] = r.layer2
+    if cbam:
+        parts["cbam2"] = CBAM(128)
+    parts["layer3"] = r.layer3
+    parts["layer4"] = r.layer4
+    return nn.Sequential(parts)
+
+
+def build_model(config: ModelConfig | None = None) -> FasterRCNN:
+    """A randomly initialised detector of ``config.variant`` (see :func:`load_pretrained`)."""
+    cfg = config or ModelConfig()
+    n_classes = len(cfg.classes)
+    if cfg.variant == "r34":
+        backbone: nn.Module = _body(cbam=False)
+        backbone.out_channels = 512  # type: ignore[assignment]
+        anchors = AnchorGenerator((tuple(cfg.anchor_sizes),), (tuple(cfg.aspect_ratios),))
+        roi = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2)
+    else:
+        cbam = cfg.variant == "r34_fpn_cbam"
+        body = _body(cbam=cbam)
+        l1, l2 = ("cbam1", "cbam2") if cbam else ("layer1", "layer2")
+        backbone = BackboneWithFPN(body, {l1: "0", l2: "1", "layer3": "2", "layer4": "3"},
+                                   [64, 128, 256, 512], 256, extra_blocks=LastLevelMaxPool())
+        anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes))
+        roi = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
+    model = FasterRCNN(
+        backbone, num_classes=n_classes, rpn_anchor_generator=anchors, box_roi_pool=roi,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        box_score_thresh=cfg.box_score_thresh, box_detections_per_img=cfg.box_detections_per_img,
+    )
+    model.transform = NativeScaleTransform(cfg.tile_size, cfg.tile_size, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    return model
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Initialise ``model`` from a local torchvision-format weights file (COCO or ImageNet).
+
+    Loads every tensor whose name (bare, or under ``backbone.body.`` / ``backbone.``) and shape
+    fit; returns ``{"loaded": [...], "shape_mismatch": [...], "unused": [...], "missing": [...]}``
+    and logs a summary. The file is read with ``torch.load(weights_only=True)``, which refuses
+    anything but tensors and plain containers.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such weights file (no weights are downloaded; pass a local torchvision .pth)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{p}: not a torchvision weights file loadable with weights_only=True ({exc})") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    own = model.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "shape_mismatch": [], "unused": []}
+    new = {}
+    for key, tensor in state.items():
+        for cand in (key, f"backbone.body.{key}", f"backbone.{key}"):
+            if cand in own:
+                if own[cand].shape == tensor.shape:
+                    new[cand] = tensor
+                    report["loaded"].append(cand)
+                else:
+                    report["shape_mismatch"].append(cand)
+                break
+        else:
+            report["unused"].append(key)
+    model.load_state_dict(new, strict=False)
+    report["missing"] = sorted(set(own) - set(new))
+    log.info("%s: loaded %d tensors, %d shape mismatches, %d unused, %d left at random init",
+             p, len(report["loaded"]), len(report["shape_mismatch"]), len(report["unused"]), len(report["missing"]))
+    return report

@@ -1,0 +1,47 @@
+"""How a rate window (mm/yr, NaN = no data) becomes the network's input tensor.
+
+The detector sees three channels, all in [-1, 1] or [0, 1] with no further normalisation:
+
+1. ``rate``     — LOS rate / ``clip_mm_yr``, clipped to [-1, 1]; NaN → 0.
+2. ``abs_rate`` — |rate| / ``clip_mm_yr``, clipped to [0, 1]; NaN → 0. A landslide may move
+   toward or away from the satellite; this channel lets the first layers treat both alike.
+3. ``valid``    — 1 where there is a measurement, 0 in holes, so a hole is never mistaken
+   for stable ground.
+
+Three channels also let a COCO/ImageNet ``conv1`` be loaded unchanged. The encoding is stored
+in every checkpoint and checked on load, so training and inference can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CHANNELS = ("rate", "abs_rate", "valid")
+
+
+@dataclass(frozen=True)
+class InputEncoding:
+    clip_mm_yr: float = 60.0
+    channels: tuple[str, ...] = CHANNELS
+    version: int = 1
+
+    def encode(self, rate: np.ndarray) -> torch.Tensor:
+        """``rate`` (rows, cols) float mm/yr → float32 tensor (3, rows, cols)."""
+        r = np.asarray(rate, dtype=np.float32)
+        valid = np.isfinite(r)
+        scaled = np.clip(np.where(valid, r, 0.0) / np.float32(self.clip_mm_yr), -1.0, 1.0)
+        out = np.stack([scaled, np.abs(scaled), valid.astype(np.float32)])
+        return torch.from_numpy(out.astype(np.float32, copy=False))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InputEncoding:
+        return cls(clip_mm_yr=float(d["clip_mm_yr"]), channels=tuple(d["channels"]), version=int(d["version"]))

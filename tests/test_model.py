@@ -1,0 +1,121 @@
+"""The detector's variants, input encoding and checkpoints (random weights, CPU, small inputs)."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from insar_slide.errors import ConfigError, InputError
+from insar_slide.model import (
+    InputEncoding,
+    ModelConfig,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from insar_slide.model.cbam import CBAM
+from insar_slide.model.detector import load_pretrained
+
+torch.set_num_threads(2)
+
+
+def test_encoding_channels_and_nan_handling():
+    rate = np.array([[np.nan, 0.0, 30.0, -120.0]], dtype=np.float32)
+    x = InputEncoding(clip_mm_yr=60).encode(rate)
+    assert x.shape == (3, 1, 4) and x.dtype == torch.float32
+    np.testing.assert_allclose(x[0, 0].numpy(), [0, 0, 0.5, -1])
+    np.testing.assert_allclose(x[1, 0].numpy(), [0, 0, 0.5, 1])
+    np.testing.assert_allclose(x[2, 0].numpy(), [0, 1, 1, 1])
+
+
+def test_cbam_shapes_and_attention_range():
+    m = CBAM(64)
+    x = torch.randn(2, 64, 16, 16)
+    with torch.no_grad():
+        y, att = m(x), m.channel(x)
+    assert y.shape == x.shape
+    assert 0 <= float(att.min()) and float(att.max()) <= 1
+
+
+@pytest.mark.parametrize("variant", ["r34", "r34_fpn", "r34_fpn_cbam"])
+def test_variants_run_at_native_scale(variant):
+    cfg = ModelConfig(variant=variant, tile_size=128, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50)
+    model = build_model(cfg)
+    names = dict(model.backbone.named_modules()) if variant != "r34" else dict(model.backbone.named_children())
+    assert any("cbam" in n for n in names) == (variant == "r34_fpn_cbam")
+    model.eval()
+    img = cfg.encoding.encode(np.random.default_rng(0).normal(0, 10, (128, 96)).astype("float32"))
+    with torch.no_grad():
+        images, _ = model.transform([img])
+        out = model([img])
+    assert tuple(images.image_sizes[0]) == (128, 96)  # no resize to 800 px
+    assert set(out[0]) == {"boxes", "labels", "scores"}
+    model.train()
+    target = {"boxes": torch.tensor([[10.0, 20.0, 40.0, 60.0]]), "labels": torch.tensor([1])}
+    losses = model([img], [target])
+    assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ConfigError, match="r34_fpn_cbam"):
+        ModelConfig(variant="r50")
+
+
+def test_checkpoint_round_trip_fp16_and_variant_check(tmp_path):
+    cfg = ModelConfig(tile_size=128)
+    model = build_model(cfg).eval()
+    path = save_checkpoint(model, cfg, tmp_path / "m.safetensors", extra={"metrics": {"map50": 0.5}}, half=True)
+    assert (tmp_path / "m.json").is_file()
+    back, cfg2, meta = load_checkpoint(path, expect=cfg)
+    assert cfg2 == cfg and meta["metrics"] == {"map50": 0.5}
+    a, b = model.state_dict(), back.state_dict()
+    for k in a:
+        if a[k].is_floating_point():
+            torch.testing.assert_close(b[k], a[k].half().float())
+    with pytest.raises(InputError, match="variant"):
+        load_checkpoint(path, expect=ModelConfig(variant="r34_fpn", tile_size=128))
+    with pytest.raises(InputError, match="encoding"):
+        load_checkpoint(path, expect=ModelConfig(tile_size=128, encoding=InputEncoding(clip_mm_yr=30)))
+
+
+def test_pickle_files_are_refused_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('pickle code ran')",))
+
+    bad = tmp_path / "evil.safetensors"
+    torch.save({"w": torch.zeros(1), "x": Boom()}, bad)  # a zip with a code-running pickle
+    assert zipfile.is_zipfile(bad)
+    with pytest.raises(InputError, match="never unpickles"):
+        load_checkpoint(bad)
+    raw = tmp_path / "raw.safetensors"
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(1)}, buf, _use_new_zipfile_serialization=False)
+    raw.write_bytes(buf.getvalue())
+    with pytest.raises(InputError, match="never unpickles"):
+        load_checkpoint(raw)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    cfg = ModelConfig(variant="r34", tile_size=64)
+    path = save_checkpoint(build_model(cfg), cfg, tmp_path / "m.safetensors")
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(InputError, match="truncated"):
+        load_checkpoint(cut)
+
+
+def test_load_pretrained_reports_what_fits(tmp_path):
+    import torchvision
+    imagenet = torchvision.models.resnet34(weights=None).state_dict()
+    imagenet["conv1.weight"] = torch.full_like(imagenet["conv1.weight"], 0.5)
+    f = tmp_path / "resnet34.pth"
+    torch.save(imagenet, f)
+    model = build_model(ModelConfig())
+    rep = load_pretrained(model, f)
+    assert "backbone.body.conv1.weight" in rep["loaded"] and "fc.weight" in rep["unused"]
+    assert float(model.backbone.body.conv1.weight.mean()) == pytest.approx(0.5)
+    assert any("cbam" in k for k in rep["missing"])  # CBAM and the heads stay random
