@@ -152,6 +152,21 @@ def quicklook(mosaic: str, out: str, inventory: str | None, clip: float | None, 
 
 
 @main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@_friendly
+def chips(config: str) -> None:
+    """Cut training chips (512 px, filtered, split by blocks, rotated) with VOC and COCO labels."""
+    from .training.chips import make_chips
+    from .training.config import load_chips_config
+
+    cfg = load_chips_config(config)
+    t0 = time.perf_counter()
+    s = make_chips(cfg)
+    click.echo(f"wrote {s['chips']} chips from {s['windows']} windows to {cfg.out} in {time.perf_counter() - t0:.1f} s: "
+               f"train {s['train']} chips / {s['boxes_train']} boxes, val {s['val']} chips / {s['boxes_val']} boxes")
+
+
+@main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @_friendly
 def demo(out_dir: str) -> None:

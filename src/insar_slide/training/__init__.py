@@ -1,0 +1,1 @@
+"""Training data and training: chips, boxes, VOC/COCO, the training loop."""

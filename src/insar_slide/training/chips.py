@@ -1,0 +1,198 @@
+"""Training chips from mosaics and inventories (the paper's section 2.3, with a leak-free split).
+
+Per source mosaic and track: 512 × 512 windows on a grid with no overlap → keep windows whose
+max |rate| ≥ 10 mm/yr (and, with a river line, whose centre lies within 50 km of it) → split
+train/validation 7:3 by spatial blocks → only then rotate by 0/90/180/270° (clockwise) with
+exact box transforms. The paper rotated first and then split, which puts rotated twins of
+validation tiles into training; splitting first avoids that leak.
+
+Output folder: ``images/<chip>.tif`` (float32 rate, mm/yr, NaN holes, georeferenced for the
+unrotated chips), ``png/<chip>.png`` (for LabelImg), ``voc/<chip>.xml``, ``coco_train.json``,
+``coco_val.json``, ``chips.csv`` (where each chip came from) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import shapely
+from pyproj import CRS
+from rasterio.errors import NotGeoreferencedWarning
+
+from ..atomic import atomic_path
+from ..errors import ConfigError, InputError
+from ..grid import Grid, PixelWindow, chunk_windows
+from ..inventory import read_inventory
+from ..mosaic import RATE, grid_of, open_basin
+from .boxes import SliverRule, block_split, clip_boxes, polygon_to_pixel, rotate_cw
+from .config import ChipsConfig
+from .voc import coco_dict, read_voc, voc_xml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source: int
+    track: str
+    win: PixelWindow
+    block: int
+
+
+def _labels(gdf: gpd.GeoDataFrame, track: str, cfg: ChipsConfig) -> gpd.GeoDataFrame:
+    """The inventory rows that are objects on ``track`` (truth: visible and fast enough there)."""
+    peak, vis = f"peak_los_{track}", f"visible_fraction_{track}"
+    if peak in gdf.columns and vis in gdf.columns:
+        keep = (gdf[peak].abs() >= cfg.label_min_abs_los) & (gdf[vis] >= cfg.label_min_visible)
+        return gdf[keep]
+    return gdf
+
+
+def _voc_to_inventory(folder: Path, manifest: Path, grid: Grid) -> gpd.GeoDataFrame:
+    """Boxes drawn in LabelImg on chips → polygons in the mosaic CRS (un-rotating each chip)."""
+    table = pd.read_csv(manifest).set_index("chip")
+    polys = []
+    for xml in sorted(folder.glob("*.xml")):
+        chip = xml.stem
+        if chip not in table.index:
+            raise InputError(f"{xml}: chip {chip!r} is not in {manifest}; pass the chips.csv written with these chips")
+        row = table.loc[chip]
+        _, (h, w), boxes = read_voc(xml)
+        turns = (4 - int(row["rotation"]) // 90) % 4  # undo the clockwise rotation
+        _, back = rotate_cw(np.zeros((h, w)), boxes, turns)
+        t = grid.window_grid(PixelWindow(int(row["row0"]), int(row["col0"]), h, w)).transform
+        polys += [shapely.box(*(t * (x1, y1)), *(t * (x2, y2))).normalize() for x1, y1, x2, y2 in back]
+    return gpd.GeoDataFrame({"method": "manual"}, geometry=polys, crs=grid.crs, index=range(len(polys)))
+
+
+def _load_inventory(src: Any, grid: Grid) -> gpd.GeoDataFrame:
+    p = Path(src.inventory)
+    if p.is_dir():
+        if not src.voc_manifest:
+            raise ConfigError(f"sources.inventory: {p} is a VOC folder; also give sources.voc_manifest (its chips.csv)")
+        return _voc_to_inventory(p, Path(src.voc_manifest), grid)
+    gdf = read_inventory(p)
+    if gdf.crs is None:
+        raise InputError(f"{p}: the inventory has no CRS; set it (e.g. gdf.set_crs) and save it again")
+    if CRS.from_user_input(gdf.crs) != CRS.from_user_input(grid.crs):
+        log.warning("%s: reprojecting the inventory from %s to the mosaic CRS %s", p, gdf.crs, grid.crs)
+        gdf = gdf.to_crs(grid.crs)
+    return gdf
+
+
+def _river_distance_ok(cfg: ChipsConfig, grid: Grid, wins: list[PixelWindow]) -> np.ndarray:
+    if cfg.river is None:
+        return np.ones(len(wins), bool)
+    line = shapely.from_wkt(Path(cfg.river.wkt).read_text())
+    line = gpd.GeoSeries([line], crs="EPSG:4326").to_crs(grid.crs).iloc[0]
+    t = grid.transform
+    centres = [shapely.Point(t * (w.col0 + w.cols / 2, w.row0 + w.rows / 2)) for w in wins]
+    return np.array([line.distance(c) <= cfg.river.buffer_km * 1000 for c in centres])
+
+
+def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
+    """The windows that become chips (before the split and rotations)."""
+    out: list[Candidate] = []
+    for s, src in enumerate(cfg.sources):
+        ds = open_basin(src.mosaic)
+        grid = grid_of(ds)
+        names = [str(t) for t in ds.track.values]
+        tracks = src.tracks or tuple(names)
+        unknown = set(tracks) - set(names)
+        if unknown:
+            raise ConfigError(f"sources[{s}].tracks: {sorted(unknown)} not in {src.mosaic} (it has {names})")
+        wins = [w for w in chunk_windows(grid.shape, cfg.size) if w.rows == cfg.size and w.cols == cfg.size]
+        near = _river_distance_ok(cfg, grid, wins)
+        nb_cols = -(-grid.width // cfg.split.block_px)
+        for t in tracks:
+            rate = ds[RATE].sel(track=t)
+            for w, ok in zip(wins, near, strict=True):
+                if not ok:
+                    continue
+                block = np.asarray(rate.isel(y=slice(w.row0, w.row1), x=slice(w.col0, w.col1)).values)
+                valid = np.isfinite(block)
+                if valid.mean() < cfg.min_valid_fraction or np.nanmax(np.abs(block)) < cfg.min_abs_rate:
+                    continue
+                bid = (w.row0 // cfg.split.block_px) * nb_cols + w.col0 // cfg.split.block_px
+                out.append(Candidate(s, t, w, s * 1_000_000 + bid))
+    return out
+
+
+def _write_png(path: Path, rate: np.ndarray, clip: float = 40.0) -> None:
+    import matplotlib.pyplot as plt
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#bdbdbd")
+    plt.imsave(path, np.ma.masked_invalid(rate), cmap=cmap, vmin=-clip, vmax=clip)
+
+
+def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
+    """Write the chip set described by ``cfg``; returns its summary (also in manifest.json)."""
+    for r in cfg.rotations:
+        if r % 90 or not 0 <= r < 360:
+            raise ConfigError(f"rotations: {r} is not one of 0, 90, 180, 270")
+    cands = plan_chips(cfg)
+    if not cands:
+        raise InputError("no window passes the filters (max |rate| ≥ min_abs_rate, valid fraction, river buffer); "
+                         "lower min_abs_rate or check the mosaic")
+    is_val = block_split(np.array([c.block for c in cands]), val_fraction=cfg.split.val_fraction, seed=cfg.split.seed)
+    rule = SliverRule(cfg.sliver_min_fraction, cfg.sliver_min_side_px)
+    out = Path(cfg.out)
+    rows: list[dict[str, Any]] = []
+    coco: dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]] = {"train": ([], []), "val": ([], [])}
+    with atomic_path(out, overwrite=cfg.overwrite) as tmp:
+        for sub in ("images", "png", "voc"):
+            (tmp / sub).mkdir(parents=True)
+        cache: dict[int, tuple[Any, Grid, gpd.GeoDataFrame]] = {}
+        for cand, val in zip(cands, is_val, strict=True):
+            if cand.source not in cache:
+                ds = open_basin(cfg.sources[cand.source].mosaic)
+                g = grid_of(ds)
+                cache[cand.source] = (ds, g, _load_inventory(cfg.sources[cand.source], g))
+            ds, grid, inv = cache[cand.source]
+            w = cand.win
+            rate = np.asarray(ds[RATE].sel(track=cand.track).isel(y=slice(w.row0, w.row1), x=slice(w.col0, w.col1)).values)
+            wgrid = grid.window_grid(w)
+            labels = _labels(inv, cand.track, cfg)
+            near = labels[labels.intersects(shapely.box(*wgrid.bounds))]
+            geoms_px = [polygon_to_pixel(g, wgrid.transform) for g in near.geometry]
+            boxes = clip_boxes(geoms_px, (w.rows, w.cols), rule)
+            split = "val" if val else "train"
+            for rot in cfg.rotations:
+                img, b = rotate_cw(rate, boxes, rot // 90)
+                name = f"s{cand.source}_{cand.track}_{w.row0}_{w.col0}_r{rot}"
+                profile = {"driver": "GTiff", "height": img.shape[0], "width": img.shape[1], "count": 1,
+                           "dtype": "float32", "nodata": float("nan"), "compress": "deflate"}
+                if rot == 0:  # only the unrotated chip sits on the map
+                    profile.update(crs=grid.crs, transform=wgrid.transform)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rotated chips are off the map
+                    with rasterio.open(tmp / "images" / f"{name}.tif", "w", **profile) as dst:
+                        dst.write(img.astype("float32"), 1)
+                _write_png(tmp / "png" / f"{name}.png", img)
+                (tmp / "voc" / f"{name}.xml").write_text(voc_xml(f"{name}.png", img.shape, b))
+                images, blist = coco[split]
+                images.append({"id": len(rows) + 1, "file_name": f"images/{name}.tif", "width": img.shape[1], "height": img.shape[0]})
+                blist.append(b)
+                rows.append({"chip": name, "split": split, "source": cand.source, "mosaic": cfg.sources[cand.source].mosaic,
+                             "track": cand.track, "row0": w.row0, "col0": w.col0, "rotation": rot, "n_boxes": len(b)})
+        for split, (images, blist) in coco.items():
+            (tmp / f"coco_{split}.json").write_text(json.dumps(coco_dict(images, blist)))
+        table = pd.DataFrame(rows)
+        table.to_csv(tmp / "chips.csv", index=False)
+        summary = {
+            "chips": len(table), "windows": len(cands),
+            "train": int((table.split == "train").sum()), "val": int((table.split == "val").sum()),
+            "boxes_train": int(table.n_boxes[table.split == "train"].sum()),
+            "boxes_val": int(table.n_boxes[table.split == "val"].sum()),
+            "config": cfg.model_dump(mode="json"),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
