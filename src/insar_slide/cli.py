@@ -166,6 +166,34 @@ def chips(config: str) -> None:
                f"train {s['train']} chips / {s['boxes_train']} boxes, val {s['val']} chips / {s['boxes_val']} boxes")
 
 
+@main.command("train")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in the config's out folder after its last epoch.")
+@_friendly
+def train_cmd(config: str, resume: bool) -> None:
+    """Train the detector on a chip set (configs/train_paper.yaml, configs/train_cpu.yaml)."""
+    from tqdm import tqdm
+
+    from .training.train import load_train_config, train
+
+    cfg = load_train_config(config)
+    bar: list[tqdm] = []
+
+    def on_step(step: int, n: int, loss: float) -> None:
+        if step == 1:
+            if bar:
+                bar.pop().close()
+            bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
+        bar[-1].set_postfix(loss=f"{loss:.3f}")
+        bar[-1].update(1)
+
+    row = train(cfg, resume=resume, on_step=on_step)
+    for b in bar:
+        b.close()
+    click.echo(f"trained to epoch {row['epoch']}: loss {row['loss']:.3f}, val AP50 {row['AP50']:.3f}, "
+               f"F1 {row['f1']:.3f}; run folder {cfg.out}")
+
+
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @_friendly

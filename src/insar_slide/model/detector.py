@@ -44,8 +44,12 @@ class ModelConfig:
     classes: tuple[str, ...] = ("background", "landslide")
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
     encoding: InputEncoding = field(default_factory=InputEncoding)
@@ -111,7 +115,9 @@ def build_model(config: ModelConfig | None = None) -> FasterRCNN:
         roi = MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2)
     model = FasterRCNN(
         backbone, num_classes=n_classes, rpn_anchor_generator=anchors, box_roi_pool=roi,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image, box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh, box_detections_per_img=cfg.box_detections_per_img,
     )
     model.transform = NativeScaleTransform(cfg.tile_size, cfg.tile_size, image_mean=[0.0] * 3, image_std=[1.0] * 3)

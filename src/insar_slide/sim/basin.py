@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import geopandas as gpd
 import numpy as np
@@ -133,6 +134,8 @@ def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, chunk: int) -> pd.DataFrame:
     """Rate statistics of every polygon, one Dask task per mosaic chunk holding their centres.
 
     Each task reads its chunk (plus the polygons' overhang) once, not once per polygon.
+    A thread pool, not ``dask.delayed``: a lazy Dataset passed to a delayed function would be
+    computed whole before the call (the full mosaic in memory).
     """
     c = geoms.centroid
     g = grid_of(ds)
@@ -140,9 +143,9 @@ def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, chunk: int) -> pd.DataFrame:
            + np.floor((c.x.to_numpy() - g.x0) / g.dx / chunk).astype(int))
     order = np.argsort(key, kind="stable")
     groups = np.split(order, np.nonzero(np.diff(key[order]))[0] + 1)
-    parts = [dask.delayed(polygon_rate_stats)(ds, geoms.iloc[idx]) for idx in groups if len(idx)]
-    with dask.config.set(scheduler="threads"):
-        frames = dask.compute(*parts)
+    groups = [idx for idx in groups if len(idx)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        frames = list(pool.map(lambda idx: polygon_rate_stats(ds, geoms.iloc[idx]), groups))
     stats = pd.concat(frames, ignore_index=True)
-    stats.index = np.concatenate([idx for idx in groups if len(idx)])
+    stats.index = np.concatenate(groups)
     return stats.sort_index()

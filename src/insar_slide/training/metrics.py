@@ -1,0 +1,60 @@
+"""Detection metrics: COCO (via faster-coco-eval, not re-implemented) and P/R/F1 at IoU 0.5."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+COCO_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+
+
+def coco_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """COCO box metrics of ``detections`` ([{image_id, bbox [x, y, w, h], score, category_id}])."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    if not gt["annotations"]:
+        return {k: float("nan") for k in COCO_NAMES}
+    coco_gt = COCO(gt)
+    if not detections:
+        return {k: 0.0 for k in COCO_NAMES}
+    coco_dt = coco_gt.loadRes(list(detections))
+    ev = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return {k: float(v) for k, v in zip(COCO_NAMES, ev.stats[:12], strict=True)}
+
+
+def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) by greedy matching in score order."""
+    if len(det_boxes) == 0:
+        return 0, 0, len(gt_boxes)
+    if len(gt_boxes) == 0:
+        return 0, len(det_boxes), 0
+    ious = box_iou(torch.as_tensor(det_boxes, dtype=torch.float64), torch.as_tensor(gt_boxes, dtype=torch.float64)).numpy()
+    taken = np.zeros(len(gt_boxes), bool)
+    tp = 0
+    for d in np.argsort(-scores, kind="stable"):
+        cand = np.where(~taken & (ious[d] >= iou))[0]
+        if len(cand):
+            taken[cand[np.argmax(ious[d, cand])]] = True
+            tp += 1
+    return tp, len(det_boxes) - tp, int((~taken).sum())
+
+
+def prf1(per_image: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *, score_threshold: float, iou: float = 0.5) -> dict[str, float]:
+    """Precision, recall, F1 over images of (gt boxes, det boxes, scores) at a score threshold."""
+    tp = fp = fn = 0
+    for gt, det, sc in per_image:
+        keep = sc >= score_threshold
+        a, b, c = match_at_iou(gt, det[keep], sc[keep], iou=iou)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    p = tp / (tp + fp) if tp + fp else float("nan") if tp + fn == 0 else 0.0
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    f1 = 2 * p * r / (p + r) if p + r and not np.isnan(p) and not np.isnan(r) else 0.0
+    return {"precision": p, "recall": r, "f1": f1, "tp": tp, "fp": fp, "fn": fn}

@@ -1,0 +1,335 @@
+"""Training the detector on a chip set (``insar-slide train train.yaml``).
+
+Each epoch: a pass over the training chips (optionally random crops, for CPU budgets), a
+checkpoint (``last.safetensors`` + ``train_state.safetensors`` for ``--resume``), validation
+metrics (COCO via faster-coco-eval, P/R/F1 at IoU 0.5), a row in ``metrics.csv``; the best
+epoch by validation AP50 is kept as ``best.safetensors``; ``loss.png`` at the end. Data order
+and crops are seeded per epoch, so a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import torch
+from pydantic import Field
+from safetensors.torch import load_file, save_file
+
+from ..atomic import atomic_path
+from ..config import StrictModel, load_yaml, parse_config, resolve_path
+from ..errors import InputError
+from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.detector import ModelConfig, build_model, load_pretrained
+from ..model.encoding import InputEncoding
+from .metrics import coco_metrics, prf1
+
+log = logging.getLogger(__name__)
+
+
+class ModelSection(StrictModel):
+    variant: Literal["r34", "r34_fpn", "r34_fpn_cbam"] = "r34_fpn_cbam"
+    clip_mm_yr: float = Field(60.0, gt=0)
+    rpn_pre_nms_top_n_train: int = Field(2000, ge=1)
+    rpn_post_nms_top_n_train: int = Field(2000, ge=1)
+    rpn_pre_nms_top_n_test: int = Field(1000, ge=1)
+    rpn_post_nms_top_n_test: int = Field(1000, ge=1)
+    rpn_batch_size_per_image: int = Field(256, ge=1)
+    box_batch_size_per_image: int = Field(512, ge=1)
+
+
+class TrainConfig(StrictModel):
+    chips: str = Field(description="a folder written by `insar-slide chips`")
+    out: str = Field(description="run folder: checkpoints, metrics.csv, loss.png")
+    model: ModelSection = ModelSection()
+    init_weights: str | None = Field(None, description="local torchvision-format .pth (COCO or ImageNet)")
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_decay_start_epoch: int = Field(15, ge=1, description="1-based epoch from which the lr decays")
+    lr_decay_every: int = Field(2, ge=1)
+    lr_decay_gamma: float = Field(0.4, gt=0, le=1)
+    warmup_steps: int = Field(0, ge=0, description="linear lr warm-up over the first steps")
+    crop_size: int | None = Field(None, ge=32, description="train on random crops of this size (CPU budgets)")
+    max_train_chips: int | None = Field(None, ge=1)
+    max_val_chips: int | None = Field(None, ge=1)
+    score_threshold: float = Field(0.5, gt=0, lt=1, description="for precision / recall / F1")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    p = Path(path)
+    cfg = parse_config(TrainConfig, load_yaml(p), source=str(p))
+    base = p.parent
+    return cfg.model_copy(update={"chips": resolve_path(cfg.chips, base), "out": resolve_path(cfg.out, base),
+                                  "init_weights": resolve_path(cfg.init_weights, base)})
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device: cuda asked for, but no CUDA device is available; use device: auto or cpu")
+    return torch.device(name)
+
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """The paper's schedule: × gamma every ``every`` epochs from ``start`` (1-based epochs)."""
+    if epoch < cfg.lr_decay_start_epoch:
+        return 1.0
+    return cfg.lr_decay_gamma ** ((epoch - cfg.lr_decay_start_epoch) // cfg.lr_decay_every + 1)
+
+
+# ---------------------------------------------------------------------------- data
+
+@dataclass(frozen=True)
+class Chip:
+    path: Path
+    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2
+
+
+def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, Any]]:
+    f = Path(folder)
+    coco_path = f / f"coco_{split}.json"
+    if not coco_path.is_file():
+        raise InputError(f"{f}: no coco_{split}.json; pass a folder written by `insar-slide chips`")
+    coco = json.loads(coco_path.read_text())
+    by_img: dict[int, list[list[float]]] = {im["id"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        by_img[a["image_id"]].append([x, y, x + w, y + h])
+    chips = []
+    for im in coco["images"]:
+        b = np.asarray(by_img[im["id"]], dtype=np.float64).reshape(-1, 4)
+        if len(b) and ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > im["width"]) | (b[:, 3] > im["height"])).any():
+            raise InputError(f"{coco_path}: a box of {im['file_name']} lies outside its {im['width']} x {im['height']} chip")
+        chips.append(Chip(f / im["file_name"], b))
+    return chips, coco
+
+
+def read_chip(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1).astype("float32")
+
+
+def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    h, w = rate.shape
+    if size >= h and size >= w:
+        return rate, boxes
+    # Half of the crops are centred near an object, so small crops still see slides.
+    if len(boxes) and rng.random() < 0.5:
+        b = boxes[rng.integers(len(boxes))]
+        cy, cx = (b[1] + b[3]) / 2, (b[0] + b[2]) / 2
+        r0 = int(np.clip(cy - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, h - size))
+        c0 = int(np.clip(cx - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, w - size))
+    else:
+        r0, c0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    out = rate[r0:r0 + size, c0:c0 + size]
+    if not len(boxes):
+        return out, boxes
+    b = boxes - [c0, r0, c0, r0]
+    clipped = np.clip(b, 0, size)
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    carea = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
+    keep = (carea >= 0.3 * area) & (clipped[:, 2] - clipped[:, 0] >= 4) & (clipped[:, 3] - clipped[:, 1] >= 4)
+    return out, clipped[keep]
+
+
+def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch: int) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
+    rng = np.random.default_rng([cfg.seed, epoch])
+    order = rng.permutation(len(chips))
+    for i in range(0, len(order), cfg.batch_size):
+        imgs, targets = [], []
+        for j in order[i:i + cfg.batch_size]:
+            rate, boxes = read_chip(chips[j].path), chips[j].boxes
+            if cfg.crop_size:
+                rate, boxes = _crop(rate, boxes, cfg.crop_size, rng)
+            imgs.append(encoding.encode(rate))
+            targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                            "labels": torch.ones(len(boxes), dtype=torch.int64)})
+        yield imgs, targets
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict_chips(model: torch.nn.Module, chips: list[Chip], encoding: InputEncoding, device: torch.device,
+                  batch_size: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(boxes, scores) per chip, in chip order."""
+    model.eval()
+    out = []
+    for i in range(0, len(chips), batch_size):
+        imgs = [encoding.encode(read_chip(c.path)).to(device) for c in chips[i:i + batch_size]]
+        for det in model(imgs):
+            out.append((det["boxes"].cpu().numpy().astype(np.float64), det["scores"].cpu().numpy().astype(np.float64)))
+    return out
+
+
+def evaluate_predictions(chips: list[Chip], coco: dict[str, Any], preds: list[tuple[np.ndarray, np.ndarray]],
+                         score_threshold: float) -> dict[str, float]:
+    ids = [im["id"] for im in coco["images"]][:len(chips)]
+    gt = {**coco, "images": coco["images"][:len(chips)],
+          "annotations": [a for a in coco["annotations"] if a["image_id"] in set(ids)]}
+    dets = [{"image_id": iid, "category_id": 1, "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+             "score": float(s)} for iid, (bx, sc) in zip(ids, preds, strict=True) for b, s in zip(bx, sc, strict=True)]
+    m = coco_metrics(gt, dets)
+    m.update(prf1([(c.boxes, bx, sc) for c, (bx, sc) in zip(chips, preds, strict=True)], score_threshold=score_threshold))
+    return m
+
+
+# ---------------------------------------------------------------------------- the loop
+
+StepCallback = Callable[[int, int, float], None]
+
+METRIC_COLUMNS = ["epoch", "lr", "loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg",
+                  "AP", "AP50", "AP75", "precision", "recall", "f1", "seconds"]
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Train per ``cfg``; returns the last epoch's metrics row. ``on_step(step, n_steps, loss)``."""
+    out = Path(cfg.out)
+    train_chips, _ = read_split(cfg.chips, "train")
+    val_chips, val_coco = read_split(cfg.chips, "val")
+    if not train_chips:
+        raise InputError(f"{cfg.chips}: the training split is empty")
+    if sum(len(c.boxes) for c in train_chips) == 0:
+        raise InputError(f"{cfg.chips}: no training chip has a box; nothing to learn (check the inventory and label filters)")
+    if cfg.max_train_chips:
+        train_chips = train_chips[:cfg.max_train_chips]
+    if cfg.max_val_chips:
+        val_chips = val_chips[:cfg.max_val_chips]
+    sample = read_chip(train_chips[0].path)
+    if not np.isfinite(sample).any():
+        raise InputError(f"{train_chips[0].path}: an all-NaN chip; re-cut the chips (min_valid_fraction)")
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    m = cfg.model
+    mcfg = ModelConfig(variant=m.variant, tile_size=int(sample.shape[0]), encoding=InputEncoding(clip_mm_yr=m.clip_mm_yr),
+                       rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+                       rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+                       rpn_batch_size_per_image=m.rpn_batch_size_per_image, box_batch_size_per_image=m.box_batch_size_per_image)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    start = 1
+    if resume and (out / "last.safetensors").is_file():
+        model, _, meta = load_checkpoint(out / "last.safetensors", expect=mcfg, device=device)
+        start = int(meta["epoch"]) + 1
+        log.info("resuming %s after epoch %d", out, start - 1)
+    else:
+        if (out / "last.safetensors").exists() and not resume:
+            raise InputError(f"{out} already holds a training run; pass --resume to continue it, or choose another out")
+        model = build_model(mcfg).to(device)
+        if cfg.init_weights:
+            load_pretrained(model, cfg.init_weights)
+    out.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if start > 1:
+        state = load_file(str(out / "train_state.safetensors"))
+        for i, p in enumerate(params):
+            if f"momentum.{i}" in state:
+                opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
+    steps_per_epoch = math.ceil(len(train_chips) / cfg.batch_size)
+    row: dict[str, Any] = {}
+    for epoch in range(start, cfg.epochs + 1):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        t0 = time.perf_counter()
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        for step, (imgs, targets) in enumerate(batches(train_chips, cfg, mcfg.encoding, epoch)):
+            global_step = (epoch - 1) * steps_per_epoch + step
+            warm = min(1.0, (global_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(epoch, cfg) * warm
+            losses = model([i.to(device) for i in imgs], [{k: v.to(device) for k, v in t.items()} for t in targets])
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise InputError(f"training diverged at epoch {epoch}, step {step} (loss {float(loss)}); lower lr or add warmup_steps")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            n += 1
+            sums["loss"] = sums.get("loss", 0.0) + loss.item()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            if on_step:
+                on_step(step + 1, steps_per_epoch, sums["loss"] / n)
+        preds = predict_chips(model, val_chips, mcfg.encoding, device) if val_chips else []
+        metrics = evaluate_predictions(val_chips, val_coco, preds, cfg.score_threshold) if val_chips else {}
+        row = {"epoch": epoch, "lr": cfg.lr * lr_factor(epoch, cfg), **{k: v / max(n, 1) for k, v in sums.items()},
+               **{k: metrics.get(k, float("nan")) for k in ("AP", "AP50", "AP75", "precision", "recall", "f1")},
+               "seconds": time.perf_counter() - t0}
+        _save_epoch(out, model, mcfg, opt, params, cfg, epoch, row)
+    _plot_losses(out)
+    return row
+
+
+def _save_epoch(out: Path, model: torch.nn.Module, mcfg: ModelConfig, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                cfg: TrainConfig, epoch: int, row: dict[str, Any]) -> None:
+    extra = {"epoch": epoch, "metrics": row, "training_config": cfg.model_dump(mode="json"),
+             "data_fingerprint": _fingerprint(Path(cfg.chips))}
+    state = {f"momentum.{i}": opt.state[p]["momentum_buffer"].detach().cpu().contiguous()
+             for i, p in enumerate(params) if "momentum_buffer" in opt.state.get(p, {})}
+    with atomic_path(out / "train_state.safetensors", overwrite=True) as tmp:
+        save_file(state, str(tmp), metadata={"epoch": str(epoch)})
+    save_checkpoint(model, mcfg, out / "last.safetensors", extra=extra)
+    best_file = out / "best.json"
+    best = json.loads(best_file.read_text())["metrics"].get("AP50", -1) if best_file.is_file() else -1
+    ap50 = row.get("AP50", float("nan"))
+    if not best_file.is_file() or (not math.isnan(ap50) and ap50 > best):
+        save_checkpoint(model, mcfg, out / "best.safetensors", extra=extra)
+    csv_path = out / "metrics.csv"
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.is_file() else []
+    rows = [r for r in rows if int(r["epoch"]) < epoch] + [{k: row.get(k, "") for k in METRIC_COLUMNS}]
+    with atomic_path(csv_path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _fingerprint(chips: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("coco_train.json", "coco_val.json"):
+        p = chips / name
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _plot_losses(out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    ep = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for k in ("loss", "loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"):
+        ax.plot(ep, [float(r[k]) if r[k] else np.nan for r in rows], label=k, marker="o" if k == "loss" else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize=8)
+    if any(r["AP50"] for r in rows):
+        ax2 = ax.twinx()
+        ax2.plot(ep, [float(r["AP50"]) if r["AP50"] else np.nan for r in rows], color="black", ls="--", label="val AP50")
+        ax2.set_ylabel("validation AP50")
+        ax2.set_ylim(0, 1)
+    with atomic_path(out / "loss.png", overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -1,0 +1,108 @@
+"""Training for seconds on tiny chips: the loop, checkpoints, metrics, resume, bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from insar_slide.cli import main
+from insar_slide.errors import InputError
+from insar_slide.sim import basin as sim_basin
+from insar_slide.sim.config import SimConfig
+from insar_slide.training.chips import make_chips
+from insar_slide.training.config import ChipsConfig
+from insar_slide.training.metrics import match_at_iou, prf1
+from insar_slide.training.train import TrainConfig, lr_factor, train
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def chipset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    cfg = SimConfig.model_validate({"seed": 11, "grid": {"shape": [512, 512], "chunk": 256},
+                                    "landslides": {"density_per_100km2": 40}})
+    store, truth = sim_basin.simulate(cfg, d / "b.zarr")
+    make_chips(ChipsConfig(sources=[{"mosaic": str(store), "inventory": str(truth)}], out=str(d / "chips"),
+                           size=128, rotations=(0, 90), split={"block_px": 512, "val_fraction": 0.3}))
+    return d / "chips"
+
+
+def _cfg(chips, out, **kw):
+    base = {"chips": str(chips), "out": str(out), "epochs": 2, "batch_size": 2, "max_train_chips": 4, "max_val_chips": 2,
+            "lr": 0.002, "model": {"variant": "r34", "rpn_pre_nms_top_n_train": 100, "rpn_post_nms_top_n_train": 50,
+                                   "rpn_pre_nms_top_n_test": 100, "rpn_post_nms_top_n_test": 50,
+                                   "rpn_batch_size_per_image": 64, "box_batch_size_per_image": 64}}
+    base.update(kw)
+    return TrainConfig.model_validate(base)
+
+
+def test_paper_schedule():
+    cfg = TrainConfig(chips="c", out="o")
+    assert [lr_factor(e, cfg) for e in (1, 14, 15, 16, 17, 19)] == pytest.approx([1, 1, 0.4, 0.4, 0.16, 0.064])
+
+
+def test_train_writes_checkpoints_metrics_and_curve(chipset, tmp_path):
+    steps = []
+    row = train(_cfg(chipset, tmp_path / "run"), on_step=lambda s, n, loss: steps.append((s, n, loss)))
+    run = tmp_path / "run"
+    for f in ("last.safetensors", "best.safetensors", "train_state.safetensors", "metrics.csv", "loss.png", "last.json"):
+        assert (run / f).is_file(), f
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and row["epoch"] == 2
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    assert rows[0]["AP50"] != ""  # validation ran with COCO metrics
+    assert steps and steps[-1][0] == steps[-1][1] == 2
+    card = json.loads((run / "last.json").read_text())
+    assert card["model"]["variant"] == "r34" and card["epoch"] == 2 and card["data_fingerprint"]
+
+
+def test_resume_continues_exactly(chipset, tmp_path):
+    train(_cfg(chipset, tmp_path / "full"))
+    train(_cfg(chipset, tmp_path / "split", epochs=1))
+    train(_cfg(chipset, tmp_path / "split"), resume=True)
+    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "split" / "last.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(InputError, match="--resume"):
+        train(_cfg(chipset, tmp_path / "full"))
+
+
+def test_training_refuses_a_chip_set_without_boxes(chipset, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    coco = json.loads((chipset / "coco_train.json").read_text())
+    (empty / "coco_train.json").write_text(json.dumps({**coco, "annotations": []}))
+    (empty / "coco_val.json").write_text((chipset / "coco_val.json").read_text())
+    with pytest.raises(InputError, match="no training chip has a box"):
+        train(_cfg(empty, tmp_path / "r"))
+    bad = json.loads((chipset / "coco_train.json").read_text())
+    bad["annotations"][0]["bbox"] = [120, 120, 50, 50]
+    (empty / "coco_train.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="outside"):
+        train(_cfg(empty, tmp_path / "r"))
+
+
+def test_cli_train_and_unknown_key(chipset, tmp_path):
+    cfg = _cfg(chipset, "run", epochs=1).model_dump(mode="json")
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "t.yaml")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "epochz": 3}))
+    res = CliRunner().invoke(main, ["train", str(tmp_path / "bad.yaml")])
+    assert res.exit_code == 2 and "unknown key 'epochz'" in res.output
+
+
+def test_matching_and_prf1():
+    gt = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
+    det = np.array([[0, 0, 10, 11], [0, 0, 10, 10], [50, 50, 60, 60]], float)
+    sc = np.array([0.9, 0.8, 0.7])
+    assert match_at_iou(gt, det, sc) == (1, 2, 1)
+    m = prf1([(gt, det, sc)], score_threshold=0.75)
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1) and m["f1"] == pytest.approx(0.5)
