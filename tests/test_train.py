@@ -106,3 +106,57 @@ def test_matching_and_prf1():
     assert match_at_iou(gt, det, sc) == (1, 2, 1)
     m = prf1([(gt, det, sc)], score_threshold=0.75)
     assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1) and m["f1"] == pytest.approx(0.5)
+
+
+@pytest.fixture(scope="module")
+def two_models(chipset, tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    train(_cfg(chipset, d / "a", epochs=1))
+    b = _cfg(chipset, d / "b", epochs=1).model_dump()
+    b["model"]["variant"] = "r34_fpn_cbam"
+    train(TrainConfig.model_validate(b))
+    return d / "a" / "last.safetensors", d / "b" / "last.safetensors"
+
+
+def test_cli_evaluate_writes_tables_and_curve(chipset, two_models, tmp_path):
+    a, b = two_models
+    res = CliRunner().invoke(main, ["evaluate", str(a), str(b), "--chips", str(chipset), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    t2 = (tmp_path / "ev" / "table2.csv").read_text().splitlines()
+    assert t2[0] == "method,backbone,precision,recall,f1,mAP50,mAP50-95" and len(t2) == 3
+    assert "ResNet-34+FPN+CBAM" in (tmp_path / "ev" / "table2.md").read_text()
+    assert (tmp_path / "ev" / "table3.md").read_text().count("\n") == 14
+    assert (tmp_path / "ev" / "pr_curve.png").stat().st_size > 5000
+
+
+def test_pseudo_labels_go_back_into_chips(chipset, two_models, tmp_path):
+    a, _ = two_models
+    res = CliRunner().invoke(main, ["pseudo-label", str(a), "--chips", str(chipset), "--out", str(tmp_path / "pl"),
+                                    "--score-threshold", "0.0"])
+    assert res.exit_code == 0, res.output
+    vocs = sorted((tmp_path / "pl" / "voc").glob("*.xml"))
+    assert len(vocs) == len(json.loads((chipset / "coco_train.json").read_text())["images"])
+    manifest = json.loads((chipset / "manifest.json").read_text())
+    src = manifest["config"]["sources"][0]
+    s = make_chips(ChipsConfig(sources=[{"mosaic": src["mosaic"], "inventory": str(tmp_path / "pl" / "voc"),
+                                         "voc_manifest": str(chipset / "chips.csv")}],
+                               out=str(tmp_path / "round2"), size=128, rotations=(0,)))
+    assert s["chips"] > 0
+
+
+@pytest.mark.parametrize("name", ["train_paper.yaml", "train_cpu.yaml"])
+def test_sample_train_configs_are_valid(name):
+    from insar_slide.training.train import load_train_config
+
+    from .conftest import REPO
+    cfg = load_train_config(REPO / "configs" / name)
+    assert cfg.model.variant == "r34_fpn_cbam" and cfg.lr == 0.01
+
+
+def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
+    _, b = two_models
+    res = CliRunner().invoke(main, ["export-model", str(b), "--out", str(tmp_path / "ref.safetensors"), "--command", "x"])
+    assert res.exit_code == 0, res.output
+    card = json.loads((tmp_path / "ref.json").read_text())
+    assert card["command"] == "x" and card["data"]["chip_manifest"]["chips"] > 0 and card["parameters"] > 30e6
+    assert (tmp_path / "ref.safetensors").stat().st_size < 80 * 2**20

@@ -194,6 +194,55 @@ def train_cmd(config: str, resume: bool) -> None:
                f"F1 {row['f1']:.3f}; run folder {cfg.out}")
 
 
+@main.command("evaluate")
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--chips", "chips_dir", required=True, type=click.Path(file_okay=False), help="Chip folder (from `insar-slide chips`).")
+@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--out", required=True, type=click.Path(), help="Output folder for tables and the PR curve.")
+@click.option("--score-threshold", type=float, help="For P/R/F1 (default: the one the model was trained with).")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@_friendly
+def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: str, score_threshold: float | None, device: str) -> None:
+    """COCO metrics, P/R/F1 at IoU 0.5, a PR curve, and Table 2 (ablation) for several checkpoints."""
+    from .training.evaluate import evaluate
+
+    df = evaluate(list(checkpoints), chips_dir, out, split=split, device=device, score_threshold=score_threshold)
+    click.echo((Path(out) / "table2.md").read_text())
+    click.echo(f"wrote {out}/metrics.json, table2.md/.csv, table3.md, pr_curve.png ({len(df)} checkpoint(s))")
+
+
+@main.command("pseudo-label")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--chips", "chips_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
+@click.option("--out", required=True, type=click.Path(), help="Output folder (voc/ + COCO JSON).")
+@click.option("--score-threshold", default=0.8, show_default=True, type=float)
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--overwrite", is_flag=True)
+@_friendly
+def pseudo_label_cmd(checkpoint: str, chips_dir: str, split: str, out: str, score_threshold: float, device: str, overwrite: bool) -> None:
+    """Label chips with a trained model's boxes (VOC for LabelImg review, COCO for training)."""
+    from .training.evaluate import pseudo_label
+
+    s = pseudo_label(checkpoint, chips_dir, out, split=split, score_threshold=score_threshold, device=device, overwrite=overwrite)
+    click.echo(f"labelled {s['chips']} chips with {s['boxes']} boxes (score >= {s['score_threshold']}) in {out}")
+
+
+@main.command("export-model")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="e.g. models/insar_slide_r34_fpn_cbam.safetensors")
+@click.option("--eval", "eval_json", type=click.Path(dir_okay=False), help="metrics.json of `insar-slide evaluate` on held-out chips.")
+@click.option("--command", default="", help="The command that rebuilds it (recorded in the card).")
+@click.option("--note", default="")
+@_friendly
+def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: str, note: str) -> None:
+    """Export a checkpoint as an fp16 reference model with its JSON card."""
+    from .training.export import export_model
+
+    card = export_model(checkpoint, out, eval_json=eval_json, command=command, note=note)
+    click.echo(f"wrote {out} ({card['size_mb']} MB) and {Path(out).with_suffix('.json')}")
+
+
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @_friendly

@@ -60,7 +60,10 @@ def rotate_cw(image: np.ndarray, boxes: np.ndarray, quarter_turns: int) -> tuple
 
 def block_split(block_ids: np.ndarray, *, val_fraction: float, seed: int) -> np.ndarray:
     """True for items in validation: whole spatial blocks, in a seeded random order, until
-    at least ``val_fraction`` of the items are validation (never every block)."""
+    at least ``val_fraction`` of the items are validation (never every block, unless
+    ``val_fraction`` is 1: a held-out region, all validation)."""
+    if val_fraction >= 1:
+        return np.ones(len(block_ids), bool)
     blocks = np.unique(block_ids)
     rng = np.random.default_rng(seed)
     order = rng.permutation(blocks)

@@ -22,7 +22,7 @@ class RiverFilter(StrictModel):
 
 
 class SplitConfig(StrictModel):
-    val_fraction: float = Field(0.3, gt=0, lt=1)
+    val_fraction: float = Field(0.3, gt=0, le=1, description="1 puts every chip in validation (a held-out region)")
     block_px: int = Field(2048, ge=512, description="side of the spatial blocks kept whole in one split")
     seed: int = 0
 

@@ -30,21 +30,26 @@ def coco_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> di
     return {k: float(v) for k, v in zip(COCO_NAMES, ev.stats[:12], strict=True)}
 
 
-def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) by greedy matching in score order."""
-    if len(det_boxes) == 0:
-        return 0, 0, len(gt_boxes)
-    if len(gt_boxes) == 0:
-        return 0, len(det_boxes), 0
+def match_flags(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5) -> np.ndarray:
+    """For each detection, whether it is a true positive when matched greedily in score order
+    to the unmatched ground-truth box it overlaps most (IoU ≥ ``iou``)."""
+    flags = np.zeros(len(det_boxes), bool)
+    if len(det_boxes) == 0 or len(gt_boxes) == 0:
+        return flags
     ious = box_iou(torch.as_tensor(det_boxes, dtype=torch.float64), torch.as_tensor(gt_boxes, dtype=torch.float64)).numpy()
     taken = np.zeros(len(gt_boxes), bool)
-    tp = 0
     for d in np.argsort(-scores, kind="stable"):
         cand = np.where(~taken & (ious[d] >= iou))[0]
         if len(cand):
             taken[cand[np.argmax(ious[d, cand])]] = True
-            tp += 1
-    return tp, len(det_boxes) - tp, int((~taken).sum())
+            flags[d] = True
+    return flags
+
+
+def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of :func:`match_flags`."""
+    tp = int(match_flags(gt_boxes, det_boxes, scores, iou=iou).sum())
+    return tp, len(det_boxes) - tp, len(gt_boxes) - tp
 
 
 def prf1(per_image: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *, score_threshold: float, iou: float = 0.5) -> dict[str, float]:
