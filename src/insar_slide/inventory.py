@@ -8,6 +8,7 @@ with the largest 95th-percentile |rate| there (named in ``rate_track``).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import xarray as xr
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import geometry_mask
 
 from .atomic import atomic_path
@@ -71,10 +73,13 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
     local = win.shift(-block_win.row0, -block_win.col0)
     sub = block[:, local.row0:local.row1, local.col0:local.col1]
     transform = grid.window_grid(win).transform
-    inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=transform)
-    if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
-        inside = ~geometry_mask([geom.centroid.buffer(abs(grid.dx) * 0.5)], out_shape=(win.rows, win.cols),
-                                transform=transform, all_touched=True)
+    with warnings.catch_warnings():
+        # rasterio's in-memory dataset warns before it sets the (given) transform.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=transform)
+        if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
+            inside = ~geometry_mask([geom.centroid.buffer(abs(grid.dx) * 0.5)], out_shape=(win.rows, win.cols),
+                                    transform=transform, all_touched=True)
     n = int(inside.sum())
     best, best_p95 = -1, -1.0
     out = dict(nan_row)

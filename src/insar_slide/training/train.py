@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ import numpy as np
 import rasterio
 import torch
 from pydantic import Field
+from rasterio.errors import NotGeoreferencedWarning
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_path
@@ -122,8 +124,10 @@ def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, An
 
 
 def read_chip(path: Path) -> np.ndarray:
-    with rasterio.open(path) as src:
-        return src.read(1).astype("float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rotated chips are off the map
+        with rasterio.open(path) as src:
+            return src.read(1).astype("float32")
 
 
 def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
