@@ -8,7 +8,6 @@ with the largest 95th-percentile |rate| there (named in ``rate_track``).
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,8 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 import xarray as xr
-from rasterio.errors import NotGeoreferencedWarning
-from rasterio.features import geometry_mask
 
 from .atomic import atomic_path
 from .errors import InputError
@@ -72,14 +70,15 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         return nan_row
     local = win.shift(-block_win.row0, -block_win.col0)
     sub = block[:, local.row0:local.row1, local.col0:local.col1]
-    transform = grid.window_grid(win).transform
-    with warnings.catch_warnings():
-        # rasterio's in-memory dataset warns before it sets the (given) transform.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        inside = ~geometry_mask([geom], out_shape=(win.rows, win.cols), transform=transform)
-        if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
-            inside = ~geometry_mask([geom.centroid.buffer(abs(grid.dx) * 0.5)], out_shape=(win.rows, win.cols),
-                                    transform=transform, all_touched=True)
+    xs = grid.x0 + (np.arange(win.col0, win.col1) + 0.5) * grid.dx
+    ys = grid.y0 + (np.arange(win.row0, win.row1) + 0.5) * grid.dy
+    shapely.prepare(geom)
+    inside = shapely.contains_xy(geom, xs[None, :], ys[:, None])  # pixel centres inside
+    if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
+        c = geom.centroid
+        inside = np.zeros((win.rows, win.cols), bool)
+        inside[min(win.rows - 1, max(0, int((c.y - grid.y0) / grid.dy) - win.row0)),
+               min(win.cols - 1, max(0, int((c.x - grid.x0) / grid.dx) - win.col0))] = True
     n = int(inside.sum())
     best, best_p95 = -1, -1.0
     out = dict(nan_row)
