@@ -10,7 +10,8 @@ from insar_slide.grid import PixelWindow
 from insar_slide.inventory import COLUMNS
 from insar_slide.sim import basin as sim_basin
 from insar_slide.sim.config import SimConfig, load_sim_config
-from insar_slide.sim.scene import build_scene, deformation_mask, render
+from insar_slide.sim.render import deformation_mask, render
+from insar_slide.sim.scene import build_scene
 
 from .conftest import REPO
 

@@ -18,7 +18,8 @@ from ..grid import PixelWindow
 from ..inventory import polygon_rate_stats, write_inventory
 from ..mosaic import TrackInfo, build_dataset, grid_of, open_basin, write_mosaic
 from .config import SimConfig
-from .scene import Scene, build_scene, render, slide_polygon, slide_velocity
+from .render import render
+from .scene import Scene, build_scene, slide_polygon, slide_velocity
 
 log = logging.getLogger(__name__)
 
