@@ -175,6 +175,11 @@ class Grid:
         return PixelWindow(r0, c0, max(0, r1 - r0), max(0, c1 - c0))
 
 
+def chunk_sizes(n: int, chunk: int) -> tuple[int, ...]:
+    """Dask-style chunk sizes along one axis of ``n`` pixels (ragged last chunk kept)."""
+    return tuple(min(chunk, n - i) for i in range(0, n, chunk))
+
+
 def chunk_windows(shape: tuple[int, int], chunk: int) -> list[PixelWindow]:
     """Windows of ``chunk`` × ``chunk`` pixels tiling ``shape`` exactly (ragged last row/col kept)."""
     h, w = shape

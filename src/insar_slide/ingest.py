@@ -29,7 +29,7 @@ from rasterio.warp import reproject as rio_reproject
 from rasterio.warp import transform_bounds
 
 from .errors import GridError
-from .grid import Grid, PixelWindow
+from .grid import Grid, PixelWindow, chunk_sizes
 from .mosaic import TrackInfo, build_dataset, write_mosaic
 from .readers import RateSource
 
@@ -206,12 +206,8 @@ def _block(plan: IngestPlan, block_info: dict | None = None) -> np.ndarray:
 def lazy_mosaic(plan: IngestPlan, *, chunk: int) -> da.Array:
     """The mosaic as a Dask array ``(track, y, x)``: each chunk reads only its own windows."""
     h, w = plan.grid.shape
-    chunks = ((1,) * len(plan.tracks), _split(h, chunk), _split(w, chunk))
+    chunks = ((1,) * len(plan.tracks), chunk_sizes(h, chunk), chunk_sizes(w, chunk))
     return da.map_blocks(_block, plan, dtype="float32", chunks=chunks, meta=np.empty((0, 0, 0), "float32"))
-
-
-def _split(n: int, chunk: int) -> tuple[int, ...]:
-    return tuple(min(chunk, n - i) for i in range(0, n, chunk))
 
 
 def ingest(

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, check_target
-from ..grid import PixelWindow
+from ..grid import PixelWindow, chunk_sizes
 from ..inventory import polygon_rate_stats, write_inventory
 from ..mosaic import TrackInfo, build_dataset, grid_of, open_basin, write_mosaic
 from .config import SimConfig
@@ -22,10 +22,6 @@ from .render import render
 from .scene import Scene, build_scene, slide_polygon, slide_velocity
 
 log = logging.getLogger(__name__)
-
-
-def _split(n: int, chunk: int) -> tuple[int, ...]:
-    return tuple(min(chunk, n - i) for i in range(0, n, chunk))
 
 
 def _render_block(scene: Scene, block_info: dict | None = None) -> np.ndarray:
@@ -41,7 +37,7 @@ def lazy_layers(scene: Scene) -> tuple[da.Array, da.Array]:
     n = len(scene.tracks)
     chunk = scene.cfg.grid.chunk
     stack = da.map_blocks(_render_block, scene, dtype="float32",
-                          chunks=((n + 1,), _split(h, chunk), _split(w, chunk)),
+                          chunks=((n + 1,), chunk_sizes(h, chunk), chunk_sizes(w, chunk)),
                           meta=np.empty((0, 0, 0), "float32"))
     return stack[:n], stack[n]
 
