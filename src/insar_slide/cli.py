@@ -44,6 +44,8 @@ def main(verbose: int) -> None:
     import warnings
     warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
     warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+    # rasterio warns when it wraps a bare array whose transform it is given separately.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")
 
 
 @main.command()

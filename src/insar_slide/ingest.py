@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,6 @@ import dask.array as da
 import numpy as np
 from pyproj import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning
 from rasterio.warp import reproject as rio_reproject
 from rasterio.warp import transform_bounds
 
@@ -181,20 +179,16 @@ def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
     sw = PixelWindow(r0, c0, r1 - r0, c1 - c0)
     data = src.read(sw)
     out = np.full(dst.shape, np.nan, dtype="float32")
-    with warnings.catch_warnings():
-        # Both transforms are given explicitly; rasterio still warns about the bare arrays.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        _reproject_arrays(data, out, src, grid, sw, dst)
-    return out
-
-
-def _reproject_arrays(data: np.ndarray, out: np.ndarray, src: RateSource, grid: Grid, sw: PixelWindow, dst: Grid) -> None:
+    # Both transforms are given; rasterio may still emit a NotGeoreferencedWarning for the
+    # bare arrays (filtered by the CLI; not here: this runs in Dask threads, and
+    # warnings.catch_warnings is not thread-safe).
     rio_reproject(
         source=data, destination=out,
         src_transform=src.grid.window_grid(sw).transform, src_crs=src.grid.crs,
         dst_transform=dst.transform, dst_crs=grid.crs,
         src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.bilinear,
     )
+    return out
 
 
 def _block(plan: IngestPlan, block_info: dict | None = None) -> np.ndarray:
