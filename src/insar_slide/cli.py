@@ -250,7 +250,7 @@ def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: 
 @_friendly
 def demo(out_dir: str) -> None:
     """Simulate the built-in demo basin, describe it and draw its quick look (no config needed)."""
-    from .mosaic import describe, open_basin
+    from .mosaic import grid_of, open_basin
     from .quicklook import quicklook as do_quicklook
     from .sim.basin import simulate as do_simulate
     from .sim.config import demo_config
@@ -262,9 +262,9 @@ def demo(out_dir: str) -> None:
     ctx = click.get_current_context()
     ctx.invoke(info, mosaic=str(mosaic), as_json=False)
     png = do_quicklook(mosaic, out / "basin.png", inventory=truth)
-    d = describe(open_basin(mosaic))
+    area = grid_of(open_basin(mosaic)).area_km2()  # `info` above already made the one pass over the data
     import geopandas as gpd
-    click.echo(f"{len(gpd.read_parquet(truth))} simulated landslides over {d['extent_km2']:.0f} km²; quick look: {png}")
+    click.echo(f"{len(gpd.read_parquet(truth))} simulated landslides over {area:.0f} km²; quick look: {png}")
 
 
 if __name__ == "__main__":  # pragma: no cover

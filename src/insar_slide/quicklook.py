@@ -35,8 +35,7 @@ def pick_overview(path: str | Path, shape: tuple[int, int], max_side: int) -> tu
     return need, False
 
 
-def _load(path: str | Path, max_side: int) -> tuple[xr.DataArray, int]:
-    ds = open_basin(path)
+def _load(path: str | Path, ds: xr.Dataset, max_side: int) -> tuple[xr.DataArray, int]:
     factor, stored = pick_overview(path, (ds.sizes["y"], ds.sizes["x"]), max_side)
     if factor == 1:
         return ds[RATE].load(), 1
@@ -63,7 +62,7 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None
     """
     ds = open_basin(path)
     grid = grid_of(ds)
-    rate, factor = _load(path, max_side)
+    rate, factor = _load(path, ds, max_side)
     finite = np.abs(rate.values[np.isfinite(rate.values)])
     vmax = clip or (max(5.0, float(np.percentile(finite, 99))) if finite.size else 10.0)
     projected = CRS.from_user_input(grid.crs).is_projected

@@ -186,8 +186,9 @@ def predict_chips(model: torch.nn.Module, chips: list[Chip], encoding: InputEnco
 def evaluate_predictions(chips: list[Chip], coco: dict[str, Any], preds: list[tuple[np.ndarray, np.ndarray]],
                          score_threshold: float) -> dict[str, float]:
     ids = [im["id"] for im in coco["images"]][:len(chips)]
+    wanted = set(ids)
     gt = {**coco, "images": coco["images"][:len(chips)],
-          "annotations": [a for a in coco["annotations"] if a["image_id"] in set(ids)]}
+          "annotations": [a for a in coco["annotations"] if a["image_id"] in wanted]}
     dets = [{"image_id": iid, "category_id": 1, "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
              "score": float(s)} for iid, (bx, sc) in zip(ids, preds, strict=True) for b, s in zip(bx, sc, strict=True)]
     m = coco_metrics(gt, dets)
