@@ -119,3 +119,15 @@ def test_load_pretrained_reports_what_fits(tmp_path):
     assert "backbone.body.conv1.weight" in rep["loaded"] and "fc.weight" in rep["unused"]
     assert float(model.backbone.body.conv1.weight.detach().mean()) == pytest.approx(0.5)
     assert any("cbam" in k for k in rep["missing"])  # CBAM and the heads stay random
+
+
+def test_load_pretrained_from_own_checkpoint_for_a_second_round(tmp_path):
+    """init_weights may name one of our safetensors checkpoints (fp16 export included)."""
+    src = build_model(ModelConfig())
+    path = tmp_path / "first.safetensors"
+    save_checkpoint(src, ModelConfig(), path)
+    model = build_model(ModelConfig())
+    rep = load_pretrained(model, path)
+    assert not rep["missing"] and not rep["shape_mismatch"]
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k

@@ -125,7 +125,8 @@ def build_model(config: ModelConfig | None = None) -> FasterRCNN:
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
-    """Initialise ``model`` from a local torchvision-format weights file (COCO or ImageNet).
+    """Initialise ``model`` from a local torchvision-format weights file (COCO or ImageNet), or
+    from an insar-slide ``.safetensors`` checkpoint (a second training round).
 
     Loads every tensor whose name (bare, or under ``backbone.body.`` / ``backbone.``) and shape
     fit; returns ``{"loaded": [...], "shape_mismatch": [...], "unused": [...], "missing": [...]}``
@@ -135,10 +136,17 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such weights file (no weights are downloaded; pass a local torchvision .pth)")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{p}: not a torchvision weights file loadable with weights_only=True ({exc})") from exc
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file  # never unpickles
+        try:
+            state = load_file(str(p))
+        except Exception as exc:
+            raise InputError(f"{p}: cannot read the safetensors weights ({exc}); the file is truncated or corrupt") from exc
+    else:
+        try:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"{p}: not a torchvision weights file loadable with weights_only=True ({exc})") from exc
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     own = model.state_dict()
@@ -148,7 +156,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
         for cand in (key, f"backbone.body.{key}", f"backbone.{key}"):
             if cand in own:
                 if own[cand].shape == tensor.shape:
-                    new[cand] = tensor
+                    new[cand] = tensor.to(own[cand].dtype)
                     report["loaded"].append(cand)
                 else:
                     report["shape_mismatch"].append(cand)

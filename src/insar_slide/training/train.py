@@ -54,7 +54,7 @@ class TrainConfig(StrictModel):
     chips: str = Field(description="a folder written by `insar-slide chips`")
     out: str = Field(description="run folder: checkpoints, metrics.csv, loss.png")
     model: ModelSection = ModelSection()
-    init_weights: str | None = Field(None, description="local torchvision-format .pth (COCO or ImageNet)")
+    init_weights: str | None = Field(None, description="local torchvision-format .pth (COCO or ImageNet), or an insar-slide .safetensors checkpoint")
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(4, ge=1)
     lr: float = Field(0.01, gt=0)
