@@ -34,7 +34,8 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     target = Path(path)
     check_target(target, overwrite=overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    # The temporary keeps the target's extension: some writers (GDAL's GPKG) go by it.
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}{target.suffix}")
     try:
         yield tmp
         if target.exists():

@@ -245,6 +245,39 @@ def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: 
     click.echo(f"wrote {out} ({card['size_mb']} MB) and {Path(out).with_suffix('.json')}")
 
 
+@main.command("plan")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@_friendly
+def plan_cmd(config: str, as_json: bool) -> None:
+    """Print the window plan of a basin config: windows to run and skipped (by reason), km²."""
+    from .run.config import load_run_config
+    from .run.plan import make_plan
+
+    p = make_plan(load_run_config(config))
+    click.echo(json.dumps(p.summary(), indent=1) if as_json else p.format())
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", help="Inventory GeoParquet (overrides the config).")
+@click.option("--model", help="Checkpoint (overrides the config; default: the shipped reference model).")
+@click.option("--address", help="Address of a running Dask scheduler (overrides cluster.address).")
+@click.option("--workers", type=int, help="Workers of the embedded LocalCluster.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly
+def run_cmd(config: str, out: str | None, model: str | None, address: str | None, workers: int | None, no_progress: bool) -> None:
+    """Detect landslides over a basin on a Dask cluster → dissolved GeoParquet inventory."""
+    from .run.config import load_run_config
+    from .run.pipeline import run
+
+    cfg = load_run_config(config, out=out, model=model)
+    if address or workers:
+        cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
+                                                                             {"address": address, "workers": workers}.items() if v})})
+    run(cfg, progress=not no_progress, echo=click.echo)
+
+
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @_friendly

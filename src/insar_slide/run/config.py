@@ -1,0 +1,116 @@
+"""``basin.yaml``: everything ``insar-slide run`` / ``plan`` need, validated once at the edge.
+
+Paths are relative to the config file; ``mosaic`` may also be an fsspec URL (``s3://…``).
+``window`` is the side of each window's *core* (the tiling step, pixels); the model sees the
+core plus ``halo`` pixels on every side. A slide is seen whole by the window whose core holds
+its centre when ``halo`` ≥ half the slide's extent (64 px = 1.9 km at 30 m).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..config import StrictModel, load_yaml, parse_config, resolve_path
+from ..errors import ConfigError
+
+#: The shipped reference model (see models/*.json for its card).
+REFERENCE_MODEL = Path(__file__).resolve().parents[3] / "models" / "insar_slide_r34_fpn_cbam.safetensors"
+
+
+class SkipRules(StrictModel):
+    min_abs_rate: float = Field(10.0, ge=0, description="a window runs only where |rate| reaches this (mm/yr)…")
+    min_hot_pixels: int = Field(4, ge=1, description="…on at least this many pixels of its core")
+    min_valid_fraction: float = Field(0.05, ge=0, le=1, description="share of the core with a measurement")
+
+
+class AreaOfInterest(StrictModel):
+    river: str | None = Field(None, description="centre line: WKT (EPSG:4326) or any vector file geopandas reads")
+    buffer_km: float = Field(50.0, gt=0, description="with river: windows within this distance of the line")
+    polygons: str | None = Field(None, description="or: a polygon file (any vector format)")
+
+    @model_validator(mode="after")
+    def _one(self) -> AreaOfInterest:
+        if (self.river is None) == (self.polygons is None):
+            raise ValueError("give exactly one of river (with buffer_km) or polygons")
+        return self
+
+
+class ClusterConfig(StrictModel):
+    address: str | None = Field(None, description="a running Dask scheduler (tcp://host:8786); else an embedded LocalCluster")
+    workers: int | None = Field(None, ge=1, description="LocalCluster workers (default: cores / threads_per_worker)")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = "auto"
+    dashboard: bool = True
+
+
+class Outputs(StrictModel):
+    geopackage: bool = Field(False, description="also write <out>.gpkg")
+    slide_id_raster: bool = Field(True, description="write <out stem>.slide_id.zarr on the mosaic grid")
+    quicklook: bool = Field(True, description="write <out stem>.png")
+    outline: bool = Field(True, description="refined outline (the deforming pixels inside the box) in column 'outline'")
+
+
+class RunConfig(StrictModel):
+    mosaic: str = Field(description="basin mosaic (.zarr path or fsspec URL)")
+    out: str = Field(description="inventory GeoParquet")
+    tracks: list[str] | None = Field(None, description="tracks to run (default: all)")
+    model: str | None = Field(None, description="checkpoint (default: the shipped reference model)")
+    run_dir: str | None = Field(None, description="per-window results for resume (default: <out>.run)")
+    window: int = Field(1024, ge=64, description="core side (pixels)")
+    halo: int = Field(64, ge=0, description="pixels added on each side of the core")
+    skip: SkipRules = SkipRules()
+    aoi: AreaOfInterest | None = None
+    score_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's own")
+    nms_iou: float = Field(0.5, gt=0, le=1, description="cross-tile NMS IoU (per track)")
+    dissolve_overlap: float = Field(0.2, gt=0, le=1, description="boxes sharing this share of the smaller one are one slide")
+    outline_min_abs_rate: float = Field(10.0, ge=0, description="refined outline: pixels at least this fast (mm/yr)")
+    batch_size: int = Field(2, ge=1, description="windows per model call")
+    reduce_block: int = Field(4, ge=1, description="windows per side of the first reduction level")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    cluster: ClusterConfig = ClusterConfig()
+    outputs: Outputs = Outputs()
+    overwrite: bool = Field(True, description="replace an existing inventory at out")
+
+    @property
+    def read_size(self) -> int:
+        return self.window + 2 * self.halo
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model) if self.model else default_model()
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path(str(self.out) + ".run")
+
+
+def default_model() -> Path:
+    env = os.environ.get("INSAR_SLIDE_MODEL")
+    return Path(env) if env else REFERENCE_MODEL
+
+
+def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
+    """Read and validate ``basin.yaml``; ``overrides`` replace top-level keys (CLI flags)."""
+    p = Path(path)
+    data = load_yaml(p)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = parse_config(RunConfig, data, source=str(p))
+    base = p.parent
+    upd: dict[str, object] = {"out": resolve_path(cfg.out, base)}
+    if "://" not in cfg.mosaic:
+        upd["mosaic"] = resolve_path(cfg.mosaic, base)
+    for key in ("model", "run_dir"):
+        if getattr(cfg, key):
+            upd[key] = resolve_path(getattr(cfg, key), base)
+    if cfg.aoi is not None:
+        upd["aoi"] = cfg.aoi.model_copy(update={k: resolve_path(getattr(cfg.aoi, k), base)
+                                                for k in ("river", "polygons") if getattr(cfg.aoi, k)})
+    cfg = cfg.model_copy(update=upd)
+    if cfg.halo * 2 >= cfg.window * 4:
+        raise ConfigError(f"{p}: halo {cfg.halo} is out of proportion to window {cfg.window}; "
+                          "the halo should be a small share of each window (e.g. window 1024, halo 64)")
+    return cfg

@@ -1,0 +1,151 @@
+"""The worker side of ``run``: read windows, reuse finished ones, run the model, keep results.
+
+A task gets a few windows of one track (``batch_size``). It reads each window (core + halo)
+itself from Zarr, fingerprints the bytes it read together with the model hash and the window's
+place on the map, and reuses the window's stored detections when the fingerprint matches —
+this is what makes a killed run resume, and what lets an update recompute only changed windows.
+The remaining windows go through the model in one call.
+
+The model is loaded once per process and kept (keyed by the checkpoint's hash); model calls in
+one process are serialised by a lock and use the worker's thread count, so tasks of one worker
+overlap their reading and writing with another task's forward pass without oversubscribing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..model.checkpoint import load_checkpoint
+from ..training.train import pick_device
+from .io import read_window
+from .plan import Window
+
+FP_KEY = b"insar_slide_window"
+_MODELS: dict[tuple[str, str], tuple[torch.nn.Module, Any, threading.Lock]] = {}
+_LOAD_LOCK = threading.Lock()
+_THREADS_SET: list[int] = []
+
+
+@dataclass(frozen=True)
+class DetectSettings:
+    """What a task needs besides its windows (small; pickled into each task)."""
+
+    mosaic: str
+    model_path: str
+    model_hash: str
+    device: str
+    run_dir: str
+    grid_key: str  # CRS and transform: a window's detections are only valid on the same grid
+    threads: int | None = None
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def result_path(run_dir: str | Path, win: Window) -> Path:
+    return Path(run_dir) / "windows" / f"{win.key}.parquet"
+
+
+def fingerprint(data: np.ndarray, win: Window, s: DetectSettings) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"track": win.track, "read": [win.read.row0, win.read.col0, win.read.rows, win.read.cols],
+                         "grid": s.grid_key, "model": s.model_hash}, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
+    return h.hexdigest()
+
+
+def stored_fingerprint(path: Path) -> str | None:
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except Exception:  # missing, truncated or foreign: recompute
+        return None
+    raw = meta.get(FP_KEY)
+    return json.loads(raw)["fingerprint"] if raw else None
+
+
+def read_detections(path: Path) -> pd.DataFrame:
+    """Detections of one window: x0, y0, x1, y1 (mosaic pixel coordinates), score."""
+    return pq.read_table(path).to_pandas()
+
+
+def _write_detections(path: Path, boxes: np.ndarray, scores: np.ndarray, meta: dict[str, Any]) -> None:
+    table = pa.table({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
+                      "score": scores.astype(np.float64)})
+    table = table.replace_schema_metadata({FP_KEY: json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # atomic: a killed task leaves the old file or none, never half of one
+
+
+def _threads() -> int:
+    try:
+        from distributed import get_worker
+        return int(get_worker().state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        return max(1, torch.get_num_threads())
+
+
+def worker_model(s: DetectSettings) -> tuple[torch.nn.Module, Any, threading.Lock]:
+    """This process's copy of the model (loaded on first use, then reused by every task)."""
+    key = (s.model_hash, s.device)
+    with _LOAD_LOCK:
+        if key not in _MODELS:
+            threads = s.threads or _threads()
+            if not _THREADS_SET or _THREADS_SET[-1] != threads:
+                torch.set_num_threads(threads)
+                _THREADS_SET.append(threads)
+            model, mcfg, _ = load_checkpoint(s.model_path, device=pick_device(s.device))
+            _MODELS.clear()  # one model per process
+            _MODELS[key] = (model, mcfg, threading.Lock())
+        return _MODELS[key]
+
+
+def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any]]:
+    """Detections for ``windows`` (one track), written to the run directory; a summary per window."""
+    out: list[dict[str, Any]] = []
+    todo: list[tuple[Window, np.ndarray, str, float]] = []
+    for win in windows:
+        t0 = time.perf_counter()
+        data = read_window(s.mosaic, win.track, win.read)
+        fp = fingerprint(data, win, s)
+        path = result_path(s.run_dir, win)
+        if stored_fingerprint(path) == fp:
+            out.append({"key": win.key, "reused": True, "n": pq.read_metadata(path).num_rows,
+                        "read_s": time.perf_counter() - t0, "model_s": 0.0})
+        else:
+            todo.append((win, data, fp, time.perf_counter() - t0))
+    if todo:
+        model, mcfg, lock = worker_model(s)
+        dev = next(model.parameters()).device
+        imgs = [mcfg.encoding.encode(d).to(dev) for _, d, _, _ in todo]
+        with lock, torch.inference_mode():
+            t0 = time.perf_counter()
+            dets = model(imgs)
+            model_s = (time.perf_counter() - t0) / len(todo)
+        for (win, _, fp, read_s), det in zip(todo, dets, strict=True):
+            boxes = det["boxes"].detach().float().cpu().numpy().astype(np.float64)
+            boxes += [win.read.col0, win.read.row0, win.read.col0, win.read.row0]
+            scores = det["scores"].detach().float().cpu().numpy()
+            _write_detections(result_path(s.run_dir, win), boxes, scores,
+                              {"fingerprint": fp, "window": win.key, "model": s.model_hash})
+            out.append({"key": win.key, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
+    return out

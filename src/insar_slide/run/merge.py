@@ -1,0 +1,269 @@
+"""The reducer: per-window detections → one dissolved inventory, as a tree over map blocks.
+
+Rules (in this order):
+
+1. **Ownership.** A detection belongs to the window whose *core* holds its box centre; the
+   same slide seen in a neighbour's halo is dropped there. With ``halo`` ≥ half a slide's
+   extent, the owner saw the slide whole.
+2. **Cross-tile NMS** (``torchvision.ops.batched_nms``, per track, IoU ``nms_iou``) for the
+   boxes near seams that two windows both own a version of (centres on either side).
+3. **Dissolve.** Boxes — of one track or of both — that share at least ``dissolve_overlap`` of
+   the smaller one's area are one slide: their union is its polygon, its score the highest,
+   ``tracks`` every track that saw it (``shapely.STRtree`` finds the pairs).
+
+The reduction is a tree: level 1 handles ``reduce_block`` × ``reduce_block`` windows, each
+further level 2 × 2 blocks of the level below. After each merge, a slide farther than
+``halo + 1`` pixels from every inner border of its block can no longer meet anything from
+another block: it is *closed* — its rate statistics and refined outline are computed right
+there, on the worker, and written as a part file. Only the few *open* slides travel up the
+tree, so no process ever holds all detections of the basin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import torch
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torchvision.ops import batched_nms
+
+from ..grid import Grid, PixelWindow
+from ..inventory import polygon_rate_stats
+from .detect import read_detections, result_path
+from .io import read_window, rate_dataset
+from .plan import Window
+
+FEATURE_COLUMNS = ["geometry", "score", "tracks", "n_boxes"]
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    mosaic: str
+    run_dir: str
+    grid: Grid
+    halo: int
+    tracks: tuple[str, ...]
+    score_threshold: float
+    nms_iou: float
+    dissolve_overlap: float
+    outline: bool
+    outline_min_abs_rate: float
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of cores in the tiling: rows ``r0..r1-1``, cols ``c0..c1-1`` of windows."""
+
+    level: int
+    r0: int
+    c0: int
+    r1: int
+    c1: int
+
+    @property
+    def name(self) -> str:
+        return f"L{self.level}_r{self.r0:05d}_c{self.c0:05d}"
+
+
+def empty_features() -> pd.DataFrame:
+    return pd.DataFrame({"geometry": pd.Series([], dtype=object), "score": pd.Series([], dtype=float),
+                         "tracks": pd.Series([], dtype=object), "n_boxes": pd.Series([], dtype=int)})
+
+
+def owned_boxes(windows: list[Window], s: MergeSettings) -> pd.DataFrame:
+    """Boxes above the score threshold whose centre lies in their window's core, in map units."""
+    g = s.grid
+    parts = []
+    for w in windows:
+        d = read_detections(result_path(s.run_dir, w))
+        d = d[d["score"] >= s.score_threshold]
+        cx, cy = (d["x0"] + d["x1"]) / 2, (d["y0"] + d["y1"]) / 2
+        own = (cx >= w.core.col0) & (cx < w.core.col1) & (cy >= w.core.row0) & (cy < w.core.row1)
+        d = d[own]
+        if len(d):
+            parts.append(pd.DataFrame({"minx": g.x0 + d["x0"] * g.dx, "maxx": g.x0 + d["x1"] * g.dx,
+                                       "miny": g.y0 + d["y1"] * g.dy, "maxy": g.y0 + d["y0"] * g.dy,
+                                       "score": d["score"], "track": w.track}))
+    if not parts:
+        return pd.DataFrame(columns=["minx", "miny", "maxx", "maxy", "score", "track"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def nms(boxes: pd.DataFrame, s: MergeSettings) -> pd.DataFrame:
+    if len(boxes) < 2:
+        return boxes
+    xy = torch.from_numpy(boxes[["minx", "miny", "maxx", "maxy"]].to_numpy(np.float64, copy=True))
+    sc = torch.from_numpy(boxes["score"].to_numpy(np.float64, copy=True))
+    idx = torch.as_tensor([s.tracks.index(t) for t in boxes["track"]])
+    keep = batched_nms(xy, sc, idx, s.nms_iou).numpy()
+    return boxes.iloc[np.sort(keep)].reset_index(drop=True)
+
+
+def _order(features: pd.DataFrame) -> pd.DataFrame:
+    """A deterministic order (by bounds, then score), whatever order the inputs came in."""
+    if not len(features):
+        return features
+    b = shapely.bounds(np.asarray(features["geometry"], dtype=object))
+    key = pd.DataFrame({"a": b[:, 0].round(3), "b": b[:, 1].round(3), "c": b[:, 2].round(3),
+                        "d": b[:, 3].round(3), "e": -features["score"].to_numpy()})
+    return features.iloc[key.sort_values(list("abcde"), kind="stable").index].reset_index(drop=True)
+
+
+def dissolve(features: pd.DataFrame, overlap: float) -> pd.DataFrame:
+    """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively)."""
+    features = _order(features)
+    n = len(features)
+    if n < 2:
+        return features
+    geoms = np.asarray(features["geometry"], dtype=object)
+    tree = shapely.STRtree(geoms)
+    a, b = tree.query(geoms, predicate="intersects")
+    m = a < b
+    a, b = a[m], b[m]
+    if len(a):
+        inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
+        small = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+        ok = inter >= overlap * small
+        a, b = a[ok], b[ok]
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    rows = []
+    for k in np.unique(label):
+        members = np.where(label == k)[0]
+        if len(members) == 1:
+            rows.append(features.iloc[members[0]].to_dict())
+            continue
+        sub = features.iloc[members]
+        tracks = sorted(set().union(*[set(t.split(",")) for t in sub["tracks"]]))
+        rows.append({"geometry": shapely.union_all(geoms[members]), "score": float(sub["score"].max()),
+                     "tracks": ",".join(tracks), "n_boxes": int(sub["n_boxes"].sum())})
+    return _order(pd.DataFrame(rows, columns=FEATURE_COLUMNS))
+
+
+def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:
+    if not len(boxes):
+        return empty_features()
+    geoms = shapely.box(boxes["minx"], boxes["miny"], boxes["maxx"], boxes["maxy"])
+    return pd.DataFrame({"geometry": list(geoms), "score": boxes["score"].astype(float).to_numpy(),
+                         "tracks": boxes["track"].astype(str).to_numpy(), "n_boxes": 1})
+
+
+def block_bounds(block: Block, s: MergeSettings, window: int) -> tuple[float, float, float, float]:
+    g = s.grid
+    c0, c1 = block.c0 * window, min(block.c1 * window, g.width)
+    r0, r1 = block.r0 * window, min(block.r1 * window, g.height)
+    return g.x0 + c0 * g.dx, g.y0 + r1 * g.dy, g.x0 + c1 * g.dx, g.y0 + r0 * g.dy
+
+
+def split_closed(features: pd.DataFrame, block: Block, s: MergeSettings, window: int,
+                 tiling: tuple[int, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(closed, open): open features come within halo + 1 px of an inner border of the block."""
+    if not len(features):
+        return features, features
+    g = s.grid
+    xmin, ymin, xmax, ymax = block_bounds(block, s, window)
+    mx, my = (s.halo + 1) * g.dx, (s.halo + 1) * abs(g.dy)
+    b = shapely.bounds(np.asarray(features["geometry"], dtype=object))
+    open_ = np.zeros(len(features), bool)
+    if block.c0 > 0:
+        open_ |= b[:, 0] < xmin + mx
+    if block.c1 < tiling[1]:
+        open_ |= b[:, 2] > xmax - mx
+    if block.r0 > 0:
+        open_ |= b[:, 3] > ymax - my
+    if block.r1 < tiling[0]:
+        open_ |= b[:, 1] < ymin + my
+    return features[~open_].reset_index(drop=True), features[open_].reset_index(drop=True)
+
+
+def refine_outline(rate: np.ndarray, win: PixelWindow, grid: Grid, geom: Any, thr: float) -> Any:
+    """The largest connected set of pixels inside ``geom`` with |rate| ≥ ``thr``, as a polygon."""
+    from rasterio import features as rfeatures
+
+    xs = grid.x0 + (np.arange(win.col0, win.col1) + 0.5) * grid.dx
+    ys = grid.y0 + (np.arange(win.row0, win.row1) + 0.5) * grid.dy
+    inside = shapely.contains_xy(geom, xs[None, :], ys[:, None])
+    fast = inside & (np.abs(np.nan_to_num(rate, nan=0.0)) >= thr)
+    lab, n = ndimage.label(fast)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
+    mask = lab == (int(np.argmax(sizes)) + 1)
+    shapes = [shapely.geometry.shape(sh) for sh, v in rfeatures.shapes(mask.astype(np.uint8), mask=mask,
+                                                                      transform=grid.window_grid(win).transform) if v == 1]
+    return shapely.union_all(shapes) if shapes else None
+
+
+def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
+    """Closed features → rows with rate statistics (and refined outlines)."""
+    crs = s.grid.crs
+    gdf = gpd.GeoDataFrame(features.reset_index(drop=True), geometry="geometry", crs=crs)
+    if not len(gdf):
+        return gdf
+    ds = rate_dataset(s.mosaic)
+    stats = polygon_rate_stats(ds, gdf.geometry)
+    gdf = pd.concat([gdf, stats.reset_index(drop=True)], axis=1)
+    if s.outline:
+        outlines = []
+        for geom, track in zip(gdf.geometry, gdf["rate_track"], strict=True):
+            win = s.grid.window_of_bounds(*geom.bounds)
+            if not track or win.rows == 0 or win.cols == 0:
+                outlines.append(None)
+                continue
+            outlines.append(refine_outline(read_window(s.mosaic, track, win), win, s.grid, geom, s.outline_min_abs_rate))
+        gdf["outline"] = gpd.GeoSeries(outlines, crs=crs)
+    return gpd.GeoDataFrame(gdf, geometry="geometry", crs=crs)
+
+
+def part_path(run_dir: str, block: Block) -> Path:
+    return Path(run_dir) / "parts" / f"{block.name}.parquet"
+
+
+def _write_part(gdf: gpd.GeoDataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    gdf.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
+           root: bool) -> tuple[pd.DataFrame, int]:
+    closed, open_ = (features, features.iloc[:0]) if root else split_closed(features, block, s, window, tiling)
+    if len(closed):
+        _write_part(finish(closed, s), part_path(s.run_dir, block))
+    return open_, len(closed)
+
+
+def reduce_leaf(windows: list[Window], block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
+                root: bool = False) -> tuple[pd.DataFrame, int]:
+    """Level 1: the block's windows' owned boxes → NMS → dissolve → (open features, n closed)."""
+    feats = boxes_to_features(nms(owned_boxes(windows, s), s))
+    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root)
+
+
+def reduce_node(children: list[tuple[pd.DataFrame, int]], block: Block, s: MergeSettings, window: int,
+                tiling: tuple[int, int], root: bool = False) -> tuple[pd.DataFrame, int]:
+    """Level > 1: the children's open features → dissolve → (open features, n closed)."""
+    opened = [c[0] for c in children if len(c[0])]
+    feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
+    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root)
+
+
+def slide_ids(gdf: gpd.GeoDataFrame, grid: Grid) -> list[str]:
+    """Ids from the polygon's bounds on the pixel grid: equal detections give equal ids."""
+    out = []
+    for minx, miny, maxx, maxy in shapely.bounds(np.asarray(gdf.geometry, dtype=object)):
+        key = (f"{grid.crs}|{round((minx - grid.x0) / grid.dx)}|{round((maxy - grid.y0) / grid.dy)}|"
+               f"{round((maxx - grid.x0) / grid.dx)}|{round((miny - grid.y0) / grid.dy)}")
+        out.append("fr-" + hashlib.sha1(key.encode()).hexdigest()[:12])
+    return out

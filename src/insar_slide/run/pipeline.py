@@ -1,0 +1,319 @@
+"""``insar-slide run``: plan → distributed detection → tree reduction → inventory.
+
+The client (this process) plans and submits; workers read their own windows from Zarr, run the
+model (loaded once per worker), write each window's detections into the run directory, and
+reduce blocks of windows into part files. The client only sees counts and the few slides that
+straddle block borders, then streams the part files into the GeoParquet inventory.
+The run directory must be reachable at the same path from every worker (a shared file system
+on a multi-machine cluster), like the mosaic and the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from .. import __version__
+from ..atomic import atomic_path, check_target
+from ..errors import InputError, InsarSlideError
+from ..grid import Grid
+from ..inventory import COLUMNS, write_inventory
+from ..model.checkpoint import read_metadata
+from ..mosaic import grid_of, open_basin
+from .config import RunConfig
+from .detect import DetectSettings, detect_batch, file_hash
+from .merge import Block, MergeSettings, reduce_leaf, reduce_node, slide_ids
+from .plan import Window, WindowPlan, aoi_geometry, make_plan
+
+log = logging.getLogger(__name__)
+
+INVENTORY_COLUMNS = [*COLUMNS[:-1], "slide_num", "n_boxes", "geometry"]
+
+
+@dataclass
+class RunResult:
+    inventory: gpd.GeoDataFrame
+    summary: dict[str, Any]
+    plan: WindowPlan
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
+class WindowsFailed(InsarSlideError):
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def cluster_client(cfg: RunConfig) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``cluster.address``, or to an embedded ``LocalCluster``."""
+    from distributed import Client, LocalCluster
+
+    c = cfg.cluster
+    if c.address:
+        try:
+            client = Client(c.address, timeout="20s")
+        except OSError as exc:
+            raise InputError(f"cluster.address {c.address}: no Dask scheduler answers there ({exc}); "
+                             "start one with `dask scheduler`, or remove cluster.address to use an embedded cluster") from exc
+        with client:
+            yield client
+        return
+    import os
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # the scheduler runs in this process
+        for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny", "distributed.http"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    cores = os.cpu_count() or 1
+    workers = c.workers or max(1, cores // c.threads_per_worker)
+    with LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
+                      memory_limit=c.memory_limit, dashboard_address=":0" if c.dashboard else None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]:
+    def run(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
+        futures = [client.submit(fn, *a, pure=False) for a in args]
+        return list(client.gather(futures))
+    return run
+
+
+def settings_hash(cfg: RunConfig, model_hash: str) -> str:
+    """What makes two runs' inventories comparable: the config's detection settings and the model."""
+    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size"})
+    return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _blocks(plan: WindowPlan, first: int) -> list[list[Block]]:
+    """Levels of the reduction tree, the last one a single block over the whole tiling."""
+    levels = []
+    size = first
+    level = 1
+    while True:
+        blocks = [Block(level, r, c, min(r + size, plan.n_rows), min(c + size, plan.n_cols))
+                  for r in range(0, plan.n_rows, size) for c in range(0, plan.n_cols, size)]
+        levels.append(blocks)
+        if len(blocks) == 1:
+            return levels
+        size *= 2
+        level += 1
+
+
+def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print) -> RunResult:
+    t_start = time.perf_counter()
+    model_path = cfg.model_path
+    if not model_path.is_file():
+        raise InputError(f"model {model_path} does not exist; set `model:` in the config to a checkpoint "
+                         "(train one with workflows/reference_model.sh)")
+    meta = read_metadata(model_path)  # refuses non-safetensors files before anything starts
+    model_hash = file_hash(model_path)
+    thr = cfg.score_threshold if cfg.score_threshold is not None else float(
+        meta.get("training_config", {}).get("score_threshold", 0.5))
+    out = Path(cfg.out)
+    check_target(out, overwrite=cfg.overwrite)
+    ds = open_basin(cfg.mosaic)
+    grid = grid_of(ds)
+    run_dir = cfg.run_path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob("windows/*/.*.tmp"):  # left by a killed task; its window is redone
+        stale.unlink(missing_ok=True)
+    key = settings_hash(cfg, model_hash)
+    run_id = "run-" + key[:12]
+
+    with cluster_client(cfg) as client:
+        link = getattr(client, "dashboard_link", None)
+        if link and cfg.cluster.dashboard:
+            echo(f"Dask dashboard: {link}")
+        t0 = time.perf_counter()
+        plan = make_plan(cfg, stats_map=client_map(client))
+        t_plan = time.perf_counter() - t0
+        echo(plan.format())
+        (run_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=1))
+
+        settings = detect_settings(cfg, grid, model_hash)
+        todo = plan.to_run()
+        batches: list[list[Window]] = []
+        # A batch holds windows of one track and one shape: torchvision pads a batch to its
+        # largest image, and padding changes the proposals, so mixing shapes would make the
+        # detections depend on the batch size.
+        groups: dict[tuple[str, int, int], list[Window]] = {}
+        for w in todo:
+            groups.setdefault((w.track, w.read.rows, w.read.cols), []).append(w)
+        for mine in groups.values():
+            batches += [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+        t0 = time.perf_counter()
+        done, failed = _detect(client, batches, settings, progress)
+        t_detect = time.perf_counter() - t0
+        if failed:
+            (run_dir / "failed.json").write_text(json.dumps(failed, indent=1))
+            raise WindowsFailed(f"{len(failed)} window(s) failed (first: {next(iter(failed))}: "
+                                f"{next(iter(failed.values()))}); see {run_dir / 'failed.json'}. "
+                                "Finished windows are kept: run the same command again to resume.")
+
+        t0 = time.perf_counter()
+        merge_settings = MergeSettings(cfg.mosaic, str(run_dir), grid, cfg.halo, tuple(plan.tracks), thr,
+                                       cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate)
+        parts_dir = run_dir / "parts"
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        n_closed = _reduce(client, plan, todo, merge_settings, cfg)
+        t_reduce = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    gdf = assemble(parts_dir, grid, cfg, run_id=run_id, model_id=model_hash[:16])
+    reused = sum(1 for d in done if d["reused"])
+    computed = [d for d in done if not d["reused"]]
+    counts = {**plan.counts(), "done": len(done), "reused": reused, "computed": len(computed), "failed": 0}
+    metadata = {"config": json.loads(cfg.model_dump_json()), "model": str(model_path), "model_hash": model_hash,
+                "code_version": __version__, "run_id": run_id, "windows": counts, "score_threshold": thr}
+    write_inventory(gdf, out, metadata=metadata, overwrite=cfg.overwrite)
+    outputs = {"inventory": str(out)}
+    outputs.update(write_extras(gdf, cfg, ds, grid))
+    t_write = time.perf_counter() - t0
+    total = time.perf_counter() - t_start
+    model_s = float(sum(d["model_s"] for d in computed))
+    summary = {
+        "windows": counts, "slides": len(gdf), "n_closed": n_closed, "seconds": round(total, 2),
+        "seconds_plan": round(t_plan, 2), "seconds_detect": round(t_detect, 2), "seconds_reduce": round(t_reduce, 2),
+        "seconds_write": round(t_write, 2), "model_seconds_per_window": round(model_s / len(computed), 3) if computed else None,
+        "windows_per_second": round(len(done) / t_detect, 3) if t_detect > 0 and done else None,
+        "run_id": run_id, "outputs": outputs,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    echo(format_summary(summary))
+    return RunResult(gdf, summary, plan, outputs)
+
+
+def detect_settings(cfg: RunConfig, grid: Grid, model_hash: str) -> DetectSettings:
+    return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path),
+                          f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}")
+
+
+def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progress: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    done: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
+    if not batches:
+        return done, failed
+    futures = {client.submit(detect_batch, b, s, pure=False, key=f"detect-{b[0].key.replace('/', '-')}-{i}"): b
+               for i, b in enumerate(batches)}
+    total = sum(len(b) for b in batches)
+    with tqdm(total=total, unit="window", disable=not progress, desc="detect") as bar:
+        for fut in as_completed(futures):
+            try:
+                res = fut.result()
+            except Exception as exc:  # keep going: finished windows are on disk, the run resumes
+                for w in futures[fut]:
+                    failed[w.key] = f"{type(exc).__name__}: {exc}"
+                bar.update(len(futures[fut]))
+                continue
+            done += res
+            bar.update(len(res))
+            bar.set_postfix(reused=sum(1 for d in done if d["reused"]))
+    return done, failed
+
+
+def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings, cfg: RunConfig) -> int:
+    levels = _blocks(plan, cfg.reduce_block)
+    tiling = (plan.n_rows, plan.n_cols)
+    prev: dict[Block, Any] = {}
+    every: list[Any] = []
+    for depth, blocks in enumerate(levels):
+        root = depth == len(levels) - 1
+        cur: dict[Block, Any] = {}
+        for b in blocks:
+            if depth == 0:
+                wins = [w for w in todo if b.r0 <= w.index[0] < b.r1 and b.c0 <= w.index[1] < b.c1]
+                cur[b] = client.submit(reduce_leaf, wins, b, s, cfg.window, tiling, root, pure=False)
+            else:
+                kids = [f for k, f in prev.items() if b.r0 <= k.r0 < b.r1 and b.c0 <= k.c0 < b.c1]
+                cur[b] = client.submit(reduce_node, kids, b, s, cfg.window, tiling, root, pure=False)
+        every += cur.values()
+        prev = cur
+    (open_, _), = client.gather(list(prev.values()))
+    assert len(open_) == 0, "the root block closes every slide"
+    return int(sum(client.gather([client.submit(lambda r: r[1], f, pure=False) for f in every])))
+
+
+def assemble(parts_dir: Path, grid: Grid, cfg: RunConfig, *, run_id: str, model_id: str) -> gpd.GeoDataFrame:
+    """The part files → one inventory in a deterministic order with stable ids."""
+    parts = sorted(parts_dir.glob("*.parquet")) if parts_dir.exists() else []
+    frames = [gpd.read_parquet(p) for p in parts]
+    frames = [f for f in frames if len(f)]
+    if frames:
+        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=grid.crs)
+    else:
+        gdf = gpd.GeoDataFrame({"score": pd.Series([], dtype=float), "tracks": pd.Series([], dtype=object),
+                                "n_boxes": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
+    if cfg.aoi is not None and len(gdf):
+        aoi = aoi_geometry(cfg.aoi, grid.crs)
+        gdf = gdf[shapely.intersects(aoi, np.asarray(gdf.geometry.centroid, dtype=object))]
+    gdf["slide_id"] = slide_ids(gdf, grid)
+    b = gdf.geometry.bounds
+    order = np.lexsort((b["minx"].to_numpy(), -b["maxy"].to_numpy())) if len(gdf) else np.zeros(0, int)
+    gdf = gdf.iloc[order].reset_index(drop=True)
+    gdf["slide_num"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
+    gdf["method"] = "faster_rcnn"
+    gdf["run_id"] = run_id
+    gdf["model_id"] = model_id
+    if grid.is_geographic() and len(gdf):
+        gdf["area_m2"] = gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
+    else:
+        gdf["area_m2"] = gdf.geometry.area
+    for c in ("rate_mean", "rate_p95_abs", "valid_fraction"):
+        if c not in gdf:
+            gdf[c] = pd.Series(dtype=float)
+    if "rate_track" not in gdf:
+        gdf["rate_track"] = pd.Series(dtype=object)
+    extra = [c for c in gdf.columns if c not in INVENTORY_COLUMNS]
+    return gpd.GeoDataFrame(gdf[[*INVENTORY_COLUMNS[:-1], *extra, "geometry"]], geometry="geometry", crs=grid.crs)
+
+
+def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> dict[str, str]:
+    out = Path(cfg.out)
+    written: dict[str, str] = {}
+    stem = out.with_suffix("")
+    if cfg.outputs.geopackage:
+        gpkg = out.with_suffix(".gpkg")
+        with atomic_path(gpkg, overwrite=True) as tmp:
+            plain = gdf.drop(columns=[c for c in gdf.columns if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
+            plain.to_file(tmp, driver="GPKG", layer="landslides")
+        written["geopackage"] = str(gpkg)
+    if cfg.outputs.slide_id_raster:
+        from .raster import write_slide_raster
+        path = Path(f"{stem}.slide_id.zarr")
+        write_slide_raster(gdf, ds, grid, path)
+        written["slide_id_raster"] = str(path)
+    if cfg.outputs.quicklook and "://" not in cfg.mosaic:
+        from ..quicklook import quicklook
+        png = Path(f"{stem}.png")
+        quicklook(cfg.mosaic, png, inventory=out)
+        written["quicklook"] = str(png)
+    return written
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    w = s["windows"]
+    skipped = ", ".join(f"{k.removeprefix('skipped_')} {v}" for k, v in w.items() if k.startswith("skipped_"))
+    lines = [
+        f"windows: {w['planned']} planned, skipped: {skipped}; run {w['run']} "
+        f"({w['computed']} computed, {w['reused']} reused from an earlier run)",
+        f"slides: {s['slides']}",
+        f"time: {s['seconds']:.1f} s (plan {s['seconds_plan']:.1f}, detect {s['seconds_detect']:.1f}, "
+        f"reduce {s['seconds_reduce']:.1f}, write {s['seconds_write']:.1f})"
+        + (f"; {s['windows_per_second']:.2f} windows/s" if s["windows_per_second"] else ""),
+    ]
+    lines += [f"{k}: {v}" for k, v in s["outputs"].items()]
+    return "\n".join(lines)

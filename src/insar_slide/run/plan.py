@@ -1,0 +1,192 @@
+"""The window plan: cores that tile the mosaic exactly, halos around them, and per (track,
+window) whether the model runs or why not — decided from cheap statistics before any model call.
+
+Reasons, checked in this order: ``outside_aoi`` (the core misses the area of interest; nothing
+is read), ``no_data`` (valid share of the core below ``skip.min_valid_fraction``), ``stable``
+(fewer than ``skip.min_hot_pixels`` core pixels reach ``skip.min_abs_rate``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from pyproj import CRS
+
+from ..errors import ConfigError, InputError
+from ..grid import Grid, PixelWindow, chunk_windows
+from ..mosaic import RATE, grid_of, open_basin
+from .config import AreaOfInterest, RunConfig
+from .io import read_window
+
+REASONS = ("outside_aoi", "no_data", "stable")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One unit of model work: a core of the tiling and the halo-padded window read around it."""
+
+    track: str
+    index: tuple[int, int]  # (row, col) of the core in the tiling
+    core: PixelWindow
+    read: PixelWindow
+    status: str  # "run" or one of REASONS
+    n_valid: int = -1
+    n_hot: int = -1
+
+    @property
+    def key(self) -> str:
+        return f"{self.track}/r{self.index[0]:05d}_c{self.index[1]:05d}"
+
+
+@dataclass
+class WindowPlan:
+    grid: Grid
+    tracks: list[str]
+    window: int
+    halo: int
+    n_rows: int
+    n_cols: int
+    windows: list[Window] = field(default_factory=list)
+
+    def to_run(self) -> list[Window]:
+        return [w for w in self.windows if w.status == "run"]
+
+    def counts(self) -> dict[str, int]:
+        c = Counter(w.status for w in self.windows)
+        return {"planned": len(self.windows), "run": c.get("run", 0), **{f"skipped_{r}": c.get(r, 0) for r in REASONS}}
+
+    def pixel_km2(self) -> float:
+        return abs(self.grid.dx * self.grid.dy) / 1e6 if not self.grid.is_geographic() else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        px = self.pixel_km2()
+        by: dict[str, dict[str, Any]] = {}
+        for w in self.windows:
+            d = by.setdefault(w.status, {"windows": 0, "km2": 0.0})
+            d["windows"] += 1
+            d["km2"] += w.core.rows * w.core.cols * px
+        return {"grid": f"{self.grid.height} x {self.grid.width} px", "tracks": self.tracks,
+                "window": self.window, "halo": self.halo, "tiling": f"{self.n_rows} x {self.n_cols}",
+                "model_pixels_per_core_pixel": self.read_overhead(), **self.counts(), "by_status": by}
+
+    def read_overhead(self) -> float:
+        run = self.to_run()
+        core = sum(w.core.rows * w.core.cols for w in run)
+        read = sum(w.read.rows * w.read.cols for w in run)
+        return read / core if core else float("nan")
+
+    def format(self) -> str:
+        s = self.summary()
+        px = self.pixel_km2()
+        lines = [f"grid {s['grid']}, tracks {', '.join(self.tracks)}; cores {self.window} px + halo {self.halo} px, "
+                 f"{s['tiling']} cores per track"]
+        for status in ("run", *REASONS):
+            d = s["by_status"].get(status, {"windows": 0, "km2": 0.0})
+            label = "run" if status == "run" else f"skip: {status}"
+            area = f"{d['km2']:10.1f} km²" if np.isfinite(px) else ""
+            lines.append(f"  {label:<18} {d['windows']:6d} windows {area}")
+        lines.append(f"  planned            {s['planned']:6d} windows; the model reads "
+                     f"{s['model_pixels_per_core_pixel']:.2f} px per core px (halo)")
+        return "\n".join(lines)
+
+
+def aoi_geometry(aoi: AreaOfInterest, crs: str) -> shapely.Geometry:
+    """The area of interest as one geometry in ``crs`` (a buffered river line, or polygons)."""
+    path = Path(aoi.river or aoi.polygons or "")
+    if not path.exists():
+        raise InputError(f"aoi: {path} does not exist; point aoi.river / aoi.polygons at an existing file")
+    try:
+        if path.suffix.lower() == ".wkt":
+            gs = gpd.GeoSeries([shapely.from_wkt(path.read_text())], crs="EPSG:4326")
+        else:
+            gs = gpd.read_file(path).geometry
+    except Exception as exc:
+        raise InputError(f"aoi: cannot read {path} ({exc})") from exc
+    if gs.crs is None:
+        raise InputError(f"aoi: {path} has no CRS; set one (e.g. save it with EPSG:4326)")
+    if aoi.river:
+        local = gs.estimate_utm_crs()
+        return gs.to_crs(local).buffer(aoi.buffer_km * 1000).to_crs(crs).union_all()
+    return gs.to_crs(crs).union_all()
+
+
+def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float) -> list[tuple[int, int]]:
+    """(valid pixels, pixels with |rate| ≥ min_abs_rate) of each core, read straight from Zarr."""
+    out = []
+    for w in cores:
+        a = read_window(mosaic, track, w)
+        out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum())))
+    return out
+
+
+Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], Sequence[Any]]
+
+
+def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16) -> WindowPlan:
+    """Tile the mosaic, apply the AOI, and read each remaining core once for the skip rules.
+
+    ``stats_map(fn, args)`` runs ``fn(*a)`` for each ``a`` in ``args`` — on the Dask cluster
+    in ``run`` (each worker reads its own cores from Zarr); in a local thread pool by default.
+    """
+    ds = open_basin(cfg.mosaic)
+    grid = grid_of(ds)
+    names = [str(t) for t in ds["track"].values]
+    tracks = cfg.tracks or names
+    unknown = [t for t in tracks if t not in names]
+    if unknown:
+        raise ConfigError(f"tracks: {unknown} not in {cfg.mosaic} (it has {names})")
+    cores = chunk_windows(grid.shape, cfg.window)
+    n_rows, n_cols = -(-grid.height // cfg.window), -(-grid.width // cfg.window)
+    full = PixelWindow(0, 0, grid.height, grid.width)
+    reads = [full.intersection(PixelWindow(c.row0 - cfg.halo, c.col0 - cfg.halo, c.rows + 2 * cfg.halo, c.cols + 2 * cfg.halo))
+             for c in cores]
+    inside = np.ones(len(cores), bool)
+    if cfg.aoi is not None:
+        geom = aoi_geometry(cfg.aoi, grid.crs)
+        t = grid.transform
+        boxes = [shapely.box(*(t * (c.col0, c.row1)), *(t * (c.col1, c.row0))) for c in cores]
+        inside = shapely.intersects(geom, np.asarray(boxes, dtype=object))
+    plan = WindowPlan(grid, list(tracks), cfg.window, cfg.halo, n_rows, n_cols)
+    jobs: list[tuple[str, list[int]]] = []
+    for tr in tracks:
+        idx = [i for i in range(len(cores)) if inside[i]]
+        jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
+    mapper = stats_map or thread_map
+    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate) for tr, ii in jobs]
+    results = mapper(window_stats, args) if args else []
+    stats: dict[tuple[str, int], tuple[int, int]] = {}
+    for (tr, ii), res in zip(jobs, results, strict=True):
+        for i, st in zip(ii, res, strict=True):
+            stats[(tr, i)] = st
+    rules = cfg.skip
+    for tr in tracks:
+        for i, (core, read) in enumerate(zip(cores, reads, strict=True)):
+            assert read is not None
+            index = (core.row0 // cfg.window, core.col0 // cfg.window)
+            if not inside[i]:
+                plan.windows.append(Window(tr, index, core, read, "outside_aoi"))
+                continue
+            n_valid, n_hot = stats[(tr, i)]
+            if n_valid < rules.min_valid_fraction * core.rows * core.cols or n_valid == 0:
+                status = "no_data"
+            elif n_hot < rules.min_hot_pixels:
+                status = "stable"
+            else:
+                status = "run"
+            plan.windows.append(Window(tr, index, core, read, status, n_valid, n_hot))
+    return plan
+
+
+def thread_map(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], threads: int = 2) -> list[Any]:
+    """``[fn(*a) for a in args]`` in a local thread pool (``plan`` without a cluster)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda a: fn(*a), args))

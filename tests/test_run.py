@@ -1,0 +1,305 @@
+"""`insar-slide run` and `plan` on real components: a Zarr mosaic, LocalCluster, `dask scheduler`
+and `dask worker` processes on 127.0.0.1, GeoParquet read back by geopandas.
+
+Two kinds of detector are used. Where the test is about the merge (seams, corners, window
+choices), every window's stored detections are written beforehand exactly as the run keeps
+them (with the right input fingerprint), so the run reuses them: each window "sees" the slides
+whose box meets its read window, clipped to it — what a perfect detector reports. Where the
+test is about execution (workers, external scheduler, SIGKILL + resume), a randomly initialised
+model really runs (its untrained scores hover around 0.5, so it reports many boxes).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+import yaml
+from click.testing import CliRunner
+
+from insar_slide.cli import main
+from insar_slide.errors import ConfigError, InputError
+from insar_slide.grid import Grid
+from insar_slide.model import ModelConfig, build_model, save_checkpoint
+from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
+from insar_slide.run.config import load_run_config
+from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
+from insar_slide.run.io import read_window
+from insar_slide.run.pipeline import detect_settings, run
+from insar_slide.run.plan import make_plan
+
+GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 600, 700)
+# (row0, col0, row1, col1) pixel boxes: across the column seam at 256, across the four-window
+# corner (256, 256), inside one window, and across the seam at 512 (second track only).
+SLIDES = [(40, 226, 90, 290), (230, 228, 280, 286), (420, 80, 460, 130), (300, 490, 340, 540)]
+
+
+def _rates() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    r = rng.normal(0, 1.0, (2, *GRID.shape)).astype("float32")
+    yy, xx = np.mgrid[0:GRID.height, 0:GRID.width]
+    for k, (r0, c0, r1, c1) in enumerate(SLIDES):
+        cy, cx, ry, rx = (r0 + r1) / 2, (c0 + c1) / 2, (r1 - r0) / 2, (c1 - c0) / 2
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        for t in (0, 1) if k < 3 else (1,):
+            r[t][inside] = -40.0
+    r[:, 512:, 512:] = np.nan  # a window with almost no data
+    r[:, 590:, 690:] = 0.5
+    return r
+
+
+@pytest.fixture(scope="module")
+def basin(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("basin") / "basin.zarr"
+    tracks = [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("test",)),
+              TrackInfo("desc", -168.0, 40.0, "2020-01-01", "2021-01-01", ("test",))]
+    write_mosaic(build_dataset(da.from_array(_rates(), chunks=(1, 256, 256)), GRID, tracks), path, chunk=256)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "random.safetensors"
+    save_checkpoint(build_model(ModelConfig()), ModelConfig(), path, extra={"training_config": {"score_threshold": 0.5}})
+    return path
+
+
+def _config(tmp: Path, basin: Path, model: Path, **kw: object) -> Path:
+    cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 256, "halo": 64,
+           "cluster": {"workers": 1, "threads_per_worker": 1, "dashboard": False},
+           "outputs": {"quicklook": False, "slide_id_raster": False}, **kw}
+    p = tmp / "basin.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int, int]]]) -> None:
+    """Store, for each window the plan runs, the boxes a perfect detector would report there."""
+    cfg = load_run_config(cfg_path)
+    plan = make_plan(cfg)
+    s = detect_settings(cfg, plan.grid, file_hash(cfg.model_path))
+    for w in plan.to_run():
+        data = read_window(cfg.mosaic, w.track, w.read)
+        found = []
+        for r0, c0, r1, c1 in boxes_per_track.get(w.track, []):
+            rr0, cc0 = max(r0, w.read.row0), max(c0, w.read.col0)
+            rr1, cc1 = min(r1, w.read.row1), min(c1, w.read.col1)
+            if rr1 - rr0 >= 4 and cc1 - cc0 >= 4:
+                found.append((cc0, rr0, cc1, rr1))
+        arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
+        _write_detections(result_path(s.run_dir, w), arr, np.full(len(arr), 0.9),
+                          {"fingerprint": fingerprint(data, w, s), "window": w.key, "model": s.model_hash})
+
+
+def _truth_boxes() -> dict[str, list[tuple[int, int, int, int]]]:
+    return {"asc": SLIDES[:3], "desc": SLIDES}
+
+
+def _map_box(r0: int, c0: int, r1: int, c1: int) -> shapely.Geometry:
+    t = GRID.transform
+    return shapely.box(*(t * (c0, r1)), *(t * (c1, r0)))
+
+
+# ---------------------------------------------------------------------------- plan
+
+
+def test_plan_tiles_exactly_and_gives_reasons(tmp_path, basin, model_file):
+    cfg = load_run_config(_config(tmp_path, basin, model_file))
+    plan = make_plan(cfg)
+    asc = [w for w in plan.windows if w.track == "asc"]
+    assert (plan.n_rows, plan.n_cols) == (3, 3) and len(asc) == 9
+    cover = np.zeros(GRID.shape, int)
+    for w in asc:
+        cover[w.core.slices()] += 1
+        assert w.read.row0 == max(0, w.core.row0 - 64) and w.read.col1 == min(GRID.width, w.core.col1 + 64)
+    assert (cover == 1).all()  # ragged last row (88 px) and column (188 px) included, no overlap
+    status = {w.index: w.status for w in asc}
+    assert status[(0, 0)] == status[(0, 1)] == status[(1, 0)] == status[(1, 1)] == "run"  # seam + corner slides
+    assert status[(2, 2)] == "no_data" and status[(0, 2)] == "stable"
+    desc = {w.index: w.status for w in plan.windows if w.track == "desc"}
+    assert desc[(1, 2)] == "run" and status[(1, 2)] == "stable"  # the slide only the desc track sees
+
+    aoi = tmp_path / "aoi.gpkg"
+    gpd.GeoDataFrame(geometry=[_map_box(0, 0, 250, 250)], crs=GRID.crs).to_file(aoi)
+    cfg2 = load_run_config(_config(tmp_path, basin, model_file, aoi={"polygons": str(aoi)}))
+    p2 = make_plan(cfg2)
+    assert {w.index for w in p2.windows if w.status != "outside_aoi" and w.track == "asc"} == {(0, 0)}
+    res = CliRunner().invoke(main, ["plan", str(tmp_path / "basin.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "outside_aoi" in res.output and "km²" in res.output
+
+
+# ---------------------------------------------------------------------------- merge
+
+
+def _run_injected(tmp: Path, basin: Path, model: Path, **kw: object) -> gpd.GeoDataFrame:
+    cfg_path = _config(tmp, basin, model, **kw)
+    _inject(cfg_path, _truth_boxes())
+    res = run(load_run_config(cfg_path), progress=False, echo=lambda s: None)
+    assert res.summary["windows"]["computed"] == 0  # every window came from the injected results
+    return gpd.read_parquet(tmp / "inv.parquet")
+
+
+def test_seam_and_corner_slides_are_reported_once(tmp_path, basin, model_file):
+    inv = _run_injected(tmp_path, basin, model_file)
+    assert len(inv) == len(SLIDES)
+    for box in SLIDES:
+        hits = inv[inv.geometry.intersects(_map_box(*box).buffer(-1))]
+        assert len(hits) == 1, box
+        assert hits.geometry.iloc[0].equals(_map_box(*box))  # the whole box, no partial leftovers
+    tracks = {tuple(_map_box(*b).centroid.coords)[0]: t for b, t in zip(SLIDES, ["asc,desc"] * 3 + ["desc"], strict=True)}
+    for g, t in zip(inv.geometry, inv["tracks"], strict=True):
+        assert tracks[tuple(g.centroid.coords)[0]] == t  # ascending and descending merged into one row
+    assert inv["slide_id"].is_unique and (inv["method"] == "faster_rcnn").all()
+    assert (inv["rate_p95_abs"] > 35).all() and inv.crs == GRID.crs
+
+
+def test_two_window_choices_give_the_same_inventory(tmp_path, basin, model_file):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _run_injected(tmp_path / "a", basin, model_file, window=256, halo=64)
+    b = _run_injected(tmp_path / "b", basin, model_file, window=320, halo=48, reduce_block=1)
+    cols = ["slide_id", "tracks", "score", "area_m2", "rate_mean", "rate_p95_abs", "valid_fraction"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+    assert all(x.equals_exact(y, 1e-6) for x, y in zip(a.geometry, b.geometry, strict=True))
+
+
+# ---------------------------------------------------------------------------- execution
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory, basin, model_file) -> gpd.GeoDataFrame:
+    tmp = tmp_path_factory.mktemp("embedded")
+    res = run(load_run_config(_config(tmp, basin, model_file, score_threshold=0.3)), progress=False, echo=lambda s: None)
+    assert res.summary["windows"]["computed"] == res.summary["windows"]["run"] > 0
+    inv = gpd.read_parquet(tmp / "inv.parquet")
+    assert len(inv) > 0  # an untrained model reports plenty of boxes around 0.5
+    return inv
+
+
+def _same(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
+    assert list(a["slide_id"]) == list(b["slide_id"])
+    np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-5)
+    assert all(x.equals_exact(y, 1e-3) for x, y in zip(a.geometry, b.geometry, strict=True))
+
+
+def test_two_workers_give_the_same_inventory_as_one(tmp_path, basin, model_file, embedded):
+    run(load_run_config(_config(tmp_path, basin, model_file, score_threshold=0.3,
+                                cluster={"workers": 2, "threads_per_worker": 1, "dashboard": False})),
+        progress=False, echo=lambda s: None)
+    _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
+
+
+def test_external_scheduler_and_worker_processes(tmp_path, basin, model_file, embedded):
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+    try:
+        for _ in range(300):
+            if sched_file.exists() and sched_file.stat().st_size:
+                break
+            time.sleep(0.1)
+        import json
+        address = json.loads(sched_file.read_text())["address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        for k in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
+                                           "--no-dashboard", "--name", f"w{k}"],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        from distributed import Client
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(2, timeout=60)
+        res = CliRunner().invoke(main, ["run", str(_config(tmp_path, basin, model_file, score_threshold=0.3)),
+                                        "--address", address, "--no-progress"])
+        assert res.exit_code == 0, res.output
+        assert "slides:" in res.output
+        _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+
+
+def test_sigkilled_run_resumes_to_the_same_inventory(tmp_path, basin, model_file, embedded):
+    cfg_path = _config(tmp_path, basin, model_file, score_threshold=0.3, batch_size=1)
+    cli = Path(sys.executable).with_name("insar-slide")
+    proc = subprocess.Popen([str(cli), "run", str(cfg_path), "--no-progress"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    windows = tmp_path / "inv.parquet.run" / "windows"
+    try:
+        for _ in range(1200):
+            if len(list(windows.glob("*/*.parquet"))) >= 2 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "inv.parquet").exists()
+    kept = len(list(windows.glob("*/*.parquet")))
+    assert kept >= 2
+    res = run(load_run_config(cfg_path), progress=False, echo=lambda s: None)
+    assert res.summary["windows"]["reused"] == kept and not list(windows.glob("*/.*.tmp"))
+    _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
+
+
+# ---------------------------------------------------------------------------- outputs and bad input
+
+
+def test_outputs_raster_geopackage_and_metadata(tmp_path, basin, model_file):
+    import xarray as xr
+
+    from insar_slide.inventory import inventory_metadata
+    inv = _run_injected(tmp_path, basin, model_file, outputs={"quicklook": True, "slide_id_raster": True,
+                                                              "geopackage": True, "outline": True})
+    meta = inventory_metadata(tmp_path / "inv.parquet")
+    assert meta["windows"]["planned"] == 18 and meta["windows"]["skipped_no_data"] >= 1
+    assert meta["model_hash"] == file_hash(model_file) and meta["config"]["window"] == 256
+    layer = xr.open_zarr(tmp_path / "inv.slide_id.zarr")["slide_id"]
+    rate = xr.open_zarr(basin)["los_rate"].sel(track="desc")
+    for k, box in zip(inv["slide_num"], inv.geometry, strict=True):
+        inside = rate.where(layer == k)
+        assert float(np.abs(inside).mean()) > 20  # the slide's own pixels
+        assert int((layer == k).sum()) == pytest.approx(box.area / 900, rel=0.05)
+    assert (tmp_path / "inv.png").stat().st_size > 10_000
+    gpkg = gpd.read_file(tmp_path / "inv.gpkg")
+    assert len(gpkg) == len(inv)
+    assert inv["outline"].notna().all()
+    for o, g in zip(inv["outline"], inv.geometry, strict=True):
+        assert o.within(g.buffer(30)) and o.area < g.area  # the ellipse inside its box
+
+
+def test_bad_run_input_is_a_clear_error(tmp_path, basin, model_file):
+    runner = CliRunner()
+    p = _config(tmp_path, basin, model_file, windw=512)
+    res = runner.invoke(main, ["run", str(p)])
+    assert res.exit_code == 2 and "unknown key 'windw'" in res.output
+    p = _config(tmp_path, basin, tmp_path / "nope.safetensors")
+    res = runner.invoke(main, ["run", str(p)])
+    assert res.exit_code != 0 and "nope.safetensors does not exist" in res.output
+    p = _config(tmp_path, basin, model_file, tracks=["north"])
+    with pytest.raises(ConfigError, match="north"):
+        make_plan(load_run_config(p))
+    p = _config(tmp_path, basin, model_file, cluster={"address": "tcp://127.0.0.1:9"})
+    with pytest.raises(InputError, match="no Dask scheduler"):
+        run(load_run_config(p), progress=False, echo=lambda s: None)
+    pickle_file = tmp_path / "evil.safetensors"
+    pickle_file.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
+    res = runner.invoke(main, ["run", str(_config(tmp_path, basin, pickle_file))])
+    assert res.exit_code != 0 and "error:" in res.output
+    assert not (tmp_path / "inv.parquet").exists()
