@@ -39,6 +39,20 @@ def test_cbam_shapes_and_attention_range():
     assert 0 <= float(att.min()) and float(att.max()) <= 1
 
 
+def test_spatial_gate_does_not_saturate_on_large_features():
+    """The gate our first training run lost: ReLU features of large magnitude must not push the
+    spatial attention to 0 everywhere (the batch norm before the sigmoid keeps it centred)."""
+    torch.manual_seed(0)
+    from insar_slide.model.cbam import SpatialAttention
+    gate = SpatialAttention()
+    with torch.no_grad():
+        gate.conv.weight.fill_(-0.3)  # the sign the dead gate had learned
+    x = torch.relu(torch.randn(4, 128, 32, 32)) * 50
+    with torch.no_grad():
+        att = gate.train()(x)
+    assert 0.2 < float(att.mean()) < 0.8 and float(att.std()) > 0.05
+
+
 @pytest.mark.parametrize("variant", ["r34", "r34_fpn", "r34_fpn_cbam"])
 def test_variants_run_at_native_scale(variant):
     cfg = ModelConfig(variant=variant, tile_size=128, rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=50)
@@ -131,3 +145,19 @@ def test_load_pretrained_from_own_checkpoint_for_a_second_round(tmp_path):
     assert not rep["missing"] and not rep["shape_mismatch"]
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The low byte of the header length is the file's first byte: 0x80 is also pickle's mark."""
+    import json as _json
+    import struct
+
+    from insar_slide.model.checkpoint import read_metadata
+    meta = {"insar_slide": _json.dumps({"format": "insar-slide-checkpoint/1", "model": {}})}
+    header = {"__metadata__": meta, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    raw = _json.dumps(header).encode()
+    raw += b" " * ((0x80 - len(raw)) % 256)  # pad the header to a length ending in 0x80
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0\0\0\0")
+    assert path.read_bytes()[0] == 0x80
+    assert read_metadata(path)["format"] == "insar-slide-checkpoint/1"

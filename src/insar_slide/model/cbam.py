@@ -25,15 +25,23 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """σ(conv7×7([AvgPool_c(F); MaxPool_c(F)])): channel-wise mean and max maps."""
+    """σ(BN(conv7×7([AvgPool_c(F); MaxPool_c(F)]))): channel-wise mean and max maps.
+
+    The batch normalisation before the sigmoid is in Woo et al.'s reference code (``BasicConv``
+    with ``bn=True``), though not in the paper's Equation (3). Without it the gate dies: the
+    channel-wise max of ReLU features is large and unnormalised, and in our first CPU training
+    the gate after layer2 saturated at σ ≈ 4e-5 everywhere — zero gradient, so it never
+    recovered, and every FPN level above P2 lost its input (large slides went undetected).
+    """
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.conv(desc))
+        return torch.sigmoid(self.bn(self.conv(desc)))
 
 
 class CBAM(nn.Module):

@@ -51,7 +51,10 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     size = p.stat().st_size
     with open(p, "rb") as fh:
         head = fh.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # A safetensors file is an 8-byte little-endian header length, then the JSON header; its
+    # first byte is the length's low byte and may well be 0x80, so test for safetensors first.
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] + 8 <= size
+    if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise InputError(
             f"{p}: this is a pickle (torch.save) file, not a safetensors checkpoint; insar-slide never "
             "unpickles checkpoints because a pickle can run code. Convert trusted weights with "
