@@ -159,9 +159,9 @@ def test_seam_and_corner_slides_are_reported_once(tmp_path, basin, model_file):
         hits = inv[inv.geometry.intersects(_map_box(*box).buffer(-1))]
         assert len(hits) == 1, box
         assert hits.geometry.iloc[0].equals(_map_box(*box))  # the whole box, no partial leftovers
-    tracks = {tuple(_map_box(*b).centroid.coords)[0]: t for b, t in zip(SLIDES, ["asc,desc"] * 3 + ["desc"], strict=True)}
+    tracks = {next(iter(_map_box(*b).centroid.coords)): t for b, t in zip(SLIDES, ["asc,desc"] * 3 + ["desc"], strict=True)}
     for g, t in zip(inv.geometry, inv["tracks"], strict=True):
-        assert tracks[tuple(g.centroid.coords)[0]] == t  # ascending and descending merged into one row
+        assert tracks[next(iter(g.centroid.coords))] == t  # ascending and descending merged into one row
     assert inv["slide_id"].is_unique and (inv["method"] == "faster_rcnn").all()
     assert (inv["rate_p95_abs"] > 35).all() and inv.crs == GRID.crs
 
@@ -303,3 +303,26 @@ def test_bad_run_input_is_a_clear_error(tmp_path, basin, model_file):
     res = runner.invoke(main, ["run", str(_config(tmp_path, basin, pickle_file))])
     assert res.exit_code != 0 and "error:" in res.output
     assert not (tmp_path / "inv.parquet").exists()
+
+
+def test_notebook_queries(tmp_path, basin, model_file):
+    import insar_slide as isl
+
+    _run_injected(tmp_path, basin, model_file)
+    ds = isl.open_basin(basin)
+    inv = isl.open_inventory(tmp_path / "inv.parquet")
+    r0, c0, r1, c1 = SLIDES[2]
+    t = GRID.transform
+    x0, y1 = t * (c0 - 5, r1 + 5)
+    x1, y0 = t * (c1 + 5, r0 - 5)
+    near = isl.slides_in_bbox(inv, x0, y1, x1, y0)
+    assert len(near) == 1
+    sid = near["slide_id"].iloc[0]
+    rates = isl.slide_rates(ds, inv, sid)
+    assert rates.sizes["y"] == r1 - r0 and rates.sizes["x"] == c1 - c0
+    assert float(rates.sel(track="asc").min()) == -40.0
+    table = isl.slide_table(ds, inv)
+    row = table[(table.slide_id == sid) & (table.track == "asc")].iloc[0]
+    assert row["n_valid"] == (r1 - r0) * (c1 - c0) and row["min"] == -40.0
+    with pytest.raises(InputError, match="not in the inventory"):
+        isl.slide_rates(ds, inv, "fr-nope")

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pytest
@@ -184,11 +186,24 @@ def test_demo_config_is_the_small_sample_config():
     assert load_sim_config(SMALL) == __import__("insar_slide.sim.config", fromlist=["demo_config"]).demo_config()
 
 
-def test_cli_demo(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+def test_cli_demo_runs_the_reference_model(tmp_path):
+    """The README's main job: simulate the demo basin, run the shipped model, score it."""
+    from insar_slide.run.config import REFERENCE_MODEL
+    assert REFERENCE_MODEL.is_file(), f"the reference model {REFERENCE_MODEL} is not in the repository"
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "demo" / "basin.zarr").is_dir() and (tmp_path / "demo" / "basin.png").is_file()
-    assert "simulated landslides" in res.output and "asc_099" in res.output
+    out = tmp_path / "demo"
+    for name in ("basin.zarr", "basin.truth.parquet", "inventory.parquet", "inventory.png", "inventory.slide_id.zarr"):
+        assert (out / name).exists(), name
+    assert "windows: 8 planned" in res.output and "against the simulated truth" in res.output
+    import geopandas as gpd
+    assert len(gpd.read_parquet(out / "inventory.parquet")) > 0
+
+
+def test_demo_run_config_is_the_sample_basin_config():
+    from insar_slide.run.config import demo_run_config, load_run_config
+    repo = Path(__file__).resolve().parents[1]
+    assert demo_run_config(repo / "out" / "demo") == load_run_config(repo / "configs" / "basin_demo.yaml")
 
 
 def test_failed_overwrite_keeps_the_previous_pair(tmp_path, monkeypatch):

@@ -280,11 +280,21 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
 
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--model", help="Checkpoint (default: the shipped reference model).")
+@click.option("--workers", type=int, help="Workers of the embedded LocalCluster (default: one per core).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def demo(out_dir: str) -> None:
-    """Simulate the built-in demo basin, describe it and draw its quick look (no config needed)."""
-    from .mosaic import grid_of, open_basin
-    from .quicklook import quicklook as do_quicklook
+def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool) -> None:
+    """Simulate the built-in demo basin and run the detector over it (configs/basin_demo.yaml).
+
+    Writes out/demo/{basin.zarr, basin.truth.parquet, inventory.parquet, inventory.png,
+    inventory.slide_id.zarr} and scores the inventory against the simulated truth.
+    """
+    import geopandas as gpd
+
+    from .compare import match, visible_truth
+    from .run.config import demo_run_config
+    from .run.pipeline import run
     from .sim.basin import simulate as do_simulate
     from .sim.config import demo_config
 
@@ -292,12 +302,16 @@ def demo(out_dir: str) -> None:
     t0 = time.perf_counter()
     mosaic, truth = do_simulate(demo_config(), out / "basin.zarr", overwrite=True)
     click.echo(f"simulated {mosaic} and {truth} in {time.perf_counter() - t0:.1f} s")
-    ctx = click.get_current_context()
-    ctx.invoke(info, mosaic=str(mosaic), as_json=False)
-    png = do_quicklook(mosaic, out / "basin.png", inventory=truth)
-    area = grid_of(open_basin(mosaic)).area_km2()  # `info` above already made the one pass over the data
-    import geopandas as gpd
-    click.echo(f"{len(gpd.read_parquet(truth))} simulated landslides over {area:.0f} km²; quick look: {png}")
+    cfg = demo_run_config(out)
+    upd: dict[str, Any] = {"model": model} if model else {}
+    if workers:
+        upd["cluster"] = cfg.cluster.model_copy(update={"workers": workers})
+    result = run(cfg.model_copy(update=upd), progress=not no_progress, echo=click.echo)
+    ref = visible_truth(gpd.read_parquet(truth))
+    c = match(result.inventory, ref).counts()
+    click.echo(f"against the simulated truth ({len(ref)} visible slides with |peak LOS| >= 10 mm/yr, {c['rule']}): "
+               f"found {c['correctly_detected']}, missed {c['not_detected']}, false {c['newly_detected']}; "
+               f"precision {c['precision']:.2f}, recall {c['recall']:.2f}, F1 {c['f1']:.2f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

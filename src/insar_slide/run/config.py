@@ -114,3 +114,9 @@ def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
         raise ConfigError(f"{p}: halo {cfg.halo} is out of proportion to window {cfg.window}; "
                           "the halo should be a small share of each window (e.g. window 1024, halo 64)")
     return cfg
+
+
+def demo_run_config(out_dir: str | Path) -> RunConfig:
+    """configs/basin_demo.yaml for a demo basin written to ``out_dir/basin.zarr``."""
+    out = Path(out_dir)
+    return RunConfig(mosaic=str(out / "basin.zarr"), out=str(out / "inventory.parquet"), window=512, halo=64)

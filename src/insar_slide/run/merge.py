@@ -41,7 +41,7 @@ from torchvision.ops import batched_nms
 from ..grid import Grid, PixelWindow
 from ..inventory import polygon_rate_stats
 from .detect import read_detections, result_path
-from .io import read_window, rate_dataset
+from .io import rate_dataset, read_window
 from .plan import Window
 
 FEATURE_COLUMNS = ["geometry", "score", "tracks", "n_boxes"]
@@ -214,7 +214,7 @@ def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
     stats = polygon_rate_stats(ds, gdf.geometry)
     gdf = pd.concat([gdf, stats.reset_index(drop=True)], axis=1)
     if s.outline:
-        outlines = []
+        outlines: list[Any] = []
         for geom, track in zip(gdf.geometry, gdf["rate_track"], strict=True):
             win = s.grid.window_of_bounds(*geom.bounds)
             if not track or win.rows == 0 or win.cols == 0:

@@ -17,11 +17,10 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import shapely
-from pyproj import CRS
 
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
-from ..mosaic import RATE, grid_of, open_basin
+from ..mosaic import grid_of, open_basin
 from .config import AreaOfInterest, RunConfig
 from .io import read_window
 
