@@ -110,7 +110,9 @@ def _blocks(plan: WindowPlan, first: int) -> list[list[Block]]:
         level += 1
 
 
-def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print) -> RunResult:
+def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, client: Any = None) -> RunResult:
+    """Plan, detect, reduce and write; ``client``: an existing ``distributed.Client`` to use
+    (a notebook's), else one per ``cfg.cluster``."""
     t_start = time.perf_counter()
     model_path = cfg.model_path
     if not model_path.is_file():
@@ -131,7 +133,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     key = settings_hash(cfg, model_hash)
     run_id = "run-" + key[:12]
 
-    with cluster_client(cfg) as client:
+    with contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
         link = getattr(client, "dashboard_link", None)
         if link and cfg.cluster.dashboard:
             echo(f"Dask dashboard: {link}")
