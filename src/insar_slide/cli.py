@@ -278,6 +278,78 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
     run(cfg, progress=not no_progress, echo=click.echo)
 
 
+@main.command("baseline")
+@click.argument("method", type=click.Choice(["hotspot", "kmeans"]))
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--out", help="Inventory GeoParquet (default: <config out>.<method>.parquet).")
+@_friendly
+def baseline_cmd(method: str, config: str, out: str | None) -> None:
+    """The paper's baselines on a basin config: Gi* hot spots or K-means → inventory (same schema as run)."""
+    from .baselines import baseline_inventory
+    from .inventory import write_inventory
+    from .mosaic import open_basin
+    from .run.config import load_run_config
+    from .run.plan import aoi_geometry
+
+    cfg = load_run_config(config)
+    target = Path(out) if out else Path(cfg.out).with_suffix(f".{method}.parquet")
+    ds = open_basin(cfg.mosaic)
+    aoi = aoi_geometry(cfg.aoi, ds.rio.crs.to_string()) if cfg.aoi else None
+    t0 = time.perf_counter()
+    gdf, notes = baseline_inventory(ds, method, cfg.baseline, tracks=cfg.tracks, aoi=aoi, run_id=f"{method}-baseline")  # type: ignore[arg-type]
+    params = cfg.baseline.model_dump()
+    write_inventory(gdf, target, metadata={"method": method, "config": json.loads(cfg.model_dump_json()), "parameters": params,
+                                           "notes": notes, "code_version": __version__}, overwrite=True)
+    click.echo(f"{method}: {len(gdf)} regions in {time.perf_counter() - t0:.1f} s → {target}")
+    for t, n in notes.items():
+        click.echo(f"  {t}: {n}")
+
+
+@main.command("compare")
+@click.argument("inventories", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--reference", "reference", type=click.Path(dir_okay=False),
+              help="Truth or manual inventory (any vector format); default: the last INVENTORIES argument.")
+@click.option("--rule", type=click.Choice(["box", "polygon"]), default="box", show_default=True,
+              help="box: IoU of bounding boxes; polygon: IoU of the polygons.")
+@click.option("--iou", type=float, default=0.5, show_default=True)
+@click.option("--visible-only", is_flag=True, help="Simulated truth: keep slides with |peak LOS| >= 10 mm/yr on >= 50 %% measured pixels.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for table.md, table.csv and status_<name>.parquet.")
+@_friendly
+def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, iou: float, visible_only: bool, out: str | None) -> None:
+    """Match inventories against a reference: the paper's Table 4 counts and object-level P/R/F1."""
+    from .atomic import atomic_path
+    from .compare import compare_inventories, table_markdown, visible_truth
+    from .inventory import read_inventory
+
+    paths = list(inventories)
+    if reference is None:
+        if len(paths) < 2:
+            raise ConfigError("compare needs an inventory and a reference: `insar-slide compare A.parquet B.parquet`")
+        reference = paths.pop()
+    ref = read_inventory(reference)
+    if visible_only:
+        ref = visible_truth(ref)
+    invs = {}
+    for p in paths:
+        inv = read_inventory(p)
+        if inv.crs is not None and ref.crs is not None and inv.crs != ref.crs:
+            click.echo(f"note: {p} is in {inv.crs.to_string()}; reprojected to the reference's {ref.crs.to_string()}")
+        invs[Path(p).stem] = inv
+    table, statuses = compare_inventories(invs, ref, rule=rule, threshold=iou)  # type: ignore[arg-type]
+    md = table_markdown(table)
+    click.echo(md)
+    if out:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in (("table.md", md), ("table.csv", table.to_csv(index=False))):
+            with atomic_path(folder / name, overwrite=True) as tmp:
+                tmp.write_text(text)
+        for name, st in statuses.items():
+            with atomic_path(folder / f"status_{name}.parquet", overwrite=True) as tmp:
+                st.to_parquet(tmp, index=False)
+        click.echo(f"wrote {folder}/table.md, table.csv and {len(statuses)} status file(s)")
+
+
 @main.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--model", help="Checkpoint (default: the shipped reference model).")

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..baselines import BaselineConfig
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
 from ..errors import ConfigError
 
@@ -73,6 +74,7 @@ class RunConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cluster: ClusterConfig = ClusterConfig()
     outputs: Outputs = Outputs()
+    baseline: BaselineConfig = BaselineConfig()
     overwrite: bool = Field(True, description="replace an existing inventory at out")
 
     @property

@@ -91,7 +91,7 @@ def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any,
 
 def settings_hash(cfg: RunConfig, model_hash: str) -> str:
     """What makes two runs' inventories comparable: the config's detection settings and the model."""
-    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size"})
+    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline"})
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -1,0 +1,270 @@
+"""The paper's baselines at basin scale: Getis-Ord Gi* hot spots and K-means (sections 3.3, 3.4).
+
+Both work per track on the Dask-backed mosaic, chunk by chunk, and end as an inventory in the
+same schema as ``run`` (``method`` = ``hotspot`` / ``kmeans``):
+
+**Gi\\*** of the deformation magnitude |rate| (a slide may move toward or away from the
+satellite; on the signed rate, half of them would be cold spots). Binary weights: every valid
+cell within ``distance_px`` (Euclidean, cell centres; the paper's 7) of a cell, the cell itself
+included. With x̄ and s the mean and (population) standard deviation of all valid cells of the
+track, computed once, and W_i, S_i the neighbour count and sum at cell i::
+
+    z_i = (S_i − x̄ W_i) / (s · sqrt((n W_i − W_i²) / (n − 1)))
+
+(esda's ``G_Local(star=True)``, checked to 1e-6 in the tests). Focal sums are
+``dask.array.map_overlap`` with a halo of ``distance_px``; NaN cells count neither in sums nor
+in counts and get no z. Hot: z > ``z`` (2.58, p < 0.01) and |rate| ≥ ``min_abs_rate``.
+
+**K-means**, k = 2 by default, on the pixels with |rate| ≥ ``min_abs_rate``; features: |rate|
+and the 5 × 5 NaN-aware mean of |rate| around the pixel (so an isolated noisy pixel and a
+coherent patch differ), both standardised. Fitted on a random sample of at most ``sample``
+candidate pixels (drawn per chunk with fixed seeds), then every chunk is assigned to the
+nearest centre. The cluster with the largest mean |rate| is the landslide class.
+
+**Regions**: flagged pixels → 8-connected components across chunk borders
+(``dask_image.ndmeasure.label``: a region cut by a chunk seam is one region) → polygons
+(pieces per chunk unioned by label) → at least ``min_area_px`` pixels → ascending and
+descending regions that overlap by ``dissolve_overlap`` of the smaller merged into one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any, Literal
+
+import dask
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+import xarray as xr
+from pydantic import Field
+from scipy import ndimage
+
+from .config import StrictModel
+from .errors import ConfigError, InputError
+from .grid import Grid
+from .inventory import COLUMNS, polygon_rate_stats
+from .mosaic import RATE, grid_of
+
+log = logging.getLogger(__name__)
+
+
+class HotspotConfig(StrictModel):
+    distance_px: float = Field(7.0, gt=0, description="binary weights within this distance (pixels)")
+    z: float = Field(2.58, gt=0, description="hot when z exceeds this (2.58: p < 0.01)")
+    min_abs_rate: float = Field(10.0, ge=0, description="…and |rate| reaches this (mm/yr)")
+
+
+class KMeansConfig(StrictModel):
+    k: int = Field(2, description="clusters (the paper: 2)")
+    min_abs_rate: float = Field(10.0, ge=0, description="only pixels with |rate| ≥ this are clustered")
+    sample: int = Field(200_000, ge=100, description="pixels the centres are fitted on")
+    seed: int = 0
+
+
+class BaselineConfig(StrictModel):
+    hotspot: HotspotConfig = HotspotConfig()
+    kmeans: KMeansConfig = KMeansConfig()
+    min_area_px: int = Field(16, ge=1, description="regions smaller than this are dropped")
+    dissolve_overlap: float = Field(0.2, gt=0, le=1)
+
+
+# ---------------------------------------------------------------------------- Gi*
+
+
+def disk(distance: float) -> np.ndarray:
+    r = int(np.floor(distance))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return (yy**2 + xx**2 <= distance**2 + 1e-9).astype(np.float64)
+
+
+def _focal(block: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """(2, rows, cols): focal sum and count of the valid cells under ``kernel``."""
+    valid = np.isfinite(block)
+    x = np.where(valid, block, 0.0).astype(np.float64)
+    s = ndimage.correlate(x, kernel, mode="constant", cval=0.0)
+    n = ndimage.correlate(valid.astype(np.float64), kernel, mode="constant", cval=0.0)
+    return np.stack([s, n])
+
+
+def gistar(values: da.Array, distance: float) -> da.Array:
+    """Gi* z-scores of a 2-D Dask array (NaN = no data) with binary distance weights."""
+    kernel = disk(distance)
+    depth = kernel.shape[0] // 2
+    if min(min(c) for c in values.chunks) < depth:
+        size = max(depth * 4, max(max(c) for c in values.chunks))
+        log.warning("Gi*: distance %s px is larger than a chunk; rechunking to %d px", distance, size)
+        values = values.rechunk(size)
+    valid = da.isfinite(values)
+    x = da.where(valid, values, 0.0).astype(np.float64)
+    n, total, total2 = dask.compute(valid.sum(), x.sum(), (x * x).sum())
+    n = int(n)
+    if n < 2:
+        raise InputError("Gi*: fewer than two valid pixels; the track holds no measurements")
+    mean = total / n
+    std = float(np.sqrt(max(total2 / n - mean * mean, 0.0)))
+    if std == 0:
+        raise InputError("Gi*: the rate is constant over the track; there is nothing to test")
+
+    def z_block(block: np.ndarray) -> np.ndarray:
+        s, w = _focal(block, kernel)
+        den = std * np.sqrt(np.maximum(n * w - w * w, 0.0) / (n - 1))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (s - mean * w) / den
+        return np.where(np.isfinite(block) & (den > 0), z, np.nan).astype(np.float32)
+
+    return da.map_overlap(z_block, values, depth=depth, boundary=np.nan, dtype=np.float32)
+
+
+def hotspot_mask(rate: da.Array, cfg: HotspotConfig) -> da.Array:
+    mag = da.fabs(rate)
+    z = gistar(mag, cfg.distance_px)
+    return (z > cfg.z) & (mag >= cfg.min_abs_rate)
+
+
+# ---------------------------------------------------------------------------- K-means
+
+
+def _features(block: np.ndarray) -> np.ndarray:
+    """(2, rows, cols): |rate| and its 5×5 NaN-aware focal mean."""
+    mag = np.abs(block.astype(np.float64))
+    s, n = _focal(mag, np.ones((5, 5)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.stack([mag, np.where(n > 0, s / n, np.nan)])
+
+
+def _sample_block(block: np.ndarray, thr: float, per_block: int, seed: int, block_id: tuple[int, ...]) -> np.ndarray:
+    f = _features(block)
+    ok = np.isfinite(f[0]) & (f[0] >= thr)
+    cand = f[:, ok].T
+    if len(cand) > per_block:
+        rng = np.random.default_rng([seed, *block_id])
+        cand = cand[rng.choice(len(cand), per_block, replace=False)]
+    return cand
+
+
+def kmeans_mask(rate: da.Array, cfg: KMeansConfig) -> tuple[da.Array, dict[str, Any]]:
+    from sklearn.cluster import KMeans
+
+    if cfg.k < 2:
+        raise ConfigError(f"baseline.kmeans.k: {cfg.k} — K-means needs at least 2 clusters (the paper uses 2)")
+    ids = list(np.ndindex(*rate.numblocks))
+    # Features need a 2-px halo; sampling from overlapped blocks keeps them exact at seams.
+    over = da.overlap.overlap(rate, depth=2, boundary=np.nan)
+    oblocks = over.to_delayed().ravel()
+    per_block = max(1, cfg.sample // max(1, len(ids)))
+    parts = dask.compute(*[dask.delayed(_sample_block)(ob, cfg.min_abs_rate, per_block, cfg.seed, i)
+                           for ob, i in zip(oblocks, ids, strict=True)])
+    sample = np.concatenate([p for p in parts if len(p)], axis=0) if any(len(p) for p in parts) else np.zeros((0, 2))
+    info: dict[str, Any] = {"candidates_sampled": len(sample)}
+    if len(sample) < cfg.k:
+        info["note"] = f"fewer than k={cfg.k} pixels with |rate| >= {cfg.min_abs_rate}: nothing to cluster"
+        return da.zeros(rate.shape, dtype=bool, chunks=rate.chunks), info
+    mu, sd = sample.mean(0), sample.std(0)
+    sd[sd == 0] = 1.0
+    km = KMeans(n_clusters=cfg.k, n_init=10, random_state=cfg.seed).fit((sample - mu) / sd)
+    centres = km.cluster_centers_ * sd + mu
+    target = int(np.argmax(centres[:, 0]))
+    info.update(centres_abs_rate=centres[:, 0].tolist(), centres_focal_mean=centres[:, 1].tolist(), landslide_cluster=target)
+
+    def assign(block: np.ndarray) -> np.ndarray:
+        f = _features(block)
+        ok = np.isfinite(f[0]) & (f[0] >= cfg.min_abs_rate) & np.isfinite(f[1])
+        x = (np.moveaxis(f, 0, -1) - mu) / sd
+        d = ((x[..., None, :] - km.cluster_centers_[None, None]) ** 2).sum(-1)
+        return ok & (np.argmin(np.nan_to_num(d, nan=np.inf), axis=-1) == target)
+
+    return da.map_overlap(assign, rate, depth=2, boundary=np.nan, dtype=bool), info
+
+
+# ---------------------------------------------------------------------------- regions
+
+
+def _pieces(labels: np.ndarray, r0: int, c0: int, grid: Grid) -> list[tuple[int, Any]]:
+    """(label, polygon) of every region piece in one chunk."""
+    from rasterio import features
+
+    if not labels.any():
+        return []
+    win_grid = Grid(grid.crs, grid.x0 + c0 * grid.dx, grid.y0 + r0 * grid.dy, grid.dx, grid.dy, *labels.shape)
+    return [(int(v), shapely.geometry.shape(geom))
+            for geom, v in features.shapes(labels.astype(np.int32), mask=labels > 0, transform=win_grid.transform, connectivity=8)]
+
+
+def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
+    """Connected regions (8-connectivity, across chunk borders) of a boolean Dask mask."""
+    from dask_image.ndmeasure import label
+
+    labels, n = label(mask, structure=np.ones((3, 3), int))
+    n = int(n)
+    if n == 0:
+        return gpd.GeoDataFrame({"n_px": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
+    offsets_r = np.cumsum((0, *labels.chunks[0][:-1]))
+    offsets_c = np.cumsum((0, *labels.chunks[1][:-1]))
+    tasks = [dask.delayed(_pieces)(b, int(offsets_r[i]), int(offsets_c[j]), grid)
+             for (i, j), b in zip(np.ndindex(*labels.numblocks), labels.to_delayed().ravel(), strict=True)]
+    pieces = [p for part in dask.compute(*tasks) for p in part]
+    df = pd.DataFrame(pieces, columns=["label", "geometry"])
+    rows = []
+    for lab, grp in df.groupby("label", sort=True):  # pieces of one region in several chunks → one polygon
+        geom = shapely.union_all(list(grp["geometry"])) if len(grp) > 1 else grp["geometry"].iloc[0]
+        rows.append({"label": lab, "n_px": round(geom.area / abs(grid.dx * grid.dy)), "geometry": geom})
+    out = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs)
+    return out[out["n_px"] >= min_area_px].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- inventory
+
+
+def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], cfg: BaselineConfig, *,
+                       tracks: list[str] | None = None, aoi: Any = None, run_id: str = "") -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
+    """Run one baseline over the mosaic's tracks and return the inventory (contract 2) and notes."""
+    from .run.merge import dissolve
+
+    grid = grid_of(ds)
+    names = [str(t) for t in ds["track"].values]
+    tracks = tracks or names
+    frames: list[pd.DataFrame] = []
+    notes: dict[str, Any] = {}
+    for t in tracks:
+        rate = ds[RATE].sel(track=t).data
+        if not bool(da.isfinite(rate).any().compute()):
+            log.warning("%s: track %s holds no measurements; skipped", method, t)
+            notes[t] = "no valid pixels"
+            continue
+        info: dict[str, Any] = {}
+        if method == "hotspot":
+            mask = hotspot_mask(rate, cfg.hotspot)
+        else:
+            mask, info = kmeans_mask(rate, cfg.kmeans)
+        reg = regions(mask, grid, cfg.min_area_px)
+        notes[t] = {"regions": len(reg), **info}
+        if len(reg):
+            frames.append(pd.DataFrame({"geometry": list(reg.geometry), "score": np.nan, "tracks": t, "n_boxes": 1}))
+    if len(notes) and all(v == "no valid pixels" for v in notes.values()):
+        raise InputError(f"{method}: the mosaic holds no valid pixels on any of {tracks}; nothing to analyse")
+    feats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["geometry", "score", "tracks", "n_boxes"])
+    merged = dissolve(feats, cfg.dissolve_overlap) if len(feats) else feats
+    gdf = gpd.GeoDataFrame(merged.drop(columns=["n_boxes"], errors="ignore"), geometry="geometry", crs=grid.crs)
+    if aoi is not None and len(gdf):
+        gdf = gdf[shapely.intersects(aoi, np.asarray(gdf.geometry.centroid, dtype=object))].reset_index(drop=True)
+    if len(gdf):
+        stats = polygon_rate_stats(ds, gdf.geometry)
+        gdf = gpd.GeoDataFrame(pd.concat([gdf.reset_index(drop=True), stats], axis=1), geometry="geometry", crs=grid.crs)
+    prefix = {"hotspot": "hs-", "kmeans": "km-"}[method]
+    gdf["slide_id"] = [prefix + hashlib.sha1(shapely.to_wkb(g)).hexdigest()[:12] for g in gdf.geometry]
+    gdf["method"] = method
+    gdf["score"] = np.nan
+    gdf["area_m2"] = gdf.geometry.area if not grid.is_geographic() or not len(gdf) else gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
+    gdf["run_id"] = run_id
+    gdf["model_id"] = ""
+    for c in ("rate_mean", "rate_p95_abs", "valid_fraction"):
+        if c not in gdf:
+            gdf[c] = pd.Series(dtype=float)
+    if "rate_track" not in gdf:
+        gdf["rate_track"] = pd.Series(dtype=object)
+    extra = [c for c in gdf.columns if c not in COLUMNS]
+    return gpd.GeoDataFrame(gdf[[*COLUMNS[:-1], *extra, "geometry"]], geometry="geometry", crs=grid.crs), notes
