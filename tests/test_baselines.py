@@ -11,7 +11,7 @@ import shapely
 import yaml
 from click.testing import CliRunner
 
-from insar_slide.baselines import BaselineConfig, KMeansConfig, gistar, kmeans_mask, regions
+from insar_slide.baselines import KMeansConfig, gistar, kmeans_mask, regions
 from insar_slide.cli import main
 from insar_slide.compare import compare_inventories, match
 from insar_slide.errors import ConfigError
