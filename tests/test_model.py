@@ -161,3 +161,15 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_taken_for_a_pic
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0\0\0\0")
     assert path.read_bytes()[0] == 0x80
     assert read_metadata(path)["format"] == "insar-slide-checkpoint/1"
+
+
+def test_checkpoints_from_before_the_spatial_bn_still_load(tmp_path):
+    """A checkpoint whose metadata has no cbam_spatial_bn was written without the gate's BN."""
+    old = ModelConfig(tile_size=128, cbam_spatial_bn=False)
+    path = save_checkpoint(build_model(old), old, tmp_path / "old.safetensors")
+    import json as _json
+    card = _json.loads((tmp_path / "old.json").read_text())
+    del card["model"]["cbam_spatial_bn"]
+    assert ModelConfig.from_dict(card["model"]) == old
+    model, cfg, _ = load_checkpoint(path)
+    assert cfg.cbam_spatial_bn is False and not hasattr(model.backbone.body.cbam2.spatial.bn, "running_mean")

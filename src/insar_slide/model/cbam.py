@@ -34,10 +34,10 @@ class SpatialAttention(nn.Module):
     recovered, and every FPN level above P2 lost its input (large slides went undetected).
     """
 
-    def __init__(self, kernel_size: int = 7) -> None:
+    def __init__(self, kernel_size: int = 7, bn: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1)
+        self.bn: nn.Module = nn.BatchNorm2d(1) if bn else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         desc = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
@@ -47,10 +47,10 @@ class SpatialAttention(nn.Module):
 class CBAM(nn.Module):
     """F' = Mc(F) ⊗ F, then F'' = Ms(F') ⊗ F'."""
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, spatial_bn: bool = True) -> None:
         super().__init__()
         self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention(kernel_size)
+        self.spatial = SpatialAttention(kernel_size, bn=spatial_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self.channel(x)

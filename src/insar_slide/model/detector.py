@@ -53,6 +53,9 @@ class ModelConfig:
     box_score_thresh: float = 0.05
     box_detections_per_img: int = 100
     encoding: InputEncoding = field(default_factory=InputEncoding)
+    #: batch norm in CBAM's spatial gate (see cbam.SpatialAttention); checkpoints written
+    #: before it existed lack the key and load as False
+    cbam_spatial_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -69,6 +72,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
+        d.setdefault("cbam_spatial_bn", False)
         d["encoding"] = InputEncoding.from_dict(d["encoding"])
         for k in ("classes", "anchor_sizes", "aspect_ratios"):
             d[k] = tuple(d[k])
@@ -82,15 +86,15 @@ class NativeScaleTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def _body(cbam: bool) -> nn.Sequential:
+def _body(cbam: bool, spatial_bn: bool = True) -> nn.Sequential:
     r = torchvision.models.resnet34(weights=None)
     parts: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=r.conv1, bn1=r.bn1, relu=r.relu, maxpool=r.maxpool, layer1=r.layer1)
     if cbam:
-        parts["cbam1"] = CBAM(64)
+        parts["cbam1"] = CBAM(64, spatial_bn=spatial_bn)
     parts["layer2"] = r.layer2
     if cbam:
-        parts["cbam2"] = CBAM(128)
+        parts["cbam2"] = CBAM(128, spatial_bn=spatial_bn)
     parts["layer3"] = r.layer3
     parts["layer4"] = r.layer4
     return nn.Sequential(parts)
@@ -107,7 +111,7 @@ def build_model(config: ModelConfig | None = None) -> FasterRCNN:
         roi = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2)
     else:
         cbam = cfg.variant == "r34_fpn_cbam"
-        body = _body(cbam=cbam)
+        body = _body(cbam=cbam, spatial_bn=cfg.cbam_spatial_bn)
         l1, l2 = ("cbam1", "cbam2") if cbam else ("layer1", "layer2")
         backbone = BackboneWithFPN(body, {l1: "0", l2: "1", "layer3": "2", "layer4": "3"},
                                    [64, 128, 256, 512], 256, extra_blocks=LastLevelMaxPool())
