@@ -63,11 +63,13 @@ def main(verbose: int) -> None:
 @click.option("--target-crs", help="With --reproject: the mosaic's CRS (default: the first source's).")
 @click.option("--resolution", type=float, help="With --reproject: pixel size in target-CRS units.")
 @click.option("--chunk", type=int, default=1024, show_default=True, help="Chunk side (pixels); a multiple of the 512-px window.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+@click.option("--add-version", "version", help="Add the products as a new version (label, e.g. 2018-2021) of the existing basin --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store (or version).")
 @_friendly
 def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: str | None, src_crs: str | None,
            heading: float | None, incidence: float | None, dem_par: str | None, keep_zeros: bool, overlap: str,
-           reproject: bool, target_crs: str | None, resolution: float | None, chunk: int, overwrite: bool) -> None:
+           reproject: bool, target_crs: str | None, resolution: float | None, chunk: int, version: str | None,
+           overwrite: bool) -> None:
     """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
     from .atomic import check_target
     from .ingest import ingest as do_ingest
@@ -75,7 +77,8 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
 
     if tracks and len(tracks) not in (1, len(sources)):
         raise ConfigError(f"--track given {len(tracks)} times for {len(sources)} sources; give it once, or once per source")
-    check_target(Path(out), overwrite=overwrite)
+    if version is None:
+        check_target(Path(out), overwrite=overwrite)
     opened = []
     for i, src in enumerate(sources):
         name = tracks[0] if len(tracks) == 1 else tracks[i] if tracks else None
@@ -84,8 +87,9 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
         opened.append(open_source(src, opts))
     t0 = time.perf_counter()
     path = do_ingest(opened, out, reproject=reproject, crs=target_crs, resolution=resolution,
-                     overlap=overlap, chunk=chunk, overwrite=overwrite)  # type: ignore[arg-type]
-    click.echo(f"wrote {path} ({len(opened)} product(s)) in {time.perf_counter() - t0:.1f} s")
+                     overlap=overlap, chunk=chunk, overwrite=overwrite, version=version)  # type: ignore[arg-type]
+    what = f"version {version} of {path}" if version else str(path)
+    click.echo(f"wrote {what} ({len(opened)} product(s)) in {time.perf_counter() - t0:.1f} s")
 
 
 @main.command()
@@ -93,9 +97,10 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
 @click.option("--out", required=True, type=click.Path(), help="Output mosaic (.zarr).")
 @click.option("--truth", type=click.Path(), help="Truth inventory path (default: <out>.truth.parquet beside the store).")
 @click.option("--seed", type=int, help="Override the config's seed.")
+@click.option("--add-version", "version", help="Add the simulation as a new version (label) of the existing basin --out.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @_friendly
-def simulate(config: str, out: str, truth: str | None, seed: int | None, overwrite: bool) -> None:
+def simulate(config: str, out: str, truth: str | None, seed: int | None, version: str | None, overwrite: bool) -> None:
     """Simulate a basin mosaic and its truth inventory from a YAML config (samples in configs/)."""
     from .sim.basin import simulate as do_simulate
     from .sim.config import load_sim_config
@@ -104,7 +109,7 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, overwri
     if seed is not None:
         cfg = cfg.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
-    mosaic, truth_path = do_simulate(cfg, out, truth=truth, overwrite=overwrite)
+    mosaic, truth_path = do_simulate(cfg, out, truth=truth, overwrite=overwrite, version=version)
     import geopandas as gpd
     n = len(gpd.read_parquet(truth_path))
     click.echo(f"wrote {mosaic} and {truth_path} ({n} landslides) in {time.perf_counter() - t0:.1f} s")
@@ -276,6 +281,34 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
                                                                              {"address": address, "workers": workers}.items() if v})})
     run(cfg, progress=not no_progress, echo=click.echo)
+
+
+@main.command("update")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--address", help="Address of a running Dask scheduler (overrides cluster.address).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@_friendly
+def update_cmd(config: str, address: str | None, no_progress: bool) -> None:
+    """Update the inventory with the mosaic's newest version: changed windows only, slide lifecycles."""
+    from .run.config import load_run_config
+    from .run.update import update
+
+    cfg = load_run_config(config)
+    if address:
+        cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": address})})
+    update(cfg, progress=not no_progress, echo=click.echo)
+
+
+@main.command("history")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--slide", help="One slide's record over the versions.")
+@_friendly
+def history_cmd(config: str, slide: str | None) -> None:
+    """What changed between versions of the inventory, or one slide's record over time."""
+    from .run.config import load_run_config
+    from .run.update import history_report
+
+    click.echo(history_report(load_run_config(config), slide))
 
 
 @main.command("baseline")

@@ -28,7 +28,7 @@ from rasterio.warp import transform_bounds
 
 from .errors import GridError
 from .grid import Grid, PixelWindow, chunk_sizes
-from .mosaic import TrackInfo, build_dataset, write_mosaic
+from .mosaic import TrackInfo, build_dataset, write_mosaic, write_version
 from .readers import RateSource
 
 log = logging.getLogger(__name__)
@@ -214,15 +214,25 @@ def ingest(
     overlap: Overlap = "mean",
     chunk: int = 1024,
     overwrite: bool = False,
+    version: str | None = None,
 ) -> Path:
-    """Write ``sources`` as one basin mosaic at ``out`` (all or nothing)."""
+    """Write ``sources`` as one basin mosaic at ``out`` (all or nothing).
+
+    ``version``: add them as a new version (label) of the existing basin ``out`` instead; the
+    grid, CRS and tracks must be the basin's.
+    """
     plan = plan_ingest(sources, reproject=reproject, crs=crs, resolution=resolution, overlap=overlap)
     log.info("ingest: %d product(s), %d track(s), grid %s x %s in %s", len(sources), len(plan.tracks), *plan.grid.shape, plan.grid.crs)
     rate = lazy_mosaic(plan, chunk=chunk)
     products = sorted({s.product for s in sources})
+    dates = sorted({d for t in plan.tracks for d in (t.start_date, t.end_date) if d})
     ds = build_dataset(rate, plan.grid, plan.tracks, attrs={
         "product": ",".join(products),
         "overlap_rule": overlap,
         "reprojected": int(plan.reproject),
+        "time_span": f"{dates[0]}/{dates[-1]}" if dates else "",
     })
-    return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite)
+    if version is None:
+        return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite)
+    write_version(ds, out, version, chunk=chunk, overwrite=overwrite)
+    return Path(out)

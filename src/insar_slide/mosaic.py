@@ -144,18 +144,112 @@ def _write_overviews(store: Path) -> None:
             break
 
 
-def open_basin(path: str | Path) -> xr.Dataset:
-    """Open a basin mosaic lazily (Dask-backed), checking it follows contract 1."""
+def open_basin(path: str | Path, version: str | None = None) -> xr.Dataset:
+    """Open a basin mosaic lazily (Dask-backed), checking it follows contract 1.
+
+    ``version``: ``None`` opens the store's root (its first version, what plain
+    ``xarray.open_zarr`` opens); ``"latest"`` the newest version; else a version label
+    (see :func:`list_versions`).
+    """
     p = str(path)
     if "://" not in p and not Path(p).exists():
         raise StoreError(f"no basin mosaic at {p}; create one with `insar-slide ingest` or `insar-slide simulate`")
+    group = version_group(p, version) if version is not None else None
     try:
-        ds = xr.open_zarr(p, consolidated=None)
+        # a version group is opened on its own (its consolidated metadata), not through the root's
+        ds = xr.open_zarr(f"{p.rstrip('/')}/{group}" if group else p, consolidated=None)
     except Exception as exc:  # zarr raises several types for a non-store
         raise StoreError(f"{p} is not a readable Zarr store ({exc}); was it written by insar-slide?") from exc
     if RATE not in ds or ds[RATE].dims != ("track", "y", "x"):
         raise StoreError(f"{p} has no '{RATE}(track, y, x)' variable; it is not a basin mosaic")
     return ds
+
+
+# ---------------------------------------------------------------------------- versions
+#
+# A basin re-processed over a new time span is a new *version* of the mosaic. The store's root
+# is the first version (so contract 1 holds unchanged for every reader); each later version is
+# a complete mosaic group (same grid, CRS and tracks, its own overviews and time span) under
+# ``versions/<label>``, written atomically beside the others. Earlier versions stay readable:
+# ``xarray.open_zarr(store, group="versions/<label>")``.
+
+VERSIONS_GROUP = "versions"
+
+
+def list_versions(path: str | Path) -> list[dict[str, Any]]:
+    """The store's versions, oldest first: ``label``, ``group`` (None = root), ``time_span``."""
+    p = Path(path)
+    root = zarr.open_group(str(p), mode="r")
+    first = {"label": str(root.attrs.get("version_label", "base")), "group": None,
+             "time_span": root.attrs.get("time_span", ""), "added": root.attrs.get("version_added", "")}
+    out = [first]
+    vdir = p / VERSIONS_GROUP
+    if vdir.is_dir():
+        later = []
+        for child in vdir.iterdir():
+            if child.name.startswith(".") or not (child / "zarr.json").exists():
+                continue
+            attrs = zarr.open_group(str(child), mode="r").attrs
+            later.append({"label": child.name, "group": f"{VERSIONS_GROUP}/{child.name}",
+                          "time_span": attrs.get("time_span", ""), "added": attrs.get("version_added", "")})
+        out += sorted(later, key=lambda v: (str(v["added"]), v["label"]))
+    return out
+
+
+def version_group(path: str | Path, version: str) -> str | None:
+    versions = list_versions(path)
+    if version == "latest":
+        return versions[-1]["group"]
+    for v in versions:
+        if v["label"] == version:
+            return v["group"]
+    raise StoreError(f"{path} has no version {version!r}; it has {[v['label'] for v in versions]}")
+
+
+def version_path(path: str | Path, label: str) -> Path:
+    """Where a new version labelled ``label`` is written (checked against the root's grid)."""
+    if not label or "/" in label or label.startswith(".") or label in ("latest", "base"):
+        raise StoreError(f"version label {label!r} is not usable; use e.g. the time span, '2018-2021'")
+    return Path(path) / VERSIONS_GROUP / label
+
+
+def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, overwrite: bool = False) -> Path:
+    """Add ``ds`` as version ``label`` of the basin at ``path`` (same grid, CRS and tracks)."""
+    from datetime import UTC, datetime
+
+    if not Path(path).exists():
+        raise StoreError(f"no basin at {path} to add version {label!r} to; write the first version without a label")
+    target = version_path(path, label)
+    check_same_grid(ds, path)
+    ds = ds.copy()
+    ds.attrs.update(version_label=label, version_added=datetime.now(UTC).isoformat())
+    write_mosaic(ds, target, chunk=chunk, overwrite=overwrite)
+    register_version(path)
+    return target
+
+
+def register_version(path: str | Path) -> None:
+    """Re-consolidate the root's metadata after a version group was moved into place, so that
+    plain ``xarray.open_zarr(store, group="versions/<label>")`` finds it. The root's own
+    arrays are untouched; if this step fails, the version is still readable by insar-slide
+    (it lists ``versions/`` on disk)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+        zarr.open_group(str(Path(path) / VERSIONS_GROUP), mode="a", zarr_format=3)  # a group, not a bare folder
+        zarr.consolidate_metadata(str(path))
+
+
+def check_same_grid(ds: xr.Dataset, path: str | Path) -> None:
+    """A new version must share the root's grid, CRS and tracks."""
+    base = open_basin(path)
+    a, b = grid_of(base), grid_of(ds)
+    if a != b:
+        raise StoreError(f"the new version's grid ({b.crs}, {b.height} x {b.width} px at {b.dx:g}, origin {b.x0:g}, {b.y0:g}) "
+                         f"differs from {path}'s ({a.crs}, {a.height} x {a.width} px at {a.dx:g}, origin {a.x0:g}, {a.y0:g}); "
+                         "reproject it onto the basin grid first, or start a new basin")
+    ta, tb = [str(t) for t in base["track"].values], [str(t) for t in ds["track"].values]
+    if ta != tb:
+        raise StoreError(f"the new version has tracks {tb}, {path} has {ta}; a version must cover the same tracks")
 
 
 def grid_of(ds: xr.Dataset) -> Grid:

@@ -58,6 +58,7 @@ class Outputs(StrictModel):
 class RunConfig(StrictModel):
     mosaic: str = Field(description="basin mosaic (.zarr path or fsspec URL)")
     out: str = Field(description="inventory GeoParquet")
+    version: str | None = Field(None, description="mosaic version: a label, 'latest', or null for the store's root")
     tracks: list[str] | None = Field(None, description="tracks to run (default: all)")
     model: str | None = Field(None, description="checkpoint (default: the shipped reference model)")
     run_dir: str | None = Field(None, description="per-window results for resume (default: <out>.run)")

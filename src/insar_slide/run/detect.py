@@ -49,6 +49,7 @@ class DetectSettings:
     device: str
     run_dir: str
     grid_key: str  # CRS and transform: a window's detections are only valid on the same grid
+    group: str | None = None  # the mosaic version's group (None: the root)
     threads: int | None = None
 
 
@@ -125,7 +126,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
     todo: list[tuple[Window, np.ndarray, str, float]] = []
     for win in windows:
         t0 = time.perf_counter()
-        data = read_window(s.mosaic, win.track, win.read)
+        data = read_window(s.mosaic, win.track, win.read, s.group)
         fp = fingerprint(data, win, s)
         path = result_path(s.run_dir, win)
         if stored_fingerprint(path) == fp:

@@ -16,37 +16,38 @@ import xarray as xr
 from ..grid import PixelWindow
 from ..mosaic import RATE, open_basin
 
-_STORES: dict[tuple[str, int], xr.Dataset] = {}
+_STORES: dict[tuple[str, str | None, int], xr.Dataset] = {}
 _LOCK = threading.Lock()
 
 
-def _stamp(mosaic: str) -> int:
-    """Changes when a local store is rewritten (its root metadata is replaced)."""
+def _stamp(mosaic: str, group: str | None) -> int:
+    """Changes when a local store (or version group) is rewritten (its metadata is replaced)."""
     if "://" in mosaic:
         return 0
     try:
-        return (Path(mosaic) / "zarr.json").stat().st_mtime_ns
+        return (Path(mosaic) / (group or "") / "zarr.json").stat().st_mtime_ns
     except OSError:
         return 0
 
 
-def rate_dataset(mosaic: str) -> xr.Dataset:
-    """The mosaic opened without Dask (lazy indexing reads only the chunks a slice touches)."""
-    key = (mosaic, _stamp(mosaic))
+def rate_dataset(mosaic: str, group: str | None = None) -> xr.Dataset:
+    """The mosaic (or one version group) opened without Dask: lazy indexing reads only the
+    chunks a slice touches."""
+    key = (mosaic, group, _stamp(mosaic, group))
     with _LOCK:
         ds = _STORES.get(key)
         if ds is None:
             open_basin(mosaic)  # the contract check and its clear errors
-            ds = xr.open_zarr(mosaic, consolidated=None, chunks=None)
-            for old in [k for k in _STORES if k[0] == mosaic]:
+            ds = xr.open_zarr(f"{mosaic.rstrip('/')}/{group}" if group else mosaic, consolidated=None, chunks=None)
+            for old in [k for k in _STORES if k[:2] == (mosaic, group)]:
                 del _STORES[old]
             _STORES[key] = ds
         return ds
 
 
-def read_window(mosaic: str, track: str, win: PixelWindow) -> np.ndarray:
+def read_window(mosaic: str, track: str, win: PixelWindow, group: str | None = None) -> np.ndarray:
     """``los_rate[track]`` over ``win`` as float32 (rows, cols)."""
-    arr = rate_dataset(mosaic)[RATE]
+    arr = rate_dataset(mosaic, group)[RATE]
     rs, cs = win.slices()
     return np.asarray(arr.sel(track=track).isel(y=rs, x=cs).values, dtype=np.float32)
 

@@ -59,6 +59,7 @@ class MergeSettings:
     dissolve_overlap: float
     outline: bool
     outline_min_abs_rate: float
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
     gdf = gpd.GeoDataFrame(features.reset_index(drop=True), geometry="geometry", crs=crs)
     if not len(gdf):
         return gdf
-    ds = rate_dataset(s.mosaic)
+    ds = rate_dataset(s.mosaic, s.group)
     stats = polygon_rate_stats(ds, gdf.geometry)
     gdf = pd.concat([gdf, stats.reset_index(drop=True)], axis=1)
     if s.outline:
@@ -220,7 +221,8 @@ def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
             if not track or win.rows == 0 or win.cols == 0:
                 outlines.append(None)
                 continue
-            outlines.append(refine_outline(read_window(s.mosaic, track, win), win, s.grid, geom, s.outline_min_abs_rate))
+            outlines.append(refine_outline(read_window(s.mosaic, track, win, s.group), win, s.grid, geom,
+                                           s.outline_min_abs_rate))
         gdf["outline"] = gpd.GeoSeries(outlines, crs=crs)
     return gpd.GeoDataFrame(gdf, geometry="geometry", crs=crs)
 

@@ -32,7 +32,7 @@ from ..errors import InputError, InsarSlideError
 from ..grid import Grid
 from ..inventory import COLUMNS, write_inventory
 from ..model.checkpoint import read_metadata
-from ..mosaic import grid_of, open_basin
+from ..mosaic import grid_of, open_basin, version_group
 from .config import RunConfig
 from .detect import DetectSettings, detect_batch, file_hash
 from .merge import Block, MergeSettings, reduce_leaf, reduce_node, slide_ids
@@ -124,7 +124,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         meta.get("training_config", {}).get("score_threshold", 0.5))
     out = Path(cfg.out)
     check_target(out, overwrite=cfg.overwrite)
-    ds = open_basin(cfg.mosaic)
+    ds = open_basin(cfg.mosaic, cfg.version)
+    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     grid = grid_of(ds)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +166,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
         t0 = time.perf_counter()
         merge_settings = MergeSettings(cfg.mosaic, str(run_dir), grid, cfg.halo, tuple(plan.tracks), thr,
-                                       cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate)
+                                       cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate,
+                                       group)
         parts_dir = run_dir / "parts"
         shutil.rmtree(parts_dir, ignore_errors=True)
         n_closed = _reduce(client, plan, todo, merge_settings, cfg)
@@ -197,8 +199,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
 
 def detect_settings(cfg: RunConfig, grid: Grid, model_hash: str) -> DetectSettings:
+    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path),
-                          f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}")
+                          f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}", group)
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progress: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -301,7 +304,8 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> 
     if cfg.outputs.quicklook and "://" not in cfg.mosaic:
         from ..quicklook import quicklook
         png = Path(f"{stem}.png")
-        quicklook(cfg.mosaic, png, inventory=out)
+        group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
+        quicklook(Path(cfg.mosaic) / group if group else cfg.mosaic, png, inventory=out)  # a version is a whole store
         written["quicklook"] = str(png)
     return written
 

@@ -20,7 +20,7 @@ import shapely
 
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
-from ..mosaic import grid_of, open_basin
+from ..mosaic import grid_of, open_basin, version_group
 from .config import AreaOfInterest, RunConfig
 from .io import read_window
 
@@ -116,11 +116,12 @@ def aoi_geometry(aoi: AreaOfInterest, crs: str) -> shapely.Geometry:
     return gs.to_crs(crs).union_all()
 
 
-def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float) -> list[tuple[int, int]]:
+def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float,
+                 group: str | None = None) -> list[tuple[int, int]]:
     """(valid pixels, pixels with |rate| ≥ min_abs_rate) of each core, read straight from Zarr."""
     out = []
     for w in cores:
-        a = read_window(mosaic, track, w)
+        a = read_window(mosaic, track, w, group)
         out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum())))
     return out
 
@@ -134,7 +135,8 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     ``stats_map(fn, args)`` runs ``fn(*a)`` for each ``a`` in ``args`` — on the Dask cluster
     in ``run`` (each worker reads its own cores from Zarr); in a local thread pool by default.
     """
-    ds = open_basin(cfg.mosaic)
+    ds = open_basin(cfg.mosaic, cfg.version)
+    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = cfg.tracks or names
@@ -158,7 +160,7 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
         idx = [i for i in range(len(cores)) if inside[i]]
         jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
     mapper = stats_map or thread_map
-    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate) for tr, ii in jobs]
+    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group) for tr, ii in jobs]
     results = mapper(window_stats, args) if args else []
     stats: dict[tuple[str, int], tuple[int, int]] = {}
     for (tr, ii), res in zip(jobs, results, strict=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,22 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path, check_target
+from ..errors import StoreError
 from ..grid import PixelWindow, chunk_sizes
 from ..inventory import polygon_rate_stats, write_inventory
-from ..mosaic import TrackInfo, build_dataset, grid_of, open_basin, write_mosaic
+from ..mosaic import (
+    TrackInfo,
+    build_dataset,
+    check_same_grid,
+    grid_of,
+    open_basin,
+    register_version,
+    version_path,
+    write_mosaic,
+)
 from .config import SimConfig
 from .render import render
-from .scene import Scene, build_scene, slide_polygon, slide_velocity
+from .scene import Scene, build_scene, changes, slide_polygon, slide_velocity
 
 log = logging.getLogger(__name__)
 
@@ -42,34 +53,57 @@ def lazy_layers(scene: Scene) -> tuple[da.Array, da.Array]:
     return stack[:n], stack[n]
 
 
-def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None, overwrite: bool = False) -> tuple[Path, Path]:
-    """Write the simulated mosaic to ``out`` and its truth inventory (GeoParquet) to ``truth``."""
+def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None, overwrite: bool = False,
+             version: str | None = None) -> tuple[Path, Path]:
+    """Write the simulated mosaic to ``out`` and its truth inventory (GeoParquet) to ``truth``.
+
+    ``version``: add the simulation as a new version of the existing basin ``out`` (same grid
+    and tracks; see :mod:`insar_slide.mosaic`), its truth beside it as
+    ``<basin>.truth.<version>.parquet`` with a ``change`` column when ``cfg.evolution`` is set.
+    """
     out = Path(out)
-    truth_path = Path(truth) if truth else default_truth_path(out)
-    check_target(out, overwrite=overwrite)
+    target = out
+    if version is not None:
+        if not out.exists():
+            raise StoreError(f"--add-version {version}: no basin at {out}; simulate the first version without it")
+        target = version_path(out, version)
+    truth_path = Path(truth) if truth else default_truth_path(out, version)
+    check_target(target, overwrite=overwrite)
     check_target(truth_path, overwrite=overwrite)
     scene = build_scene(cfg)
     log.info("simulate: %d x %d px, %d tracks, %d landslides", *scene.grid.shape, len(scene.tracks), len(scene.slides))
     rates, dem = lazy_layers(scene)
     tracks = [TrackInfo(t.name, t.heading, t.incidence, cfg.time_span[0], cfg.time_span[1], ("simulated",)) for t in scene.tracks]
-    ds = build_dataset(rates, scene.grid, tracks, extra={"dem": dem}, attrs={
-        "product": "simulated", "seed": cfg.seed, "time_span": "/".join(cfg.time_span),
-        "sim_config": cfg.model_dump_json(),
-    })
+    attrs: dict[str, Any] = {"product": "simulated", "seed": cfg.seed, "time_span": "/".join(cfg.time_span),
+                             "sim_config": cfg.model_dump_json()}
+    if version is not None:
+        attrs.update(version_label=version, version_added=datetime.now(UTC).isoformat())
+    ds = build_dataset(rates, scene.grid, tracks, extra={"dem": dem}, attrs=attrs)
     ds["dem"].attrs.update({"units": "m", "long_name": "elevation"})
+    if version is not None:
+        check_same_grid(ds, out)
     # The mosaic and its truth are one product: both are built beside their targets and moved
     # into place together at the end, so a failure leaves any earlier pair untouched.
-    with atomic_path(out, overwrite=overwrite) as tmp_store, atomic_path(truth_path, overwrite=overwrite) as tmp_truth:
+    with atomic_path(target, overwrite=overwrite) as tmp_store, atomic_path(truth_path, overwrite=overwrite) as tmp_truth:
         write_mosaic(ds, tmp_store, chunk=cfg.grid.chunk)
         gdf = truth_inventory(scene, tmp_store)
+        if cfg.evolution is not None:
+            base = build_scene(cfg.model_copy(update={"evolution": None}))
+            change = changes(base.slides, scene.slides)
+            gdf["change"] = [change[int(k)] for k in scene.slides.kid] if len(gdf) else pd.Series(dtype=object)
         write_inventory(gdf, tmp_truth, metadata={
-            "method": "truth", "seed": cfg.seed, "mosaic": str(out), "sim_config": cfg.model_dump(mode="json"),
+            "method": "truth", "seed": cfg.seed, "mosaic": str(out), "version": version,
+            "sim_config": cfg.model_dump(mode="json"),
+            "stopped": [f"sim{cfg.seed}-{k}" for k, v in change.items() if v == "stopped"] if cfg.evolution else [],
         })
+    if version is not None:
+        register_version(out)
     return out, truth_path
 
 
-def default_truth_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".zarr") + ".truth.parquet")
+def default_truth_path(out: Path, version: str | None = None) -> Path:
+    suffix = f".truth.{version}.parquet" if version else ".truth.parquet"
+    return out.with_name(out.name.removesuffix(".zarr") + suffix)
 
 
 def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:

@@ -88,6 +88,16 @@ class NuisanceConfig(StrictModel):
     unwrapping_per_1000km2: float = Field(2.0, ge=0)
 
 
+class EvolutionConfig(StrictModel):
+    """A later version of the basin (``simulate --add-version``): same ground, changed slides."""
+
+    seed: int = Field(1, ge=0, description="draws which slides change (another seed, another evolution)")
+    stop_fraction: float = Field(0.15, ge=0, le=1, description="share of slides that stop")
+    accelerate_fraction: float = Field(0.15, ge=0, le=1, description="share that accelerate…")
+    accelerate_factor: float = Field(2.0, ge=1, description="…by this factor")
+    appear_density_per_100km2: float = Field(1.5, ge=0, description="new slides (on plausible slopes)")
+
+
 class SimConfig(StrictModel):
     seed: int = 0
     time_span: tuple[str, str] = ("2017-01-01", "2020-12-31")
@@ -102,6 +112,7 @@ class SimConfig(StrictModel):
     atmosphere: AtmosphereConfig = AtmosphereConfig()
     holes: HolesConfig = HolesConfig()
     nuisance: NuisanceConfig = NuisanceConfig()
+    evolution: EvolutionConfig | None = None
 
     @model_validator(mode="after")
     def _unique_tracks(self) -> SimConfig:

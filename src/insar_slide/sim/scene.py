@@ -14,6 +14,7 @@ then decorrelation, layover and shadow holes (NaN).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -37,6 +38,8 @@ from .noise import (
 # Noise streams (one per independent field).
 S_RELIEF, S_TRIB, S_CAND, S_SLIDE, S_TEX, S_BOWL, S_GLACIER, S_FROST = 1, 2, 3, 4, 5, 6, 7, 8
 S_UNW, S_TURB, S_STORM, S_PIX, S_DEC, S_DEC_T, S_TRACK, S_RIVER = 9, 10, 11, 12, 13, 14, 15, 16
+S_EVOLVE, S_APPEAR = 17, 1000  # S_APPEAR + evolution seed * 10: the candidate stream of new slides
+APPEAR_ID_OFFSET = 10**15  # kids of slides that appear in a later version
 
 CELL = 256  # catalogue cell side, px
 DIST_NODE = 8  # river-distance lattice spacing, px
@@ -317,9 +320,11 @@ def _motion_frame(ge: np.ndarray, gn: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.column_stack([me, mn, mu]), me / hnorm, -mn / hnorm
 
 
-def _slides(scene: Scene) -> Objects:
+def _slides(scene: Scene, stream: int = S_CAND, density_per_100km2: float | None = None, id_offset: int = 0) -> Objects:
     L = scene.cfg.landslides
-    r, c, ids = _candidates(scene, S_CAND, L.density_per_100km2 / 100)
+    density = L.density_per_100km2 if density_per_100km2 is None else density_per_100km2
+    r, c, ids = _candidates(scene, stream, density / 100)
+    ids = ids + id_offset
     if len(r) == 0:
         return Objects.empty()
     _, ge, gn = terrain_at_points(scene, r, c)
@@ -433,7 +438,44 @@ def build_scene(cfg: SimConfig) -> Scene:
             ramp=(cfg.atmosphere.ramp_mm_yr_per_100km * u[1], cfg.atmosphere.ramp_mm_yr_per_100km * u[2]),
         ))
     scene = Scene(cfg, grid, river_rc, tuple(tracks), Objects.empty(), Objects.empty(), Objects.empty(), Objects.empty())
-    return Scene(cfg, grid, river_rc, tuple(tracks), _slides(scene), _bowls(scene), _glaciers(scene), _unwrap_patches(scene))
+    slides = _slides(scene)
+    if cfg.evolution is not None:
+        slides = evolve(scene, slides)
+    return Scene(cfg, grid, river_rc, tuple(tracks), slides, _bowls(scene), _glaciers(scene), _unwrap_patches(scene))
+
+
+def evolve(scene: Scene, slides: Objects) -> Objects:
+    """A later version of the same basin: some slides stop, some accelerate, new ones appear.
+
+    Everything else (terrain, atmosphere, noise, holes) is the base version's, so only the
+    windows around changed slides differ — the case an inventory update is built for.
+    """
+    ev = scene.cfg.evolution
+    assert ev is not None
+    u_stop = (hash_uniform(ev.seed, S_EVOLVE, slides.kid, np.zeros(len(slides), np.int64)) + 1) / 2
+    u_acc = (hash_uniform(ev.seed, S_EVOLVE, slides.kid, np.ones(len(slides), np.int64)) + 1) / 2
+    keep = u_stop >= ev.stop_fraction
+    speed = np.where(u_acc < ev.accelerate_fraction, slides.speed * ev.accelerate_factor, slides.speed)
+    kept = dataclasses.replace(slides, speed=speed).take(np.nonzero(keep)[0])
+    new = _slides(scene, S_APPEAR + 10 * ev.seed, ev.appear_density_per_100km2, APPEAR_ID_OFFSET * (1 + ev.seed))
+    if len(new):
+        # a new slide may not start inside a surviving one
+        both = Objects(*(np.concatenate([getattr(kept, f), getattr(new, f)]) for f in Objects.__dataclass_fields__))
+        thin = _thin_overlaps(both)
+        return thin
+    return kept
+
+
+def changes(base: Objects, later: Objects) -> dict[int, str]:
+    """kid → ``persisting`` | ``accelerated`` | ``appeared`` | ``stopped`` between two catalogues."""
+    b = {int(k): float(v) for k, v in zip(base.kid, base.speed, strict=True)}
+    out = {}
+    for k, v in zip(later.kid, later.speed, strict=True):
+        k = int(k)
+        out[k] = "appeared" if k not in b else "accelerated" if v > b[k] * 1.01 else "persisting"
+    for k in b:
+        out.setdefault(k, "stopped")
+    return out
 
 
 # ---------------------------------------------------------------------------- shapes

@@ -1,0 +1,218 @@
+"""``insar-slide update`` and ``history``: scheduled inventory updates with slide lifecycles.
+
+An update runs the detector on the newest version of the mosaic (see
+:mod:`insar_slide.mosaic` for versions) with the run directory of the previous runs, so a
+window whose input fingerprint — the bytes it reads, its place, the model hash — is unchanged
+reuses its stored detections and only changed windows go through the model. A new model
+changes every fingerprint: the update says so up front and recomputes everything.
+
+**Identity.** The new detections are matched one-to-one to every slide known so far (the
+previous version's rows, including slides not detected then), greedily by overlap: a
+detection continues a known slide when their polygons share at least ``IDENTITY_OVERLAP``
+(50 %) of the smaller one. It then keeps the slide's ``slide_id`` and ``first_seen``.
+Unmatched detections are ``new``; matched ones ``persisting``; known slides without a match
+``not_detected_now`` (kept with their last polygon, ``last_seen`` unchanged, their rate
+re-measured on the new version).
+
+**Files**, beside the inventory ``out``: ``<out>.history/versions/version=<label>/part.parquet``
+(GeoParquet, one partition per version, append-only: a version's partition is written once,
+or rewritten identically by a resumed update), ``<out>.history/state.json`` (the versions
+committed, model hash, settings, grid), and the current inventory at ``out``.
+
+**Safety.** Order of writes: the run's per-window results (resumable), the version's history
+partition, the current inventory, and last ``state.json`` — each atomic. The previous
+version is read from its own partition, never from the current inventory, so an update
+interrupted anywhere leaves the previous history and inventory valid and simply resumes; an
+update of a version already committed changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from ..atomic import atomic_path
+from ..errors import GridError, InputError
+from ..inventory import COLUMNS, polygon_rate_stats, write_inventory
+from ..mosaic import grid_of, list_versions, open_basin
+from .config import RunConfig
+from .detect import file_hash
+from .pipeline import run, settings_hash
+
+IDENTITY_OVERLAP = 0.5
+LIFECYCLE = ["first_seen", "last_seen", "status", "version"]
+
+
+def history_dir(cfg: RunConfig) -> Path:
+    return Path(str(cfg.out) + ".history")
+
+
+def partition_path(hdir: Path, label: str) -> Path:
+    return hdir / "versions" / f"version={label}" / "part.parquet"
+
+
+def read_state(hdir: Path) -> dict[str, Any] | None:
+    p = hdir / "state.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p} cannot be read ({exc}); it is left as it is — repair it or move the history "
+                         "folder away to start a new one") from exc
+
+
+def read_partition(hdir: Path, label: str) -> gpd.GeoDataFrame:
+    p = partition_path(hdir, label)
+    try:
+        return gpd.read_parquet(p)
+    except Exception as exc:
+        raise InputError(f"the history partition {p} cannot be read ({exc}); refusing to write over the history — "
+                         "restore it from a backup or move the history folder away") from exc
+
+
+def read_history(cfg: RunConfig) -> gpd.GeoDataFrame:
+    """Every committed version's rows (slide_id, version, status, score, rates, geometry…)."""
+    hdir = history_dir(cfg)
+    state = read_state(hdir)
+    if state is None:
+        raise InputError(f"no inventory history at {hdir}; run `insar-slide update` first")
+    parts = [read_partition(hdir, v) for v in state["versions"]]
+    return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs if parts else None)
+
+
+def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame) -> np.ndarray:
+    """For each new row, the index into ``known`` it continues, or -1."""
+    out = np.full(len(new), -1)
+    if not len(new) or not len(known):
+        return out
+    a, b = np.asarray(new.geometry, dtype=object), np.asarray(known.geometry, dtype=object)
+    ia, ib = shapely.STRtree(b).query(a, predicate="intersects")
+    if not len(ia):
+        return out
+    inter = shapely.area(shapely.intersection(a[ia], b[ib]))
+    frac = inter / np.maximum(np.minimum(shapely.area(a[ia]), shapely.area(b[ib])), 1e-12)
+    ok = frac >= IDENTITY_OVERLAP
+    ia, ib, frac = ia[ok], ib[ok], frac[ok]
+    taken = np.zeros(len(b), bool)
+    for k in np.argsort(-frac, kind="stable"):
+        if out[ia[k]] < 0 and not taken[ib[k]]:
+            out[ia[k]] = ib[k]
+            taken[ib[k]] = True
+    return out
+
+
+def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: Any) -> gpd.GeoDataFrame:
+    """This version's rows: new and persisting detections, and known slides not detected now."""
+    m = match_identity(new, known)
+    rows = new.copy()
+    rows["status"] = np.where(m >= 0, "persisting", "new")
+    if len(known):
+        rows["slide_id"] = np.where(m >= 0, known["slide_id"].to_numpy()[np.maximum(m, 0)], rows["slide_id"].to_numpy())
+        rows["first_seen"] = np.where(m >= 0, known["first_seen"].to_numpy()[np.maximum(m, 0)], label)
+    else:
+        rows["first_seen"] = label
+    rows["last_seen"] = label
+    lost = known.drop(index=known.index[np.unique(m[m >= 0])]).copy() if len(known) else known.copy()
+    if len(lost):
+        lost["status"] = "not_detected_now"
+        lost["score"] = np.nan
+        stats = polygon_rate_stats(ds, lost.geometry)
+        for c in ("rate_mean", "rate_p95_abs", "valid_fraction", "rate_track"):
+            lost[c] = stats[c].to_numpy()
+    both = pd.concat([rows, lost], ignore_index=True) if len(lost) else rows
+    both["version"] = label
+    keep = [*[c for c in COLUMNS if c != "geometry"], *LIFECYCLE, *[c for c in ("n_boxes", "outline") if c in both], "geometry"]
+    for c in keep:
+        if c not in both.columns:
+            both[c] = pd.Series(dtype=object)
+    out = gpd.GeoDataFrame(both[keep], geometry="geometry", crs=new.crs if new.crs is not None else known.crs)
+    return out.sort_values("slide_id", kind="stable").reset_index(drop=True)
+
+
+def update(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, client: Any = None) -> dict[str, Any]:
+    versions = list_versions(cfg.mosaic)
+    newest = versions[-1]
+    label = newest["label"]
+    hdir = history_dir(cfg)
+    state = read_state(hdir)
+    model_hash = file_hash(cfg.model_path) if cfg.model_path.is_file() else ""
+    key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
+    ds = open_basin(cfg.mosaic, label if newest["group"] else None)
+    grid = grid_of(ds)
+    grid_key = f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}"
+    known = gpd.GeoDataFrame()
+    if state is None:
+        echo(f"no previous update in {hdir}: a full run over version {label}")
+    else:
+        if state["grid"] != grid_key:
+            raise GridError(f"version {label} of {cfg.mosaic} is on another grid or CRS ({grid_key}) than the inventory "
+                            f"was built on ({state['grid']}); re-ingest it onto the basin's grid, or start a new history")
+        if state["versions"][-1] == label and state["model_hash"] == model_hash and state["settings"] == key:
+            echo(f"the inventory is up to date with version {label}; nothing to do")
+            return {"version": label, "up_to_date": True}
+        if state["model_hash"] != model_hash:
+            echo("the model differs from the previous update's: every window is recomputed (a full re-run)")
+        prev_label = state["versions"][-1] if state["versions"][-1] != label else (state["versions"][-2] if len(state["versions"]) > 1 else None)
+        if prev_label is not None:
+            known = read_partition(hdir, prev_label)
+        echo(f"updating from version {prev_label} to {label}")
+    run_cfg = cfg.model_copy(update={
+        "version": label if newest["group"] else None, "out": str(hdir / "detections" / f"{label}.parquet"),
+        "run_dir": str(cfg.run_path), "outputs": cfg.outputs.model_copy(update={"quicklook": False, "slide_id_raster": False}),
+        "overwrite": True})
+    result = run(run_cfg, progress=progress, echo=echo, client=client)
+    new = result.inventory.copy()
+    rows = lifecycle(new, known if len(known) else gpd.GeoDataFrame(columns=[*COLUMNS, *LIFECYCLE], geometry="geometry", crs=new.crs),
+                     label, ds)
+    rows["slide_num"] = np.arange(1, len(rows) + 1, dtype=np.int32)  # the value in the slide_id raster
+    part = partition_path(hdir, label)
+    with atomic_path(part, overwrite=True) as tmp:
+        rows.to_parquet(tmp, index=False)
+    counts = rows["status"].value_counts().to_dict()
+    meta = {"version": label, "versions": [*(state["versions"] if state else []), label] if not state or state["versions"][-1] != label
+            else state["versions"], "status_counts": counts, "windows": result.summary["windows"], "model_hash": model_hash}
+    write_inventory(rows, cfg.out, metadata=meta, overwrite=True)
+    if cfg.outputs.quicklook or cfg.outputs.slide_id_raster or cfg.outputs.geopackage:
+        from .pipeline import write_extras
+        write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds, grid)
+    new_state = {"versions": meta["versions"], "model_hash": model_hash, "settings": key, "grid": grid_key}
+    with atomic_path(hdir / "state.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(new_state, indent=1))
+    w = result.summary["windows"]
+    echo(f"version {label}: {counts.get('new', 0)} new, {counts.get('persisting', 0)} persisting, "
+         f"{counts.get('not_detected_now', 0)} not detected now; windows: {w['computed']} recomputed, {w['reused']} reused")
+    return {"version": label, "status_counts": counts, "windows": w, "seconds": result.summary["seconds"], "up_to_date": False}
+
+
+def history_report(cfg: RunConfig, slide: str | None = None) -> str:
+    hist = read_history(cfg)
+    if slide is not None:
+        one = hist[hist["slide_id"] == slide]
+        if one.empty:
+            raise InputError(f"slide {slide!r} is not in the history ({hist['slide_id'].nunique()} slides)")
+        lines = [f"slide {slide}: first seen {one['first_seen'].iloc[0]}",
+                 "| version | status | score | rate_mean | rate_p95_abs | area_m2 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in one.to_dict("records"):
+            lines.append(f"| {r['version']} | {r['status']} | {r['score']:.3f} | {r['rate_mean']:.1f} | {r['rate_p95_abs']:.1f} | {r['area_m2']:.0f} |")
+        return "\n".join(lines)
+    state = read_state(history_dir(cfg))
+    assert state is not None
+    lines = ["| version | slides | new | persisting | not detected now |", "| --- | ---: | ---: | ---: | ---: |"]
+    for v in state["versions"]:
+        c = hist[hist["version"] == v]["status"].value_counts()
+        lines.append(f"| {v} | {int(c.sum())} | {c.get('new', 0)} | {c.get('persisting', 0)} | {c.get('not_detected_now', 0)} |")
+    for a, b in zip(state["versions"], state["versions"][1:], strict=False):
+        now = hist[hist["version"] == b]
+        appeared = sorted(now[now.status == "new"]["slide_id"])
+        gone = sorted(set(now[now.status == "not_detected_now"]["slide_id"]) - set(
+            hist[(hist["version"] == a) & (hist.status == "not_detected_now")]["slide_id"]))
+        lines.append(f"{a} → {b}: new {', '.join(appeared) or '-'}; no longer detected {', '.join(gone) or '-'}")
+    return "\n".join(lines)
