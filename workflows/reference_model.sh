@@ -12,6 +12,6 @@ done
 insar-slide chips configs/reference/chips_train.yaml
 insar-slide chips configs/reference/chips_heldout.yaml
 insar-slide train configs/train_cpu.yaml ${RESUME:+--resume}
-insar-slide evaluate out/train_cpu/best.safetensors --chips out/chips_heldout --out out/eval_heldout
+insar-slide evaluate out/train_cpu/best.safetensors --chips out/chips_heldout --out out/eval_heldout --score-threshold "${SCORE_THRESHOLD:-0.7}"
 insar-slide export-model out/train_cpu/best.safetensors --eval out/eval_heldout/metrics.json \
-  --command "workflows/reference_model.sh" --out models/insar_slide_r34_fpn_cbam.safetensors
+  --command "workflows/reference_model.sh" --score-threshold "${SCORE_THRESHOLD:-0.7}" --out models/insar_slide_r34_fpn_cbam.safetensors

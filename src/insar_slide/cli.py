@@ -241,12 +241,13 @@ def pseudo_label_cmd(checkpoint: str, chips_dir: str, split: str, out: str, scor
 @click.option("--eval", "eval_json", type=click.Path(dir_okay=False), help="metrics.json of `insar-slide evaluate` on held-out chips.")
 @click.option("--command", default="", help="The command that rebuilds it (recorded in the card).")
 @click.option("--note", default="")
+@click.option("--score-threshold", type=float, help="Operating threshold `run` uses by default (pick it on the validation split).")
 @_friendly
-def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: str, note: str) -> None:
+def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: str, note: str, score_threshold: float | None) -> None:
     """Export a checkpoint as an fp16 reference model with its JSON card."""
     from .training.export import export_model
 
-    card = export_model(checkpoint, out, eval_json=eval_json, command=command, note=note)
+    card = export_model(checkpoint, out, eval_json=eval_json, command=command, note=note, score_threshold=score_threshold)
     click.echo(f"wrote {out} ({card['size_mb']} MB) and {Path(out).with_suffix('.json')}")
 
 

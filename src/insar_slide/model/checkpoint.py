@@ -85,7 +85,11 @@ def load_checkpoint(path: str | Path, *, expect: ModelConfig | None = None,
     ``expect``: refuse a checkpoint of another variant, tile size or input encoding.
     """
     meta = read_metadata(path)
-    config = ModelConfig.from_dict(meta["model"])
+    model_meta = dict(meta["model"])
+    if "cbam_spatial_bn" not in model_meta:  # written before the key existed: the weights tell
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            model_meta["cbam_spatial_bn"] = any(".spatial.bn." in k for k in f.keys())
+    config = ModelConfig.from_dict(model_meta)
     if expect is not None:
         for name in ("variant", "tile_size", "encoding", "classes"):
             if getattr(expect, name) != getattr(config, name):

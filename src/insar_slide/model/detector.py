@@ -72,7 +72,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         d = dict(d)
-        d.setdefault("cbam_spatial_bn", False)
+        d.setdefault("cbam_spatial_bn", False)  # load_checkpoint looks at the weights first
         d["encoding"] = InputEncoding.from_dict(d["encoding"])
         for k in ("classes", "anchor_sizes", "aspect_ratios"):
             d[k] = tuple(d[k])

@@ -121,7 +121,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     meta = read_metadata(model_path)  # refuses non-safetensors files before anything starts
     model_hash = file_hash(model_path)
     thr = cfg.score_threshold if cfg.score_threshold is not None else float(
-        meta.get("training_config", {}).get("score_threshold", 0.5))
+        meta.get("score_threshold", meta.get("training_config", {}).get("score_threshold", 0.5)))
     out = Path(cfg.out)
     check_target(out, overwrite=cfg.overwrite)
     ds = open_basin(cfg.mosaic, cfg.version)

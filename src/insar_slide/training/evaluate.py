@@ -47,7 +47,8 @@ def evaluate(checkpoints: list[str], chips_dir: str, out: str, *, split: str = "
     table3 = ""
     for ck in checkpoints:
         model, mcfg, meta = load_checkpoint(ck, device=dev)
-        thr = score_threshold if score_threshold is not None else float(meta.get("training_config", {}).get("score_threshold", 0.5))
+        thr = score_threshold if score_threshold is not None else float(
+            meta.get("score_threshold", meta.get("training_config", {}).get("score_threshold", 0.5)))
         preds = predict_chips(model, chips, mcfg.encoding, dev)
         m = evaluate_predictions(chips, coco, preds, thr)
         rows.append({"checkpoint": ck, "method": "Faster R-CNN", "backbone": BACKBONE[mcfg.variant], "score_threshold": thr, **m})

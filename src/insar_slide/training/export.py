@@ -15,8 +15,11 @@ MAX_MB = 80.0
 
 
 def export_model(src: str | Path, out: str | Path, *, eval_json: str | Path | None = None, command: str = "",
-                 note: str = "") -> dict[str, Any]:
-    """Write ``out`` (fp16) and its card ``out.json``: data, config, command, metrics, date."""
+                 note: str = "", score_threshold: float | None = None) -> dict[str, Any]:
+    """Write ``out`` (fp16) and its card ``out.json``: data, config, command, metrics, date.
+
+    ``score_threshold``: the operating point ``run`` uses by default (choose it on the
+    validation split, not on held-out data); default: the training config's."""
     model, cfg, meta = load_checkpoint(src)
     chips = Path(meta.get("training_config", {}).get("chips", ""))
     manifest = json.loads((chips / "manifest.json").read_text()) if (chips / "manifest.json").is_file() else {}
@@ -28,6 +31,8 @@ def export_model(src: str | Path, out: str | Path, *, eval_json: str | Path | No
         "command": command,
         "note": note,
         "epoch": meta.get("epoch"),
+        "score_threshold": score_threshold if score_threshold is not None
+        else meta.get("training_config", {}).get("score_threshold", 0.5),
         "training_config": meta.get("training_config"),
         "data": {"chip_manifest": {k: manifest.get(k) for k in ("chips", "windows", "train", "val", "boxes_train", "boxes_val")},
                  "sources": [s.get("mosaic") for s in manifest.get("config", {}).get("sources", [])],
