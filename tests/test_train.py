@@ -155,8 +155,10 @@ def test_sample_train_configs_are_valid(name):
 
 def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
     _, b = two_models
-    res = CliRunner().invoke(main, ["export-model", str(b), "--out", str(tmp_path / "ref.safetensors"), "--command", "x"])
+    res = CliRunner().invoke(main, ["export-model", str(b), "--out", str(tmp_path / "ref.safetensors"), "--command", "x",
+                                    "--score-threshold", "0.7"])
     assert res.exit_code == 0, res.output
     card = json.loads((tmp_path / "ref.json").read_text())
     assert card["command"] == "x" and card["data"]["chip_manifest"]["chips"] > 0 and card["parameters"] > 30e6
+    assert card["score_threshold"] == 0.7  # the operating point run and evaluate default to
     assert (tmp_path / "ref.safetensors").stat().st_size < 80 * 2**20
