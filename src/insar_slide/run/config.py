@@ -70,7 +70,8 @@ class RunConfig(StrictModel):
     nms_iou: float = Field(0.5, gt=0, le=1, description="cross-tile NMS IoU (per track)")
     dissolve_overlap: float = Field(0.2, gt=0, le=1, description="boxes sharing this share of the smaller one are one slide")
     outline_min_abs_rate: float = Field(10.0, ge=0, description="refined outline: pixels at least this fast (mm/yr)")
-    batch_size: int = Field(2, ge=1, description="windows per model call")
+    batch_size: int | None = Field(None, ge=1, description="windows per model call (default: 1 on CPU, where a batch "
+                                   "of 2 costs 7 % more per window, 4 on CUDA)")
     reduce_block: int = Field(4, ge=1, description="windows per side of the first reduction level")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     cluster: ClusterConfig = ClusterConfig()

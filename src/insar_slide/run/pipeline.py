@@ -33,6 +33,7 @@ from ..grid import Grid
 from ..inventory import COLUMNS, write_inventory
 from ..model.checkpoint import read_metadata
 from ..mosaic import grid_of, open_basin, version_group
+from ..training.train import pick_device
 from .config import RunConfig
 from .detect import DetectSettings, detect_batch, file_hash
 from .merge import Block, MergeSettings, reduce_leaf, reduce_node, slide_ids
@@ -150,11 +151,12 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         # A batch holds windows of one track and one shape: torchvision pads a batch to its
         # largest image, and padding changes the proposals, so mixing shapes would make the
         # detections depend on the batch size.
+        batch = cfg.batch_size or (4 if pick_device(cfg.device).type == "cuda" else 1)
         groups: dict[tuple[str, int, int], list[Window]] = {}
         for w in todo:
             groups.setdefault((w.track, w.read.rows, w.read.cols), []).append(w)
         for mine in groups.values():
-            batches += [mine[i:i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
+            batches += [mine[i:i + batch] for i in range(0, len(mine), batch)]
         t0 = time.perf_counter()
         done, failed = _detect(client, batches, settings, progress)
         t_detect = time.perf_counter() - t0
