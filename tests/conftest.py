@@ -9,6 +9,8 @@ import pytest
 import rasterio
 from affine import Affine
 
+from insar_slide.model import ModelConfig, build_model
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("INSAR_SLIDE_SHARED", REPO.parent / "shared"))
 REAL = SHARED / "data" / "real"
@@ -53,3 +55,20 @@ def write_tif(path: Path, data: np.ndarray, *, transform: Affine | None = None, 
 def rates() -> np.ndarray:
     rng = np.random.default_rng(0)
     return (rng.normal(0, 3, (300, 400)) + np.linspace(-20, 20, 400)[None, :]).astype("float32")
+
+
+# Execution tests need a real model, not a good one: the FPN variant without CBAM and with few
+# proposals runs a window in a fraction of the default model's time; untrained, its scores
+# are pushed toward "landslide" so that it reports plenty of boxes.
+FAST = ModelConfig(variant="r34_fpn", rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=40)
+
+
+def eager_model():  # type: ignore[no-untyped-def]
+    """An untrained model that calls (almost) every proposal a landslide: plenty of boxes to merge."""
+    import torch
+
+    model = build_model(FAST)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
+        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-2.0, 2.0]))
+    return model

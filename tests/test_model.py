@@ -178,7 +178,7 @@ def test_checkpoints_from_before_the_spatial_bn_still_load(tmp_path):
 def test_shipped_reference_model_loads_and_carries_its_threshold():
     from insar_slide.model.checkpoint import read_metadata
     from insar_slide.run.config import REFERENCE_MODEL
-    model, cfg, meta = load_checkpoint(REFERENCE_MODEL)
+    _model, cfg, meta = load_checkpoint(REFERENCE_MODEL)
     assert cfg.variant == "r34_fpn_cbam" and cfg.cbam_spatial_bn
     assert 0 < read_metadata(REFERENCE_MODEL)["score_threshold"] < 1
     assert REFERENCE_MODEL.stat().st_size < 80 * 2**20 and meta["metrics_heldout"]["AP50"] > 0.7

@@ -30,28 +30,14 @@ from click.testing import CliRunner
 from insar_slide.cli import main
 from insar_slide.errors import ConfigError, InputError
 from insar_slide.grid import Grid
-from insar_slide.model import ModelConfig, build_model, save_checkpoint
+from insar_slide.model import save_checkpoint
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
 from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
-
-# Execution tests need a real model, not a good one: the FPN variant without CBAM and with few
-# proposals runs a window in a fraction of the default model's time; untrained, its scores
-# are pushed toward "landslide" so that it reports plenty of boxes.
-FAST = ModelConfig(variant="r34_fpn", rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=40)
-
-
-def eager_model():  # type: ignore[no-untyped-def]
-    """An untrained model that calls (almost) every proposal a landslide: plenty of boxes to merge."""
-    import torch
-    model = build_model(FAST)
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
-        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-2.0, 2.0]))
-    return model
+from tests.conftest import FAST, eager_model
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 600, 700)
 # (row0, col0, row1, col1) pixel boxes: across the column seam at 256, across the four-window

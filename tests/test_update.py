@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from insar_slide.cli import main
 from insar_slide.compare import visible_truth
 from insar_slide.errors import InputError, StoreError
-from insar_slide.model import ModelConfig, build_model, save_checkpoint
+from insar_slide.model import save_checkpoint
 from insar_slide.mosaic import list_versions, open_basin
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
@@ -32,6 +32,7 @@ from insar_slide.run.plan import make_plan
 from insar_slide.run.update import history_dir, read_history, update
 from insar_slide.sim.basin import simulate
 from insar_slide.sim.config import EvolutionConfig, demo_config
+from tests.conftest import FAST, eager_model
 
 BASE = demo_config().model_copy(update={
     "grid": demo_config().grid.model_copy(update={"shape": (768, 768), "chunk": 256}),
@@ -40,21 +41,6 @@ BASE = demo_config().model_copy(update={
 LATER = BASE.model_copy(update={"time_span": ("2018-01-01", "2021-12-31"),
                                 "evolution": EvolutionConfig(seed=3, stop_fraction=0.3, accelerate_fraction=0.3,
                                                              appear_density_per_100km2=6)})
-
-# Execution tests need a real model, not a good one: the FPN variant without CBAM and with few
-# proposals runs a window in a fraction of the default model's time; untrained, its scores
-# are pushed toward "landslide" so that it reports plenty of boxes.
-FAST = ModelConfig(variant="r34_fpn", rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_detections_per_img=40)
-
-
-def eager_model():  # type: ignore[no-untyped-def]
-    """An untrained model that calls (almost) every proposal a landslide: plenty of boxes to merge."""
-    import torch
-    model = build_model(FAST)
-    with torch.no_grad():
-        model.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
-        model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-2.0, 2.0]))
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ from scipy import ndimage
 from .config import StrictModel
 from .errors import ConfigError, InputError
 from .grid import Grid
-from .inventory import COLUMNS, polygon_rate_stats
+from .inventory import finish_schema, polygon_rate_stats
 from .mosaic import RATE, grid_of
 
 log = logging.getLogger(__name__)
@@ -258,13 +258,6 @@ def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], cfg
     gdf["slide_id"] = [prefix + hashlib.sha1(shapely.to_wkb(g)).hexdigest()[:12] for g in gdf.geometry]
     gdf["method"] = method
     gdf["score"] = np.nan
-    gdf["area_m2"] = gdf.geometry.area if not grid.is_geographic() or not len(gdf) else gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
     gdf["run_id"] = run_id
     gdf["model_id"] = ""
-    for c in ("rate_mean", "rate_p95_abs", "valid_fraction"):
-        if c not in gdf:
-            gdf[c] = pd.Series(dtype=float)
-    if "rate_track" not in gdf:
-        gdf["rate_track"] = pd.Series(dtype=object)
-    extra = [c for c in gdf.columns if c not in COLUMNS]
-    return gpd.GeoDataFrame(gdf[[*COLUMNS[:-1], *extra, "geometry"]], geometry="geometry", crs=grid.crs), notes
+    return finish_schema(gdf, grid), notes

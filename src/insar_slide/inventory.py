@@ -34,6 +34,23 @@ def empty_inventory(crs: str) -> gpd.GeoDataFrame:
                              for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
+def finish_schema(gdf: gpd.GeoDataFrame, grid: Grid, order: list[str] | None = None) -> gpd.GeoDataFrame:
+    """Area (m², in a local UTM zone for geographic grids), the statistics columns even when
+    there are no rows, and the contract's columns first (``order``), extra columns after."""
+    if grid.is_geographic() and len(gdf):
+        gdf["area_m2"] = gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
+    else:
+        gdf["area_m2"] = gdf.geometry.area
+    for c in ("rate_mean", "rate_p95_abs", "valid_fraction"):
+        if c not in gdf:
+            gdf[c] = pd.Series(dtype=float)
+    if "rate_track" not in gdf:
+        gdf["rate_track"] = pd.Series(dtype=object)
+    first = [c for c in (order or COLUMNS) if c != "geometry"]
+    extra = [c for c in gdf.columns if c not in first and c != "geometry"]
+    return gpd.GeoDataFrame(gdf[[*first, *extra, "geometry"]], geometry="geometry", crs=grid.crs)
+
+
 def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: int = 4096 * 4096) -> pd.DataFrame:
     """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per-track valid fraction.
 

@@ -30,7 +30,7 @@ from .. import __version__
 from ..atomic import atomic_path, check_target
 from ..errors import InputError, InsarSlideError
 from ..grid import Grid
-from ..inventory import COLUMNS, write_inventory
+from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata
 from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
@@ -275,17 +275,7 @@ def assemble(parts_dir: Path, grid: Grid, cfg: RunConfig, *, run_id: str, model_
     gdf["method"] = "faster_rcnn"
     gdf["run_id"] = run_id
     gdf["model_id"] = model_id
-    if grid.is_geographic() and len(gdf):
-        gdf["area_m2"] = gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
-    else:
-        gdf["area_m2"] = gdf.geometry.area
-    for c in ("rate_mean", "rate_p95_abs", "valid_fraction"):
-        if c not in gdf:
-            gdf[c] = pd.Series(dtype=float)
-    if "rate_track" not in gdf:
-        gdf["rate_track"] = pd.Series(dtype=object)
-    extra = [c for c in gdf.columns if c not in INVENTORY_COLUMNS]
-    return gpd.GeoDataFrame(gdf[[*INVENTORY_COLUMNS[:-1], *extra, "geometry"]], geometry="geometry", crs=grid.crs)
+    return finish_schema(gdf, grid, INVENTORY_COLUMNS)
 
 
 def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> dict[str, str]:
