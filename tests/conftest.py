@@ -72,3 +72,15 @@ def eager_model():  # type: ignore[no-untyped-def]
         model.roi_heads.box_predictor.cls_score.weight.mul_(0.01)
         model.roi_heads.box_predictor.cls_score.bias.copy_(torch.tensor([-2.0, 2.0]))
     return model
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A checkpoint of :func:`eager_model`, shared by the run and update tests."""
+    import torch
+
+    from insar_slide.model import save_checkpoint
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "eager.safetensors"
+    save_checkpoint(eager_model(), FAST, path, extra={"training_config": {"score_threshold": 0.5}})
+    return path

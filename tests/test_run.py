@@ -30,14 +30,12 @@ from click.testing import CliRunner
 from insar_slide.cli import main
 from insar_slide.errors import ConfigError, InputError
 from insar_slide.grid import Grid
-from insar_slide.model import save_checkpoint
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
 from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
-from tests.conftest import FAST, eager_model
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 600, 700)
 # (row0, col0, row1, col1) pixel boxes: across the column seam at 256, across the four-window
@@ -65,15 +63,6 @@ def basin(tmp_path_factory) -> Path:
     tracks = [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("test",)),
               TrackInfo("desc", -168.0, 40.0, "2020-01-01", "2021-01-01", ("test",))]
     write_mosaic(build_dataset(da.from_array(_rates(), chunks=(1, 256, 256)), GRID, tracks), path, chunk=256)
-    return path
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(eager_model(), FAST, path, extra={"training_config": {"score_threshold": 0.5}})
     return path
 
 

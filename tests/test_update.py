@@ -51,15 +51,6 @@ def basin(tmp_path_factory) -> Path:
     return store
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    import torch
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "random.safetensors"
-    save_checkpoint(eager_model(), FAST, path, extra={"training_config": {"score_threshold": 0.5}})
-    return path
-
-
 def _config(tmp: Path, basin: Path, model: Path, **kw: object) -> Path:
     cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 256, "halo": 64,
            "dissolve_overlap": 0.95, "cluster": {"workers": 1, "threads_per_worker": 1, "dashboard": False},

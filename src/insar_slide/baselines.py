@@ -198,15 +198,14 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
     """Connected regions (8-connectivity, across chunk borders) of a boolean Dask mask."""
     from dask_image.ndmeasure import label
 
-    labels, n = label(mask, structure=np.ones((3, 3), int))
-    n = int(n)
-    if n == 0:
-        return gpd.GeoDataFrame({"n_px": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
+    labels, _ = label(mask, structure=np.ones((3, 3), int))  # the count is not computed: one labelling pass
     offsets_r = np.cumsum((0, *labels.chunks[0][:-1]))
     offsets_c = np.cumsum((0, *labels.chunks[1][:-1]))
     tasks = [dask.delayed(_pieces)(b, int(offsets_r[i]), int(offsets_c[j]), grid)
              for (i, j), b in zip(np.ndindex(*labels.numblocks), labels.to_delayed().ravel(), strict=True)]
     pieces = [p for part in dask.compute(*tasks) for p in part]
+    if not pieces:
+        return gpd.GeoDataFrame({"n_px": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
     df = pd.DataFrame(pieces, columns=["label", "geometry"])
     rows = []
     for lab, grp in df.groupby("label", sort=True):  # pieces of one region in several chunks → one polygon
