@@ -1,6 +1,6 @@
 """Benchmark: the Gi* hot-spot baseline over a large single-track simulated mosaic.
 
-    python benchmarks/bench_hotspot.py --size 16384 [--mosaic existing.zarr]
+    python benchmarks/bench_hotspot.py --size 16384 [--mosaic existing.zarr] [--keep]
 
 Simulates a ``size``² px single-track basin (unless ``--mosaic`` is given), then runs
 ``baseline_inventory(method="hotspot")`` (Gi* z-scores with a 7-px halo, hot pixels, regions
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=16384)
     ap.add_argument("--mosaic", help="an existing mosaic (skips the simulation)")
     ap.add_argument("--out", default="/tmp/insar-slide-bench")
+    ap.add_argument("--keep", action="store_true", help="keep the simulated mosaic (reuse it with --mosaic)")
     args = ap.parse_args()
     result: dict[str, object] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "size": args.size}
     if args.mosaic:
@@ -69,7 +70,7 @@ def main() -> None:
     path = Path(__file__).parent / "results" / f"hotspot_{args.size}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, indent=1, default=str))
-    if not args.mosaic:
+    if not args.mosaic and not args.keep:
         shutil.rmtree(Path(args.out) / f"hotspot_{args.size}.zarr", ignore_errors=True)
 
 

@@ -64,6 +64,24 @@ def test_a_region_cut_by_chunk_seams_is_one_region():
     assert reg.geometry.iloc[0].geom_type == "Polygon"
 
 
+def test_regions_equal_whole_array_labelling_for_any_chunking():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    mask = ndimage.binary_opening(rng.random((60, 70)) < 0.45)  # many blobs, many touching seams and corners
+    mask[16:24, 16:24] = False
+    mask[18:22, 18:22] = np.eye(4, dtype=bool)  # a diagonal line: linked only across the corner of 20-px chunks
+    mask[36:44, 36:44] = False
+    mask[38:42, 38:42] = np.eye(4, dtype=bool)[::-1]  # an anti-diagonal one across the next corner
+    ref, n = ndimage.label(mask, structure=np.ones((3, 3), int))
+    want = sorted(np.bincount(ref.ravel())[1:].tolist())
+    g = Grid("EPSG:32647", 0.0, 0.0, 30.0, -30.0, 60, 70)
+    for chunks in (20, 7, (13, 9), 70):
+        reg = regions(da.from_array(mask, chunks=chunks), g, min_area_px=1)
+        assert len(reg) == n, chunks
+        assert sorted(reg["n_px"].tolist()) == want, chunks
+
+
 def test_kmeans_separates_coherent_fast_patches_and_refuses_k1():
     rng = np.random.default_rng(3)
     v = rng.normal(0, 4, (64, 64)).astype("float32")

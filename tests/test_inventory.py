@@ -42,6 +42,10 @@ def test_polygon_rate_stats(mosaic):
     assert (st.rate_track == "asc").all()
     # Read once for the batch, or polygon by polygon: the same numbers.
     pd.testing.assert_frame_equal(st, polygon_rate_stats(mosaic, geoms, max_block_px=0))
+    # Binned by tile (two small ones share a tile, the large one is read alone): same numbers, same order.
+    more = gpd.GeoSeries([*geoms, _box(mosaic, 152, 202, 155, 206), _box(mosaic, 10, 250, 14, 255)], crs=geoms.crs)
+    pd.testing.assert_frame_equal(polygon_rate_stats(mosaic, more, max_block_px=400),
+                                  polygon_rate_stats(mosaic, more))
 
 
 def test_inventory_round_trip_with_metadata(tmp_path, mosaic):

@@ -22,8 +22,9 @@ candidate pixels (drawn per chunk with fixed seeds), then every chunk is assigne
 nearest centre. The cluster with the largest mean |rate| is the landslide class.
 
 **Regions**: flagged pixels → 8-connected components across chunk borders
-(``dask_image.ndmeasure.label``: a region cut by a chunk seam is one region) → polygons
-(pieces per chunk unioned by label) → at least ``min_area_px`` pixels → ascending and
+(each chunk labelled on its own, pieces touching across a seam or corner joined by a
+connected-components pass over the small graph of pieces: a region cut by a chunk seam is one
+region, and memory stays that of a few chunks) → polygons (pieces unioned) → at least ``min_area_px`` pixels → ascending and
 descending regions that overlap by ``dissolve_overlap`` of the smaller merged into one row.
 """
 
@@ -183,29 +184,84 @@ def kmeans_mask(rate: da.Array, cfg: KMeansConfig) -> tuple[da.Array, dict[str, 
 # ---------------------------------------------------------------------------- regions
 
 
-def _pieces(labels: np.ndarray, r0: int, c0: int, grid: Grid) -> list[tuple[int, Any]]:
-    """(label, polygon) of every region piece in one chunk."""
+_EIGHT = np.ones((3, 3), int)
+
+
+def _label_block(mask: np.ndarray, r0: int, c0: int, grid: Grid) -> dict[str, Any]:
+    """Label one chunk on its own: its region pieces as polygons and the labels on its four edges.
+
+    Only these leave the task (the polygons of flagged regions and four pixel lines), so the
+    driver never holds a chunk of the mask, however large the mosaic.
+    """
     from rasterio import features
 
-    if not labels.any():
-        return []
-    win_grid = Grid(grid.crs, grid.x0 + c0 * grid.dx, grid.y0 + r0 * grid.dy, grid.dx, grid.dy, *labels.shape)
-    return [(int(v), shapely.geometry.shape(geom))
-            for geom, v in features.shapes(labels.astype(np.int32), mask=labels > 0, transform=win_grid.transform, connectivity=8)]
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    labels = labels.astype(np.int32)
+    pieces: list[tuple[int, Any]] = []
+    if n:
+        win_grid = Grid(grid.crs, grid.x0 + c0 * grid.dx, grid.y0 + r0 * grid.dy, grid.dx, grid.dy, *labels.shape)
+        pieces = [(int(v), shapely.geometry.shape(geom))
+                  for geom, v in features.shapes(labels, mask=labels > 0, transform=win_grid.transform, connectivity=8)]
+    return {"n": int(n), "pieces": pieces, "top": labels[0].copy(), "bottom": labels[-1].copy(),
+            "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
+
+
+def _seam_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Label pairs touching across a straight seam (8-connectivity: offsets −1, 0, +1 along it)."""
+    pairs = []
+    for d in (-1, 0, 1):
+        x = a[max(0, -d):len(a) - max(0, d)]
+        y = b[max(0, d):len(b) - max(0, -d)]
+        hit = (x > 0) & (y > 0)
+        pairs.append(np.stack([x[hit], y[hit]], axis=1))
+    return np.unique(np.concatenate(pairs), axis=0)
 
 
 def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
-    """Connected regions (8-connectivity, across chunk borders) of a boolean Dask mask."""
-    from dask_image.ndmeasure import label
+    """Connected regions (8-connectivity, across chunk borders) of a boolean Dask mask.
 
-    labels, _ = label(mask, structure=np.ones((3, 3), int))  # the count is not computed: one labelling pass
-    offsets_r = np.cumsum((0, *labels.chunks[0][:-1]))
-    offsets_c = np.cumsum((0, *labels.chunks[1][:-1]))
-    tasks = [dask.delayed(_pieces)(b, int(offsets_r[i]), int(offsets_c[j]), grid)
-             for (i, j), b in zip(np.ndindex(*labels.numblocks), labels.to_delayed().ravel(), strict=True)]
-    pieces = [p for part in dask.compute(*tasks) for p in part]
-    if not pieces:
+    Each chunk is labelled on its own (``scipy.ndimage.label``) and returns only its region
+    polygons and edge labels; pieces that touch across a seam or a chunk corner are joined with
+    a connected-components pass over the (tiny) graph of touching pieces, and their polygons
+    unioned. Memory stays that of a few chunks at any mosaic size.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    offsets_r = np.cumsum((0, *mask.chunks[0][:-1]))
+    offsets_c = np.cumsum((0, *mask.chunks[1][:-1]))
+    nbr, nbc = mask.numblocks
+    tasks = [dask.delayed(_label_block)(b, int(offsets_r[i]), int(offsets_c[j]), grid)
+             for (i, j), b in zip(np.ndindex(nbr, nbc), mask.to_delayed().ravel(), strict=True)]
+    blocks = dict(zip(np.ndindex(nbr, nbc), dask.compute(*tasks), strict=True))
+    base = {}  # global id of a block's label k: base[block] + k - 1
+    total = 0
+    for key in np.ndindex(nbr, nbc):
+        base[key] = total
+        total += blocks[key]["n"]
+    if total == 0:
         return gpd.GeoDataFrame({"n_px": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
+    edges = []
+    for i, j in np.ndindex(nbr, nbc):
+        here = blocks[i, j]
+        links = []
+        if j + 1 < nbc:  # the column seam to the right
+            links.append((_seam_pairs(here["right"], blocks[i, j + 1]["left"]), (i, j + 1)))
+        if i + 1 < nbr:  # the row seam below
+            links.append((_seam_pairs(here["bottom"], blocks[i + 1, j]["top"]), (i + 1, j)))
+        if i + 1 < nbr and j + 1 < nbc:  # the corner below right
+            a, b = here["bottom"][-1], blocks[i + 1, j + 1]["top"][0]
+            links.append((np.array([[a, b]]) if a and b else np.empty((0, 2), int), (i + 1, j + 1)))
+        if i + 1 < nbr and j > 0:  # the corner below left
+            a, b = here["bottom"][0], blocks[i + 1, j - 1]["top"][-1]
+            links.append((np.array([[a, b]]) if a and b else np.empty((0, 2), int), (i + 1, j - 1)))
+        for pairs, other in links:
+            if len(pairs):
+                edges.append(np.stack([pairs[:, 0] - 1 + base[i, j], pairs[:, 1] - 1 + base[other]], axis=1))
+    pairs = np.concatenate(edges) if edges else np.empty((0, 2), int)
+    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
+    _, component = connected_components(graph, directed=False)
+    pieces = [(int(component[base[key] + k - 1]), geom) for key in np.ndindex(nbr, nbc) for k, geom in blocks[key]["pieces"]]
     df = pd.DataFrame(pieces, columns=["label", "geometry"])
     rows = []
     for lab, grp in df.groupby("label", sort=True):  # pieces of one region in several chunks → one polygon

@@ -56,25 +56,50 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
 
     ``geoms`` must be in the mosaic CRS. Pixels whose centre is inside the polygon count. The
     mosaic is read once for the union window of all ``geoms`` when that window is at most
-    ``max_block_px`` pixels (pass spatially compact batches), else polygon by polygon.
+    ``max_block_px`` pixels; otherwise the polygons are binned by centroid into tiles of a
+    quarter of that area and each tile's union window is read once (a polygon too large for
+    that is read on its own), so memory stays bounded and reads stay few at any mosaic size.
     """
     grid = grid_of(ds)
     tracks = [str(t) for t in ds["track"].values]
     if len(geoms) == 0:
         return pd.DataFrame([])
-    xmin, ymin, xmax, ymax = geoms.total_bounds
+    geoms = gpd.GeoSeries(list(geoms), crs=getattr(geoms, "crs", None))
+    if _union_px(grid, geoms) <= max_block_px:
+        return pd.DataFrame(_stats_group(ds, grid, tracks, list(geoms)))
+    side = max(1, int(np.sqrt(max_block_px)) // 2)
+    cx, cy = shapely.get_coordinates(geoms.centroid).T
+    col = np.floor((cx - grid.x0) / grid.dx).astype(np.int64) // side
+    row = np.floor((cy - grid.y0) / grid.dy).astype(np.int64) // side
+    key = row * (grid.width // side + 2) + col
+    rows: list[dict[str, Any] | None] = [None] * len(geoms)
+    for k in np.unique(key):
+        idx = np.flatnonzero(key == k)
+        group = list(geoms.iloc[idx])
+        if _union_px(grid, geoms.iloc[idx]) <= max_block_px:
+            stats = _stats_group(ds, grid, tracks, group)
+        else:
+            stats = [r for g in group for r in _stats_group(ds, grid, tracks, [g])]
+        for i, r in zip(idx, stats, strict=True):
+            rows[i] = r
+    return pd.DataFrame(rows)
+
+
+def _union_px(grid: Grid, geoms: gpd.GeoSeries) -> int:
+    win = grid.window_of_bounds(*geoms.total_bounds)
+    return win.rows * win.cols
+
+
+def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]) -> list[dict[str, Any]]:
+    """Statistics of polygons read from one window: the union of their bounds."""
+    xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
     union = grid.window_of_bounds(xmin, ymin, xmax, ymax)
-    if 0 < union.rows * union.cols <= max_block_px:
+    if union.rows and union.cols:
         rs, cs = union.slices()
         block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
-        return pd.DataFrame([_stats_one(block, union, grid, tracks, g) for g in geoms])
-    rows = []
-    for g in geoms:
-        win = grid.window_of_bounds(*g.bounds)
-        rs, cs = win.slices()
-        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values) if win.rows and win.cols else np.zeros((len(tracks), 0, 0))
-        rows.append(_stats_one(block, win, grid, tracks, g))
-    return pd.DataFrame(rows)
+    else:
+        block = np.zeros((len(tracks), 0, 0))
+    return [_stats_one(block, union, grid, tracks, g) for g in geoms]
 
 
 def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: list[str], geom: Any) -> dict[str, Any]:
