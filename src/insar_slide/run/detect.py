@@ -130,7 +130,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
         fp = fingerprint(data, win, s)
         path = result_path(s.run_dir, win)
         if stored_fingerprint(path) == fp:
-            out.append({"key": win.key, "reused": True, "n": pq.read_metadata(path).num_rows,
+            out.append({"key": win.key, "fp": fp, "reused": True, "n": pq.read_metadata(path).num_rows,
                         "read_s": time.perf_counter() - t0, "model_s": 0.0})
         else:
             todo.append((win, data, fp, time.perf_counter() - t0))
@@ -148,5 +148,5 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
             scores = det["scores"].detach().float().cpu().numpy()
             _write_detections(result_path(s.run_dir, win), boxes, scores,
                               {"fingerprint": fp, "window": win.key, "model": s.model_hash})
-            out.append({"key": win.key, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
+            out.append({"key": win.key, "fp": fp, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
     return out

@@ -17,11 +17,20 @@ further level 2 × 2 blocks of the level below. After each merge, a slide farthe
 another block: it is *closed* — its rate statistics and refined outline are computed right
 there, on the worker, and written as a part file. Only the few *open* slides travel up the
 tree, so no process ever holds all detections of the basin.
+
+**Reuse.** A block's result depends only on the windows it covers: their detections and the
+mosaic pixels inside their read areas (every box, and so every polygon and refined outline,
+lies inside them). Its key hashes the merge settings with those windows' input fingerprints;
+a block whose key is unchanged since the last run (an update where nothing changed there, a
+resumed run) returns its stored open features and keeps its part file instead of recomputing
+statistics and outlines. The cache file ``reduce/<block>.parquet`` is removed before a block
+rewrites its part and written after, so a key on disk always describes the part beside it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from dataclasses import dataclass
@@ -31,6 +40,8 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import shapely
 import torch
 from scipy import ndimage
@@ -231,6 +242,33 @@ def part_path(run_dir: str, block: Block) -> Path:
     return Path(run_dir) / "parts" / f"{block.name}.parquet"
 
 
+def cache_path(run_dir: str, block: Block) -> Path:
+    return Path(run_dir) / "reduce" / f"{block.name}.parquet"
+
+
+CACHE_KEY = b"insar_slide_block"
+
+
+def block_key(s: MergeSettings, block: Block, window: int, tiling: tuple[int, int], root: bool,
+              fingerprints: list[str]) -> str:
+    """What a block's result depends on: merge settings, its place, its windows' input fingerprints."""
+    h = hashlib.sha256(json.dumps({
+        "block": block.name, "window": window, "tiling": list(tiling), "root": root, "halo": s.halo,
+        "tracks": list(s.tracks), "thr": s.score_threshold, "nms": s.nms_iou, "dissolve": s.dissolve_overlap,
+        "outline": s.outline, "outline_thr": s.outline_min_abs_rate,
+        "grid": [str(s.grid.crs), list(s.grid.transform)[:6], list(s.grid.shape)]}, sort_keys=True).encode())
+    for fp in sorted(fingerprints):
+        h.update(fp.encode())
+    return h.hexdigest()
+
+
+def _write_atomic_table(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def _write_part(gdf: gpd.GeoDataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -238,27 +276,56 @@ def _write_part(gdf: gpd.GeoDataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int] | None:
+    path = cache_path(s.run_dir, block)
+    try:
+        table = pq.read_table(path)
+        info = json.loads((table.schema.metadata or {})[CACHE_KEY])
+    except Exception:  # none, truncated or foreign: recompute
+        return None
+    if info.get("key") != key or (info["n_closed"] and not part_path(s.run_dir, block).exists()):
+        return None
+    df = table.to_pandas()
+    feats = pd.DataFrame({"geometry": list(shapely.from_wkb(df["geometry"].to_numpy())), "score": df["score"].astype(float),
+                          "tracks": df["tracks"].astype(object), "n_boxes": df["n_boxes"].astype(int)})
+    return (feats if len(feats) else empty_features()), int(info["n_closed"])
+
+
 def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
-           root: bool) -> tuple[pd.DataFrame, int]:
+           root: bool, key: str | None) -> tuple[pd.DataFrame, int]:
     closed, open_ = (features, features.iloc[:0]) if root else split_closed(features, block, s, window, tiling)
+    cache = cache_path(s.run_dir, block)
+    cache.unlink(missing_ok=True)  # from here until the new one is written, the part is not trusted
     if len(closed):
         _write_part(finish(closed, s), part_path(s.run_dir, block))
+    else:
+        part_path(s.run_dir, block).unlink(missing_ok=True)
+    if key is not None:
+        table = pa.table({"geometry": pa.array(list(shapely.to_wkb(np.asarray(open_["geometry"], dtype=object))), pa.binary()),
+                          "score": pa.array(open_["score"].to_numpy(float), pa.float64()),
+                          "tracks": pa.array([str(t) for t in open_["tracks"]], pa.string()),
+                          "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64())})
+        _write_atomic_table(table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()}), cache)
     return open_, len(closed)
 
 
 def reduce_leaf(windows: list[Window], block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
-                root: bool = False) -> tuple[pd.DataFrame, int]:
+                root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int]:
     """Level 1: the block's windows' owned boxes → NMS → dissolve → (open features, n closed)."""
+    if key is not None and (hit := _cached(block, s, key)) is not None:
+        return hit
     feats = boxes_to_features(nms(owned_boxes(windows, s), s))
-    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root)
+    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root, key)
 
 
 def reduce_node(children: list[tuple[pd.DataFrame, int]], block: Block, s: MergeSettings, window: int,
-                tiling: tuple[int, int], root: bool = False) -> tuple[pd.DataFrame, int]:
+                tiling: tuple[int, int], root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int]:
     """Level > 1: the children's open features → dissolve → (open features, n closed)."""
+    if key is not None and (hit := _cached(block, s, key)) is not None:
+        return hit
     opened = [c[0] for c in children if len(c[0])]
     feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
-    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root)
+    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root, key)
 
 
 def slide_ids(gdf: gpd.GeoDataFrame, grid: Grid) -> list[str]:

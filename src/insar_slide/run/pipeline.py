@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
 from .config import RunConfig
 from .detect import DetectSettings, detect_batch, file_hash
-from .merge import Block, MergeSettings, reduce_leaf, reduce_node, slide_ids
+from .merge import Block, MergeSettings, block_key, part_path, reduce_leaf, reduce_node, slide_ids
 from .plan import Window, WindowPlan, aoi_geometry, make_plan
 
 log = logging.getLogger(__name__)
@@ -170,13 +169,13 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         merge_settings = MergeSettings(cfg.mosaic, str(run_dir), grid, cfg.halo, tuple(plan.tracks), thr,
                                        cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate,
                                        group)
-        parts_dir = run_dir / "parts"
-        shutil.rmtree(parts_dir, ignore_errors=True)
-        n_closed = _reduce(client, plan, todo, merge_settings, cfg)
+        closed = _reduce(client, plan, todo, merge_settings, cfg, {d["key"]: d["fp"] for d in done})
+        n_closed = sum(closed.values())
         t_reduce = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gdf = assemble(parts_dir, grid, cfg, run_id=run_id, model_id=model_hash[:16])
+    parts = [part_path(str(run_dir), b) for b, n in sorted(closed.items(), key=lambda kv: kv[0].name) if n]
+    gdf = assemble(parts, grid, cfg, run_id=run_id, model_id=model_hash[:16])
     reused = sum(1 for d in done if d["reused"])
     computed = [d for d in done if not d["reused"]]
     counts = {**plan.counts(), "done": len(done), "reused": reused, "computed": len(computed), "failed": 0}
@@ -232,31 +231,38 @@ def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progres
     return done, failed
 
 
-def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings, cfg: RunConfig) -> int:
+def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings, cfg: RunConfig,
+            fingerprints: dict[str, str]) -> dict[Block, int]:
+    """The reduction tree on the cluster; the number of slides each block closed (and wrote)."""
     levels = _blocks(plan, cfg.reduce_block)
     tiling = (plan.n_rows, plan.n_cols)
+    at: dict[tuple[int, int], list[Window]] = {}
+    for w in todo:
+        at.setdefault(w.index, []).append(w)
     prev: dict[Block, Any] = {}
-    every: list[Any] = []
+    every: dict[Block, Any] = {}
     for depth, blocks in enumerate(levels):
         root = depth == len(levels) - 1
         cur: dict[Block, Any] = {}
         for b in blocks:
+            wins = [w for r in range(b.r0, b.r1) for c in range(b.c0, b.c1) for w in at.get((r, c), [])]
+            key = block_key(s, b, cfg.window, tiling, root, [fingerprints[w.key] for w in wins])
             if depth == 0:
-                wins = [w for w in todo if b.r0 <= w.index[0] < b.r1 and b.c0 <= w.index[1] < b.c1]
-                cur[b] = client.submit(reduce_leaf, wins, b, s, cfg.window, tiling, root, pure=False)
+                cur[b] = client.submit(reduce_leaf, wins, b, s, cfg.window, tiling, root, key, pure=False)
             else:
                 kids = [f for k, f in prev.items() if b.r0 <= k.r0 < b.r1 and b.c0 <= k.c0 < b.c1]
-                cur[b] = client.submit(reduce_node, kids, b, s, cfg.window, tiling, root, pure=False)
-        every += cur.values()
+                cur[b] = client.submit(reduce_node, kids, b, s, cfg.window, tiling, root, key, pure=False)
+        every.update(cur)
         prev = cur
     (open_, _), = client.gather(list(prev.values()))
     assert len(open_) == 0, "the root block closes every slide"
-    return int(sum(client.gather([client.submit(lambda r: r[1], f, pure=False) for f in every])))
+    blocks = list(every)
+    counts = client.gather([client.submit(lambda r: r[1], every[b], pure=False) for b in blocks])
+    return {b: int(n) for b, n in zip(blocks, counts, strict=True)}
 
 
-def assemble(parts_dir: Path, grid: Grid, cfg: RunConfig, *, run_id: str, model_id: str) -> gpd.GeoDataFrame:
-    """The part files → one inventory in a deterministic order with stable ids."""
-    parts = sorted(parts_dir.glob("*.parquet")) if parts_dir.exists() else []
+def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, model_id: str) -> gpd.GeoDataFrame:
+    """This run's part files → one inventory in a deterministic order with stable ids."""
     frames = [gpd.read_parquet(p) for p in parts]
     frames = [f for f in frames if len(f)]
     if frames:
