@@ -302,7 +302,7 @@ def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], cfg
     if len(notes) and all(v == "no valid pixels" for v in notes.values()):
         raise InputError(f"{method}: the mosaic holds no valid pixels on any of {tracks}; nothing to analyse")
     feats = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["geometry", "score", "tracks", "n_boxes"])
-    merged = dissolve(feats, cfg.dissolve_overlap) if len(feats) else feats
+    merged = dissolve(feats, cfg.dissolve_overlap, across_tracks_only=True) if len(feats) else feats
     gdf = gpd.GeoDataFrame(merged.drop(columns=["n_boxes"], errors="ignore"), geometry="geometry", crs=grid.crs)
     if aoi is not None and len(gdf):
         gdf = gdf[shapely.intersects(aoi, np.asarray(gdf.geometry.centroid, dtype=object))].reset_index(drop=True)

@@ -132,16 +132,23 @@ def _order(features: pd.DataFrame) -> pd.DataFrame:
     return features.iloc[key.sort_values(list("abcde"), kind="stable").index].reset_index(drop=True)
 
 
-def dissolve(features: pd.DataFrame, overlap: float) -> pd.DataFrame:
-    """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively)."""
+def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False) -> pd.DataFrame:
+    """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively).
+
+    ``across_tracks_only``: only pairs seen on different tracks are tested (features of one
+    track known to be disjoint, like connected regions, whose exact tests can be costly).
+    """
     features = _order(features)
     n = len(features)
     if n < 2:
         return features
     geoms = np.asarray(features["geometry"], dtype=object)
     tree = shapely.STRtree(geoms)
-    a, b = tree.query(geoms, predicate="intersects")
+    a, b = tree.query(geoms)  # bounding boxes meet; the area test below is exact
     m = a < b
+    if across_tracks_only:
+        tr = features["tracks"].astype(str).to_numpy()
+        m &= tr[a] != tr[b]
     a, b = a[m], b[m]
     if len(a):
         inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
