@@ -16,6 +16,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pytest
+import shapely
 import yaml
 from click.testing import CliRunner
 
@@ -27,7 +28,7 @@ from insar_slide.mosaic import list_versions, open_basin
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
 from insar_slide.run.io import read_window
-from insar_slide.run.pipeline import detect_settings
+from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
 from insar_slide.run.update import history_dir, read_history, update
 from insar_slide.sim.basin import simulate
@@ -200,7 +201,7 @@ def quiet_basin(tmp_path_factory) -> Path:
 
 
 def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_file):
-    cfg_path = _config(tmp_path, quiet_basin, model_file, score_threshold=0.3)
+    cfg_path = _config(tmp_path, quiet_basin, model_file, score_threshold=0.3, reduce_block=1)
     cfg = load_run_config(cfg_path)
     messages: list[str] = []
     import insar_slide.run.update as upd
@@ -223,6 +224,15 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     second = update(cfg, progress=False, echo=messages.append)
     assert second["windows"]["computed"] == changed and second["windows"]["reused"] == len(plan2.to_run()) - changed
     assert changed == 2  # the north-west window of each track
+    # The reduction blocks away from the change keep their stored results (and parts) ...
+    assert 0 < second["blocks"]["reused"] < second["blocks"]["total"]
+    # ... and give the inventory a full recomputation gives.
+    fresh = run(cfg.model_copy(update={"version": "v2", "out": str(tmp_path / "fresh.parquet"),
+                                       "run_dir": str(tmp_path / "fresh.run")}), progress=False, echo=lambda m: None)
+    cur = read_history(cfg)
+    cur = cur[cur["version"] == "v2"]
+    assert sorted(shapely.to_wkb(fresh.inventory.geometry)) == \
+        sorted(shapely.to_wkb(cur[cur.status != "not_detected_now"].geometry))
     messages.clear()
     other = tmp_path / "other.safetensors"  # a new model: every window again, said up front
     import torch

@@ -283,7 +283,7 @@ def _write_part(gdf: gpd.GeoDataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int] | None:
+def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int, bool] | None:
     path = cache_path(s.run_dir, block)
     try:
         table = pq.read_table(path)
@@ -295,11 +295,11 @@ def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int
     df = table.to_pandas()
     feats = pd.DataFrame({"geometry": list(shapely.from_wkb(df["geometry"].to_numpy())), "score": df["score"].astype(float),
                           "tracks": df["tracks"].astype(object), "n_boxes": df["n_boxes"].astype(int)})
-    return (feats if len(feats) else empty_features()), int(info["n_closed"])
+    return (feats if len(feats) else empty_features()), int(info["n_closed"]), True
 
 
 def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
-           root: bool, key: str | None) -> tuple[pd.DataFrame, int]:
+           root: bool, key: str | None) -> tuple[pd.DataFrame, int, bool]:
     closed, open_ = (features, features.iloc[:0]) if root else split_closed(features, block, s, window, tiling)
     cache = cache_path(s.run_dir, block)
     cache.unlink(missing_ok=True)  # from here until the new one is written, the part is not trusted
@@ -313,21 +313,21 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
                           "tracks": pa.array([str(t) for t in open_["tracks"]], pa.string()),
                           "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64())})
         _write_atomic_table(table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()}), cache)
-    return open_, len(closed)
+    return open_, len(closed), False
 
 
 def reduce_leaf(windows: list[Window], block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
-                root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int]:
-    """Level 1: the block's windows' owned boxes → NMS → dissolve → (open features, n closed)."""
+                root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int, bool]:
+    """Level 1: the block's windows' owned boxes → NMS → dissolve → (open features, n closed, reused)."""
     if key is not None and (hit := _cached(block, s, key)) is not None:
         return hit
     feats = boxes_to_features(nms(owned_boxes(windows, s), s))
     return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root, key)
 
 
-def reduce_node(children: list[tuple[pd.DataFrame, int]], block: Block, s: MergeSettings, window: int,
-                tiling: tuple[int, int], root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int]:
-    """Level > 1: the children's open features → dissolve → (open features, n closed)."""
+def reduce_node(children: list[tuple[pd.DataFrame, int, bool]], block: Block, s: MergeSettings, window: int,
+                tiling: tuple[int, int], root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int, bool]:
+    """Level > 1: the children's open features → dissolve → (open features, n closed, reused)."""
     if key is not None and (hit := _cached(block, s, key)) is not None:
         return hit
     opened = [c[0] for c in children if len(c[0])]

@@ -170,11 +170,11 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                                        cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate,
                                        group)
         closed = _reduce(client, plan, todo, merge_settings, cfg, {d["key"]: d["fp"] for d in done})
-        n_closed = sum(closed.values())
+        n_closed = sum(n for n, _ in closed.values())
         t_reduce = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    parts = [part_path(str(run_dir), b) for b, n in sorted(closed.items(), key=lambda kv: kv[0].name) if n]
+    parts = [part_path(str(run_dir), b) for b, (n, _) in sorted(closed.items(), key=lambda kv: kv[0].name) if n]
     gdf = assemble(parts, grid, cfg, run_id=run_id, model_id=model_hash[:16])
     reused = sum(1 for d in done if d["reused"])
     computed = [d for d in done if not d["reused"]]
@@ -188,7 +188,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     total = time.perf_counter() - t_start
     model_s = float(sum(d["model_s"] for d in computed))
     summary = {
-        "windows": counts, "slides": len(gdf), "n_closed": n_closed, "seconds": round(total, 2),
+        "windows": counts, "blocks": {"total": len(closed), "reused": sum(hit for _, hit in closed.values())},
+        "slides": len(gdf), "n_closed": n_closed, "seconds": round(total, 2),
         "seconds_plan": round(t_plan, 2), "seconds_detect": round(t_detect, 2), "seconds_reduce": round(t_reduce, 2),
         "seconds_write": round(t_write, 2), "model_seconds_per_window": round(model_s / len(computed), 3) if computed else None,
         "windows_per_second": round(len(done) / t_detect, 3) if t_detect > 0 and done else None,
@@ -232,8 +233,9 @@ def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progres
 
 
 def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings, cfg: RunConfig,
-            fingerprints: dict[str, str]) -> dict[Block, int]:
-    """The reduction tree on the cluster; the number of slides each block closed (and wrote)."""
+            fingerprints: dict[str, str]) -> dict[Block, tuple[int, bool]]:
+    """The reduction tree on the cluster; per block, the slides it closed (and wrote) and whether
+    its stored result was reused."""
     levels = _blocks(plan, cfg.reduce_block)
     tiling = (plan.n_rows, plan.n_cols)
     at: dict[tuple[int, int], list[Window]] = {}
@@ -254,11 +256,11 @@ def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings,
                 cur[b] = client.submit(reduce_node, kids, b, s, cfg.window, tiling, root, key, pure=False)
         every.update(cur)
         prev = cur
-    (open_, _), = client.gather(list(prev.values()))
+    (open_, _, _), = client.gather(list(prev.values()))
     assert len(open_) == 0, "the root block closes every slide"
     blocks = list(every)
-    counts = client.gather([client.submit(lambda r: r[1], every[b], pure=False) for b in blocks])
-    return {b: int(n) for b, n in zip(blocks, counts, strict=True)}
+    counts = client.gather([client.submit(lambda r: (r[1], r[2]), every[b], pure=False) for b in blocks])
+    return {b: (int(n), bool(hit)) for b, (n, hit) in zip(blocks, counts, strict=True)}
 
 
 def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, model_id: str) -> gpd.GeoDataFrame:

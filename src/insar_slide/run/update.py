@@ -189,7 +189,8 @@ def update(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None]
     w = result.summary["windows"]
     echo(f"version {label}: {counts.get('new', 0)} new, {counts.get('persisting', 0)} persisting, "
          f"{counts.get('not_detected_now', 0)} not detected now; windows: {w['computed']} recomputed, {w['reused']} reused")
-    return {"version": label, "status_counts": counts, "windows": w, "seconds": result.summary["seconds"], "up_to_date": False}
+    return {"version": label, "status_counts": counts, "windows": w, "blocks": result.summary["blocks"],
+            "seconds": result.summary["seconds"], "run_summary": result.summary, "up_to_date": False}
 
 
 def history_report(cfg: RunConfig, slide: str | None = None) -> str:
