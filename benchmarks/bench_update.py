@@ -66,7 +66,9 @@ def main() -> None:
         "cpus": os.cpu_count(), "size": args.size, "window": args.window, "halo": args.halo, "model": args.model,
         "cores_per_track": n * n, "cores_changed": int(k), "full_run_s": t_full, "update_s": t_update,
         "update_over_full": t_update / t_full, "full_windows": first["windows"], "update_windows": second["windows"],
-        "status_counts": second["status_counts"],
+        "status_counts": second["status_counts"], "update_blocks": second["blocks"],
+        "phases_s": {name: {k.removeprefix("seconds_"): r["run_summary"][k] for k in r["run_summary"] if k.startswith("seconds")}
+                     for name, r in (("full", first), ("update", second))},
     }
     out = Path(__file__).parent / "results" / f"update_{args.size}.json"
     out.write_text(json.dumps(result, indent=1, default=float) + "\n")

@@ -187,11 +187,12 @@ def kmeans_mask(rate: da.Array, cfg: KMeansConfig) -> tuple[da.Array, dict[str, 
 _EIGHT = np.ones((3, 3), int)
 
 
-def _label_block(mask: np.ndarray, r0: int, c0: int, grid: Grid) -> dict[str, Any]:
+def _label_block(mask: np.ndarray, r0: int, c0: int, grid: Grid, min_area_px: int = 1) -> dict[str, Any]:
     """Label one chunk on its own: its region pieces as polygons and the labels on its four edges.
 
     Only these leave the task (the polygons of flagged regions and four pixel lines), so the
-    driver never holds a chunk of the mask, however large the mosaic.
+    driver never holds a chunk of the mask, however large the mosaic. A piece that touches no
+    chunk edge is a whole region: below ``min_area_px`` it is dropped right here.
     """
     from rasterio import features
 
@@ -199,9 +200,12 @@ def _label_block(mask: np.ndarray, r0: int, c0: int, grid: Grid) -> dict[str, An
     labels = labels.astype(np.int32)
     pieces: list[tuple[int, Any]] = []
     if n:
+        keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_area_px
+        keep[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = True
+        keep[0] = False
         win_grid = Grid(grid.crs, grid.x0 + c0 * grid.dx, grid.y0 + r0 * grid.dy, grid.dx, grid.dy, *labels.shape)
         pieces = [(int(v), shapely.geometry.shape(geom))
-                  for geom, v in features.shapes(labels, mask=labels > 0, transform=win_grid.transform, connectivity=8)]
+                  for geom, v in features.shapes(labels, mask=keep[labels], transform=win_grid.transform, connectivity=8)]
     return {"n": int(n), "pieces": pieces, "top": labels[0].copy(), "bottom": labels[-1].copy(),
             "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
 
@@ -215,6 +219,13 @@ def _seam_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         hit = (x > 0) & (y > 0)
         pairs.append(np.stack([x[hit], y[hit]], axis=1))
     return np.unique(np.concatenate(pairs), axis=0)
+
+
+def _join(pieces: np.ndarray, grid: Grid) -> Any:
+    """One region from its chunk pieces: they never overlap and meet along pixel edges, so with
+    a vertex at every pixel corner they form a coverage and the (linear) coverage union is exact."""
+    step = min(abs(grid.dx), abs(grid.dy))
+    return shapely.simplify(shapely.coverage_union_all(shapely.segmentize(pieces, step)), 0.0)  # drop the added vertices
 
 
 def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
@@ -231,7 +242,7 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
     offsets_r = np.cumsum((0, *mask.chunks[0][:-1]))
     offsets_c = np.cumsum((0, *mask.chunks[1][:-1]))
     nbr, nbc = mask.numblocks
-    tasks = [dask.delayed(_label_block)(b, int(offsets_r[i]), int(offsets_c[j]), grid)
+    tasks = [dask.delayed(_label_block)(b, int(offsets_r[i]), int(offsets_c[j]), grid, min_area_px)
              for (i, j), b in zip(np.ndindex(nbr, nbc), mask.to_delayed().ravel(), strict=True)]
     blocks = dict(zip(np.ndindex(nbr, nbc), dask.compute(*tasks), strict=True))
     base = {}  # global id of a block's label k: base[block] + k - 1
@@ -265,7 +276,7 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
     df = pd.DataFrame(pieces, columns=["label", "geometry"])
     rows = []
     for lab, grp in df.groupby("label", sort=True):  # pieces of one region in several chunks → one polygon
-        geom = shapely.union_all(list(grp["geometry"])) if len(grp) > 1 else grp["geometry"].iloc[0]
+        geom = _join(grp["geometry"].to_numpy(), grid) if len(grp) > 1 else grp["geometry"].iloc[0]
         rows.append({"label": lab, "n_px": round(geom.area / abs(grid.dx * grid.dy)), "geometry": geom})
     out = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs)
     return out[out["n_px"] >= min_area_px].reset_index(drop=True)

@@ -269,17 +269,11 @@ def block_key(s: MergeSettings, block: Block, window: int, tiling: tuple[int, in
     return h.hexdigest()
 
 
-def _write_atomic_table(table: pa.Table, path: Path) -> None:
+def _replace(path: Path, write: Any) -> None:
+    """``write(tmp)`` beside ``path``, then one atomic rename (a killed task leaves old or new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _write_part(gdf: gpd.GeoDataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    gdf.to_parquet(tmp, index=False)
+    write(tmp)
     os.replace(tmp, path)
 
 
@@ -304,7 +298,8 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
     cache = cache_path(s.run_dir, block)
     cache.unlink(missing_ok=True)  # from here until the new one is written, the part is not trusted
     if len(closed):
-        _write_part(finish(closed, s), part_path(s.run_dir, block))
+        done = finish(closed, s)
+        _replace(part_path(s.run_dir, block), lambda tmp: done.to_parquet(tmp, index=False))
     else:
         part_path(s.run_dir, block).unlink(missing_ok=True)
     if key is not None:
@@ -312,7 +307,8 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
                           "score": pa.array(open_["score"].to_numpy(float), pa.float64()),
                           "tracks": pa.array([str(t) for t in open_["tracks"]], pa.string()),
                           "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64())})
-        _write_atomic_table(table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()}), cache)
+        table = table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()})
+        _replace(cache, lambda tmp: pq.write_table(table, tmp))
     return open_, len(closed), False
 
 
