@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 
 warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # as the CLI: transforms are passed explicitly
 
 
 def _hotspot(mosaic: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]

@@ -225,7 +225,8 @@ def _join(pieces: np.ndarray, grid: Grid) -> Any:
     """One region from its chunk pieces: they never overlap and meet along pixel edges, so with
     a vertex at every pixel corner they form a coverage and the (linear) coverage union is exact."""
     step = min(abs(grid.dx), abs(grid.dy))
-    return shapely.simplify(shapely.coverage_union_all(shapely.segmentize(pieces, step)), 0.0)  # drop the added vertices
+    joined = shapely.coverage_union_all(shapely.segmentize(pieces, step))
+    return shapely.simplify(joined, 0.0, preserve_topology=False)  # drops only the added collinear vertices
 
 
 def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
