@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import InsarSlideError
@@ -48,3 +49,13 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def replace_file(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` beside ``path``, then one rename: a killed writer leaves the old file or
+    none, never half of one. For files many tasks write concurrently (each its own temporary,
+    named ``.<name>.<pid>.<thread>.tmp`` so a restart can sweep leftovers)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)

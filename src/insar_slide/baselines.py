@@ -24,8 +24,9 @@ nearest centre. The cluster with the largest mean |rate| is the landslide class.
 **Regions**: flagged pixels → 8-connected components across chunk borders
 (each chunk labelled on its own, pieces touching across a seam or corner joined by a
 connected-components pass over the small graph of pieces: a region cut by a chunk seam is one
-region, and memory stays that of a few chunks) → polygons (pieces unioned) → at least ``min_area_px`` pixels → ascending and
-descending regions that overlap by ``dissolve_overlap`` of the smaller merged into one row.
+region, and memory stays that of a few chunks) → polygons (a region's pieces joined by a
+coverage union) → at least ``min_area_px`` pixels → ascending and descending regions that
+overlap by ``dissolve_overlap`` of the smaller merged into one row.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..atomic import replace_file
 from ..model.checkpoint import load_checkpoint
 from ..training.train import pick_device
 from .io import read_window
@@ -91,10 +91,7 @@ def _write_detections(path: Path, boxes: np.ndarray, scores: np.ndarray, meta: d
     table = pa.table({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
                       "score": scores.astype(np.float64)})
     table = table.replace_schema_metadata({FP_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # atomic: a killed task leaves the old file or none, never half of one
+    replace_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _threads() -> int:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torchvision.ops import batched_nms
 
+from ..atomic import replace_file
 from ..grid import Grid, PixelWindow
 from ..inventory import polygon_rate_stats
 from .detect import read_detections, result_path
@@ -269,14 +268,6 @@ def block_key(s: MergeSettings, block: Block, window: int, tiling: tuple[int, in
     return h.hexdigest()
 
 
-def _replace(path: Path, write: Any) -> None:
-    """``write(tmp)`` beside ``path``, then one atomic rename (a killed task leaves old or new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int, bool] | None:
     path = cache_path(s.run_dir, block)
     try:
@@ -299,7 +290,7 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
     cache.unlink(missing_ok=True)  # from here until the new one is written, the part is not trusted
     if len(closed):
         done = finish(closed, s)
-        _replace(part_path(s.run_dir, block), lambda tmp: done.to_parquet(tmp, index=False))
+        replace_file(part_path(s.run_dir, block), lambda tmp: done.to_parquet(tmp, index=False))
     else:
         part_path(s.run_dir, block).unlink(missing_ok=True)
     if key is not None:
@@ -308,7 +299,7 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
                           "tracks": pa.array([str(t) for t in open_["tracks"]], pa.string()),
                           "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64())})
         table = table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()})
-        _replace(cache, lambda tmp: pq.write_table(table, tmp))
+        replace_file(cache, lambda tmp: pq.write_table(table, tmp))
     return open_, len(closed), False
 
 
