@@ -11,7 +11,7 @@ import shapely
 import yaml
 from click.testing import CliRunner
 
-from insar_slide.baselines import KMeansConfig, gistar, kmeans_mask, regions
+from insar_slide.baselines import KMeansConfig, drop_collinear, gistar, kmeans_mask, regions
 from insar_slide.cli import main
 from insar_slide.compare import compare_inventories, match
 from insar_slide.errors import ConfigError
@@ -80,6 +80,21 @@ def test_regions_equal_whole_array_labelling_for_any_chunking():
         reg = regions(da.from_array(mask, chunks=chunks), g, min_area_px=1)
         assert len(reg) == n, chunks
         assert sorted(reg["n_px"].tolist()) == want, chunks
+
+
+def test_drop_collinear_removes_exactly_the_added_pixel_corner_vertices():
+    outer = [(0, 0), (90, 0), (90, 30), (60, 30), (60, 60), (0, 60), (0, 0)]  # an L, no straight-run vertices
+    hole = [(30, 30), (30, 12), (48, 12), (48, 30), (30, 30)]
+    poly = shapely.Polygon(outer, [hole])
+    two = shapely.MultiPolygon([poly, shapely.box(120, 0, 150, 30)])
+    for g in (poly, two):
+        dense = shapely.segmentize(g, 3.0)
+        assert shapely.get_num_coordinates(dense) > 3 * shapely.get_num_coordinates(g)
+        back = drop_collinear(dense)
+        assert back.equals(g) and back.is_valid
+        assert shapely.get_num_coordinates(back) == shapely.get_num_coordinates(g)
+    spike = shapely.Polygon([(0, 0), (10, 0), (10, 10), (5, 10), (5, 20), (5, 10), (0, 10), (0, 0)])
+    assert shapely.get_num_coordinates(drop_collinear(spike)) == shapely.get_num_coordinates(spike)  # a spike is not a straight run
 
 
 def test_kmeans_separates_coherent_fast_patches_and_refuses_k1():

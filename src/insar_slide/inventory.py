@@ -57,8 +57,9 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
     ``geoms`` must be in the mosaic CRS. Pixels whose centre is inside the polygon count. The
     mosaic is read once for the union window of all ``geoms`` when that window is at most
     ``max_block_px`` pixels; otherwise the polygons are binned by centroid into tiles of a
-    quarter of that area and each tile's union window is read once (a polygon too large for
-    that is read on its own), so memory stays bounded and reads stay few at any mosaic size.
+    quarter of that area and each tile's union window is read once. A polygon whose own window
+    is larger than that (a basin-sized Gi* region) is streamed tile by tile with exact
+    statistics (:func:`_stats_streamed`), so memory stays bounded at any mosaic size.
     """
     grid = grid_of(ds)
     tracks = [str(t) for t in ds["track"].values]
@@ -79,7 +80,8 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
         if _union_px(grid, geoms.iloc[idx]) <= max_block_px:
             stats = _stats_group(ds, grid, tracks, group)
         else:
-            stats = [r for g in group for r in _stats_group(ds, grid, tracks, [g])]
+            stats = [(_stats_group(ds, grid, tracks, [g])[0] if _union_px(grid, gpd.GeoSeries([g])) <= max_block_px
+                      else _stats_streamed(ds, grid, tracks, g, max(_MIN_TILE, side))) for g in group]
         for i, r in zip(idx, stats, strict=True):
             rows[i] = r
     return pd.DataFrame(rows)
@@ -137,6 +139,95 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         ok = np.isfinite(vals)
         out.update(rate_mean=float(vals[ok].mean()), rate_p95_abs=best_p95, valid_fraction=float(ok.sum() / n),
                    rate_track=tracks[best])
+    return out
+
+
+_MIN_TILE = 64
+
+
+def _tiles(grid: Grid, geom: Any, win: PixelWindow, side: int) -> list[tuple[PixelWindow, Any]]:
+    """``geom`` cut into windows of at most ``side``² px (halving the longer axis; each half
+    clipped from its parent, so the cost is the polygon's size times the depth, not the tile count)."""
+    if geom.is_empty or win.rows == 0 or win.cols == 0:
+        return []
+    if win.rows <= side and win.cols <= side:
+        return [(win, geom)]
+    if win.rows >= win.cols:
+        cut = win.rows // 2
+        halves = [PixelWindow(win.row0, win.col0, cut, win.cols), PixelWindow(win.row0 + cut, win.col0, win.rows - cut, win.cols)]
+    else:
+        cut = win.cols // 2
+        halves = [PixelWindow(win.row0, win.col0, win.rows, cut), PixelWindow(win.row0, win.col0 + cut, win.rows, win.cols - cut)]
+    out = []
+    for h in halves:
+        b = grid.window_grid(h).bounds
+        out += _tiles(grid, shapely.clip_by_rect(geom, *b), h, side)
+    return out
+
+
+def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, side: int) -> dict[str, Any]:
+    """:func:`_stats_one` for a polygon too large to read at once, tile by tile, same numbers.
+
+    Pass 1 keeps per track the count, sum and a histogram of |rate| over the top 16 bits of
+    its float32 pattern (monotonic in the value); pass 2 rereads the tiles and keeps only the
+    values in the one or two histogram bins that hold the 95th-percentile ranks, so the
+    percentile is exact (numpy's linear interpolation) in memory bounded by a tile.
+    """
+    win = grid.window_of_bounds(*geom.bounds)
+    parts = _tiles(grid, geom, win, side)
+    nt = len(tracks)
+    count = np.zeros(nt, np.int64)
+    total = np.zeros(nt, np.float64)
+    hist = np.zeros((nt, 1 << 16), np.int64)
+    n_inside = 0
+
+    def inside_values(tile: PixelWindow, part: Any) -> tuple[np.ndarray, int]:
+        rs, cs = tile.slices()
+        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values, dtype=np.float32)
+        xs = grid.x0 + (np.arange(tile.col0, tile.col1) + 0.5) * grid.dx
+        ys = grid.y0 + (np.arange(tile.row0, tile.row1) + 0.5) * grid.dy
+        shapely.prepare(part)
+        inside = shapely.contains_xy(part, xs[None, :], ys[:, None])
+        return block[:, inside], int(inside.sum())
+
+    for tile, part in parts:
+        vals, n = inside_values(tile, part)
+        n_inside += n
+        for k in range(nt):
+            v = vals[k][np.isfinite(vals[k])]
+            count[k] += len(v)
+            total[k] += float(v.sum(dtype=np.float64))
+            hist[k] += np.bincount((np.abs(v).view(np.uint32) >> 16).astype(np.int64), minlength=1 << 16)
+    out: dict[str, Any] = {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": ""}
+    for k, t in enumerate(tracks):
+        out[f"valid_fraction_{t}"] = float(count[k] / n_inside) if n_inside else 0.0
+    # the ranks np.percentile interpolates between, and the histogram bins that hold them
+    h = 0.95 * (count - 1)
+    lo = np.floor(h).astype(np.int64)
+    hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+    cum = np.cumsum(hist, axis=1)
+    bins = [{int(np.searchsorted(cum[k], r, side="right")) for r in (lo[k], hi[k])} if count[k] else set() for k in range(nt)]
+    kept: list[list[np.ndarray]] = [[] for _ in tracks]
+    for tile, part in parts:
+        vals, _ = inside_values(tile, part)
+        for k in range(nt):
+            if bins[k]:
+                a = np.abs(vals[k][np.isfinite(vals[k])])
+                kept[k].append(a[np.isin((a.view(np.uint32) >> 16).astype(np.int64), list(bins[k]))])
+    best, best_p95 = -1, -1.0
+    for k in range(nt):
+        if not count[k]:
+            continue
+        first = min(bins[k])
+        below = int(cum[k][first - 1]) if first else 0
+        v = np.sort(np.concatenate(kept[k]))
+        a, b = float(v[lo[k] - below]), float(v[hi[k] - below])
+        p95 = a + (b - a) * float(h[k] - lo[k])
+        if p95 > best_p95:
+            best, best_p95 = k, p95
+    if best >= 0:
+        out.update(rate_mean=float(total[best] / count[best]), rate_p95_abs=best_p95,
+                   valid_fraction=float(count[best] / n_inside), rate_track=tracks[best])
     return out
 
 
