@@ -316,3 +316,25 @@ def test_notebook_queries(tmp_path, basin, model_file):
     assert row["n_valid"] == (r1 - r0) * (c1 - c0) and row["min"] == -40.0
     with pytest.raises(InputError, match="not in the inventory"):
         isl.slide_rates(ds, inv, "fr-nope")
+
+
+def _env_and_tune() -> tuple[str | None, bool]:
+    import os
+
+    from insar_slide.run.detect import tune_malloc
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), tune_malloc()
+
+
+def test_worker_allocator_thresholds_are_given_back():
+    """The nanny freezes glibc's mmap threshold (MALLOC_TRIM_THRESHOLD_), which slowed the
+    model by a fifth in workers; the worker side restores glibc's own maximum before loading."""
+    import logging
+    import platform
+
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        env, tuned = client.submit(_env_and_tune, pure=False).result()
+    assert env == "65536"  # what distributed's nanny sets (distributed.nanny.pre-spawn-environ)
+    assert tuned == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
