@@ -307,14 +307,18 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
     pairs = np.concatenate(edges) if edges else np.empty((0, 2), int)
     graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(total, total))
     _, component = connected_components(graph, directed=False)
-    pieces = [(int(component[base[key] + k - 1]), geom) for key in np.ndindex(nbr, nbc) for k, geom in blocks[key]["pieces"]]
-    df = pd.DataFrame(pieces, columns=["label", "geometry"])
-    rows = []
-    for lab, grp in df.groupby("label", sort=True):  # pieces of one region in several chunks → one polygon
-        geom = _join(grp["geometry"].to_numpy(), grid) if len(grp) > 1 else grp["geometry"].iloc[0]
-        rows.append({"label": lab, "n_px": round(geom.area / abs(grid.dx * grid.dy)), "geometry": geom})
-    out = gpd.GeoDataFrame(rows, geometry="geometry", crs=grid.crs)
-    return out[out["n_px"] >= min_area_px].reset_index(drop=True)
+    label = np.array([component[base[key] + k - 1] for key in np.ndindex(nbr, nbc) for k, _ in blocks[key]["pieces"]], np.int64)
+    geoms = np.empty(len(label), dtype=object)
+    geoms[:] = [g for key in np.ndindex(nbr, nbc) for _, g in blocks[key]["pieces"]]
+    order = np.argsort(label, kind="stable")
+    label, geoms = label[order], geoms[order]
+    labs, start, count = np.unique(label, return_index=True, return_counts=True)
+    # Pieces never overlap, so a region's area is the sum of its pieces': the minimum-area rule
+    # applies before any join, and only the regions that are kept and cut by a seam are joined.
+    n_px = np.rint(np.add.reduceat(shapely.area(geoms), start) / abs(grid.dx * grid.dy)).astype(np.int64) if len(geoms) else np.zeros(0, np.int64)
+    keep = n_px >= min_area_px
+    joined = [geoms[s0] if c == 1 else _join(geoms[s0:s0 + c], grid) for s0, c in zip(start[keep], count[keep], strict=True)]
+    return gpd.GeoDataFrame({"label": labs[keep], "n_px": n_px[keep]}, geometry=gpd.GeoSeries(joined, crs=grid.crs), crs=grid.crs)
 
 
 # ---------------------------------------------------------------------------- inventory
