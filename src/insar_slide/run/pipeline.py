@@ -134,7 +134,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     key = settings_hash(cfg, model_hash)
     run_id = "run-" + key[:12]
 
+    t0 = time.perf_counter()
     with contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
+        t_cluster = time.perf_counter() - t0
         link = getattr(client, "dashboard_link", None)
         if link and cfg.cluster.dashboard:
             echo(f"Dask dashboard: {link}")
@@ -172,6 +174,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         closed = _reduce(client, plan, todo, merge_settings, cfg, {d["key"]: d["fp"] for d in done})
         n_closed = sum(n for n, _ in closed.values())
         t_reduce = time.perf_counter() - t0
+        t0 = time.perf_counter()
+    t_cluster += time.perf_counter() - t0  # starting and closing an embedded cluster
 
     t0 = time.perf_counter()
     parts = [part_path(str(run_dir), b) for b, (n, _) in sorted(closed.items(), key=lambda kv: kv[0].name) if n]
@@ -191,7 +195,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         "windows": counts, "blocks": {"total": len(closed), "reused": sum(hit for _, hit in closed.values())},
         "slides": len(gdf), "n_closed": n_closed, "seconds": round(total, 2),
         "seconds_plan": round(t_plan, 2), "seconds_detect": round(t_detect, 2), "seconds_reduce": round(t_reduce, 2),
-        "seconds_write": round(t_write, 2), "model_seconds_per_window": round(model_s / len(computed), 3) if computed else None,
+        "seconds_write": round(t_write, 2), "seconds_cluster": round(t_cluster, 2), "model_seconds_per_window": round(model_s / len(computed), 3) if computed else None,
         "windows_per_second": round(len(done) / t_detect, 3) if t_detect > 0 and done else None,
         "run_id": run_id, "outputs": outputs,
     }
@@ -318,7 +322,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"({w['computed']} computed, {w['reused']} reused from an earlier run)",
         f"slides: {s['slides']}",
         f"time: {s['seconds']:.1f} s (plan {s['seconds_plan']:.1f}, detect {s['seconds_detect']:.1f}, "
-        f"reduce {s['seconds_reduce']:.1f}, write {s['seconds_write']:.1f})"
+        f"reduce {s['seconds_reduce']:.1f}, write {s['seconds_write']:.1f}, cluster start and stop {s['seconds_cluster']:.1f})"
         + (f"; {s['windows_per_second']:.2f} windows/s" if s["windows_per_second"] else ""),
     ]
     lines += [f"{k}: {v}" for k, v in s["outputs"].items()]
