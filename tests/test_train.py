@@ -127,6 +127,21 @@ def test_cli_evaluate_writes_tables_and_curve(chipset, two_models, tmp_path):
     assert "ResNet-34+FPN+CBAM" in (tmp_path / "ev" / "table2.md").read_text()
     assert (tmp_path / "ev" / "table3.md").read_text().count("\n") == 14
     assert (tmp_path / "ev" / "pr_curve.png").stat().st_size > 5000
+    assert "best F1 on this split" in res.output
+
+
+def test_best_f1_threshold_counts_tied_scores_together():
+    from insar_slide.training.evaluate import best_f1
+
+    hits = np.array([1, 1, 0, 1])
+    score = np.array([0.9, 0.8, 0.8, 0.5])
+    tp = np.cumsum(hits)
+    recall, precision = tp / 4, tp / np.arange(1, 5)
+    b = best_f1(recall, precision, score)
+    assert b["best_f1_threshold"] == 0.5 and b["best_f1"] == pytest.approx(0.75)
+    # without the 4th detection the best is 0.8, and it keeps both detections scored 0.8
+    b = best_f1(recall[:3], precision[:3], score[:3])
+    assert b["best_f1_threshold"] == 0.8 and b["best_f1_precision"] == pytest.approx(2 / 3)
 
 
 def test_pseudo_labels_go_back_into_chips(chipset, two_models, tmp_path):

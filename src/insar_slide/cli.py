@@ -215,6 +215,9 @@ def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: 
 
     df = evaluate(list(checkpoints), chips_dir, out, split=split, device=device, score_threshold=score_threshold)
     click.echo((Path(out) / "table2.md").read_text())
+    for r in df.to_dict("records"):
+        click.echo(f"{r['checkpoint']}: best F1 on this split {r['best_f1']:.3f} at score ≥ {r['best_f1_threshold']:.3f} "
+                   f"(P {r['best_f1_precision']:.3f}, R {r['best_f1_recall']:.3f})")
     click.echo(f"wrote {out}/metrics.json, table2.md/.csv, table3.md, pr_curve.png ({len(df)} checkpoint(s))")
 
 

@@ -23,19 +23,34 @@ from .voc import coco_dict, voc_xml
 BACKBONE = {"r34": "ResNet-34", "r34_fpn": "ResNet-34+FPN", "r34_fpn_cbam": "ResNet-34+FPN+CBAM"}
 
 
-def pr_curve(chips: list[Chip], preds: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(recall, precision) as the score threshold falls, at IoU ``iou``."""
+def pr_curve(chips: list[Chip], preds: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recall, precision, score) as the score threshold falls to each detection's score, at IoU ``iou``.
+
+    Matching is greedy by score, so the matches above any threshold are a prefix of these.
+    """
     scores, hits = [], []
     n_gt = sum(len(c.boxes) for c in chips)
     for c, (bx, sc) in zip(chips, preds, strict=True):
         scores += sc.tolist()
         hits += match_flags(c.boxes, bx, sc, iou=iou).tolist()
     if not scores:
-        return np.zeros(1), np.ones(1)
+        return np.zeros(1), np.ones(1), np.ones(1)
     o = np.argsort(-np.asarray(scores), kind="stable")
     h = np.asarray(hits)[o]
     tp = np.cumsum(h)
-    return tp / max(n_gt, 1), tp / np.arange(1, len(h) + 1)
+    return tp / max(n_gt, 1), tp / np.arange(1, len(h) + 1), np.asarray(scores)[o]
+
+
+def best_f1(recall: np.ndarray, precision: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """The score threshold with the highest F1 on this split (choose it on validation chips,
+    never on the held-out ones). Thresholds between tied scores are not separable: the last
+    detection of a run of equal scores counts."""
+    f1 = np.where(recall + precision > 0, 2 * recall * precision / np.maximum(recall + precision, 1e-12), 0.0)
+    last = np.r_[score[1:] != score[:-1], True]  # a threshold keeps every detection of its score
+    f1 = np.where(last, f1, -1.0)
+    k = int(np.argmax(f1))
+    return {"best_f1": float(f1[k]), "best_f1_threshold": float(score[k]),
+            "best_f1_precision": float(precision[k]), "best_f1_recall": float(recall[k])}
 
 
 def evaluate(checkpoints: list[str], chips_dir: str, out: str, *, split: str = "val", device: str = "auto",
@@ -51,8 +66,10 @@ def evaluate(checkpoints: list[str], chips_dir: str, out: str, *, split: str = "
             meta.get("score_threshold", meta.get("training_config", {}).get("score_threshold", 0.5)))
         preds = predict_chips(model, chips, mcfg.encoding, dev)
         m = evaluate_predictions(chips, coco, preds, thr)
-        rows.append({"checkpoint": ck, "method": "Faster R-CNN", "backbone": BACKBONE[mcfg.variant], "score_threshold": thr, **m})
-        curves.append((BACKBONE[mcfg.variant], *pr_curve(chips, preds)))
+        rec, prec, sc = pr_curve(chips, preds)
+        rows.append({"checkpoint": ck, "method": "Faster R-CNN", "backbone": BACKBONE[mcfg.variant], "score_threshold": thr, **m,
+                     **best_f1(rec, prec, sc)})
+        curves.append((BACKBONE[mcfg.variant], rec, prec))
         if not table3:
             table3 = _table3(m)
     df = pd.DataFrame(rows)
