@@ -80,7 +80,7 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
         if _union_px(grid, geoms.iloc[idx]) <= max_block_px:
             stats = _stats_group(ds, grid, tracks, group)
         else:
-            stats = [(_stats_group(ds, grid, tracks, [g])[0] if _union_px(grid, gpd.GeoSeries([g])) <= max_block_px
+            stats = [(_stats_group(ds, grid, tracks, [g])[0] if _window_px(grid, g) <= max_block_px
                       else _stats_streamed(ds, grid, tracks, g, max(_MIN_TILE, side))) for g in group]
         for i, r in zip(idx, stats, strict=True):
             rows[i] = r
@@ -90,6 +90,16 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
 def _union_px(grid: Grid, geoms: gpd.GeoSeries) -> int:
     win = grid.window_of_bounds(*geoms.total_bounds)
     return win.rows * win.cols
+
+
+def _window_px(grid: Grid, geom: Any) -> int:
+    win = grid.window_of_bounds(*geom.bounds)
+    return win.rows * win.cols
+
+
+def _empty_stats(tracks: list[str]) -> dict[str, Any]:
+    return {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": "",
+            **{f"valid_fraction_{t}": 0.0 for t in tracks}}
 
 
 def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]) -> list[dict[str, Any]]:
@@ -107,9 +117,7 @@ def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]
 def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: list[str], geom: Any) -> dict[str, Any]:
     """Statistics of one polygon from ``block`` (track, rows, cols), the mosaic over ``block_win``."""
     win = grid.window_of_bounds(*geom.bounds)
-    nan_row: dict[str, Any] = {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": ""}
-    for t in tracks:
-        nan_row[f"valid_fraction_{t}"] = 0.0
+    nan_row = _empty_stats(tracks)
     if win.rows == 0 or win.cols == 0:
         return nan_row
     local = win.shift(-block_win.row0, -block_win.col0)
@@ -198,7 +206,7 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
             count[k] += len(v)
             total[k] += float(v.sum(dtype=np.float64))
             hist[k] += np.bincount((np.abs(v).view(np.uint32) >> 16).astype(np.int64), minlength=1 << 16)
-    out: dict[str, Any] = {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": ""}
+    out = _empty_stats(tracks)
     for k, t in enumerate(tracks):
         out[f"valid_fraction_{t}"] = float(count[k] / n_inside) if n_inside else 0.0
     # the ranks np.percentile interpolates between, and the histogram bins that hold them
