@@ -234,8 +234,8 @@ def drop_collinear(geom: Any) -> Any:
     without repeated vertices): the pixel-corner vertices ``_join`` added.
 
     One vectorised pass over the coordinates. ``shapely.simplify(geom, 0)`` would do the same
-    but repairs its result with a buffer, which took more than ten minutes on a basin-sized
-    region with a million holes.
+    but repairs its result with a buffer, which had not ended after ten minutes on the
+    basin-sized Gi* region of the 16k² benchmark.
     """
     if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty:
         return geom
