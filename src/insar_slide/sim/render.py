@@ -21,10 +21,10 @@ from .scene import (
     S_STORM,
     S_TURB,
     Scene,
-    elevation_grid,
     shape_field,
     slide_velocity,
 )
+from .terrain import elevation_grid
 
 
 def render(scene: Scene, win: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
