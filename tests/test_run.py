@@ -36,6 +36,7 @@ from insar_slide.run.detect import _write_detections, file_hash, fingerprint, re
 from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
+from tests.conftest import dask_processes
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 600, 700)
 # (row0, col0, row1, col1) pixel boxes: across the column seam at 256, across the four-window
@@ -193,36 +194,12 @@ def test_two_workers_give_the_same_inventory_as_one(tmp_path, basin, model_file,
 
 
 def test_external_scheduler_and_worker_processes(tmp_path, basin, model_file, embedded):
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-                               "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
-    try:
-        for _ in range(300):
-            if sched_file.exists() and sched_file.stat().st_size:
-                break
-            time.sleep(0.1)
-        import json
-        address = json.loads(sched_file.read_text())["address"]
-        assert address.startswith("tcp://127.0.0.1:")
-        for k in range(2):
-            procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
-                                           "--no-dashboard", "--name", f"w{k}"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
-        from distributed import Client
-        with Client(address, timeout="30s") as c:
-            c.wait_for_workers(2, timeout=60)
+    with dask_processes(tmp_path, 2) as address:
         res = CliRunner().invoke(main, ["run", str(_config(tmp_path, basin, model_file, score_threshold=0.3)),
                                         "--address", address, "--no-progress"])
         assert res.exit_code == 0, res.output
         assert "slides:" in res.output
         _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
 
 
 def test_sigkilled_run_resumes_to_the_same_inventory(tmp_path, basin, model_file, embedded):

@@ -33,7 +33,7 @@ from insar_slide.run.plan import make_plan
 from insar_slide.run.update import history_dir, read_history, update
 from insar_slide.sim.basin import simulate
 from insar_slide.sim.config import EvolutionConfig, demo_config
-from tests.conftest import FAST, eager_model
+from tests.conftest import FAST, dask_processes, eager_model
 
 BASE = demo_config().model_copy(update={
     "grid": demo_config().grid.model_copy(update={"shape": (768, 768), "chunk": 256}),
@@ -270,3 +270,21 @@ def test_update_cycle_script(basin, tmp_path, model_file):
     with pytest.raises(InputError, match="not in the history"):
         from insar_slide.run.update import history_report
         history_report(load_run_config(cfg_path), "nope")
+
+
+def test_update_cycle_on_a_kept_up_cluster(basin, tmp_path, model_file):
+    """The scheduled service: update_cycle.sh with DASK_ADDRESS runs on `dask scheduler` /
+    `dask worker` processes that stay up, and each worker keeps its model for the next update."""
+    cfg_path = _config(tmp_path, basin, model_file, score_threshold=0.3)
+    script = Path(__file__).resolve().parents[1] / "workflows" / "update_cycle.sh"
+    with dask_processes(tmp_path, 2) as address:
+        env = {**os.environ, "BIN": str(Path(sys.executable).with_name("insar-slide")), "DASK_ADDRESS": address}
+        res = subprocess.run(["bash", str(script), str(cfg_path)], capture_output=True, text=True, env=env, timeout=900)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "no previous update" in res.stdout and "| 2018-2021 |" in res.stdout
+        from distributed import Client
+        with Client(address, timeout="30s") as c:
+            held = c.run(lambda: len(__import__("insar_slide.run.detect", fromlist=["_MODELS"])._MODELS))
+        assert len(held) == 2 and set(held.values()) <= {0, 1} and sum(held.values()) >= 1  # the model stays loaded
+        again = subprocess.run(["bash", str(script), str(cfg_path)], capture_output=True, text=True, env=env, timeout=900)
+        assert again.returncode == 0 and "nothing to do" in again.stdout

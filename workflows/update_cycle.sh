@@ -7,7 +7,9 @@
 #
 # Without --ingest the newest version already in the mosaic is used (for example one written
 # by `insar-slide simulate --add-version`). Stops at the first failing step; every step is
-# atomic, so the next scheduled run resumes. BIN overrides the insar-slide command.
+# atomic, so the next scheduled run resumes. BIN overrides the insar-slide command;
+# DASK_ADDRESS runs the update on a running scheduler (a cluster kept up between updates,
+# workflows/systemd/insar-slide-dask-*.service) instead of an embedded one.
 set -euo pipefail
 BIN=${BIN:-insar-slide}
 CONFIG=${1:?usage: update_cycle.sh basin.yaml [--ingest MOSAIC LABEL PRODUCT...]}
@@ -18,5 +20,5 @@ if [ "${1:-}" = "--ingest" ]; then
   shift 3
   $BIN ingest "$@" --out "$MOSAIC" --add-version "$LABEL"
 fi
-$BIN update "$CONFIG" --no-progress
+$BIN update "$CONFIG" --no-progress ${DASK_ADDRESS:+--address "$DASK_ADDRESS"}
 $BIN history "$CONFIG"
