@@ -33,7 +33,6 @@ from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
-from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
 from tests.conftest import dask_processes
@@ -82,7 +81,6 @@ def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int,
     plan = make_plan(cfg)
     s = detect_settings(cfg, plan.grid, file_hash(cfg.model_path))
     for w in plan.to_run():
-        data = read_window(cfg.mosaic, w.track, w.read)
         found = []
         for r0, c0, r1, c1 in boxes_per_track.get(w.track, []):
             rr0, cc0 = max(r0, w.read.row0), max(c0, w.read.col0)
@@ -91,7 +89,7 @@ def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int,
                 found.append((cc0, rr0, cc1, rr1))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
         _write_detections(result_path(s.run_dir, w), arr, np.full(len(arr), 0.9),
-                          {"fingerprint": fingerprint(data, w, s), "window": w.key, "model": s.model_hash})
+                          {"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
 def _truth_boxes() -> dict[str, list[tuple[int, int, int, int]]]:
@@ -130,6 +128,40 @@ def test_plan_tiles_exactly_and_gives_reasons(tmp_path, basin, model_file):
     res = CliRunner().invoke(main, ["plan", str(tmp_path / "basin.yaml")])
     assert res.exit_code == 0, res.output
     assert "outside_aoi" in res.output and "km²" in res.output
+
+
+EVERY_WINDOW = {"min_abs_rate": 0.0, "min_hot_pixels": 1, "min_valid_fraction": 0.0}
+
+
+def test_input_hashes_change_exactly_with_the_bytes_a_window_reads(tmp_path, basin, model_file):
+    """The plan's per-window input hash (from one read per core) changes iff the window's
+    read area (core + halo) changes: a pixel in a neighbour's halo strip counts, one beyond it
+    does not."""
+    rates = _rates()
+    rates[0, 300, 300] += 1.0  # core (1, 1), inside the halos of (0, 0), (0, 1), (1, 0)
+    rates[0, 100, 400] += 1.0  # core (0, 1), 80 px from (0, 0)'s read area and 48 px from (0, 2)'s
+    rates[1, 599, 699] += 1.0  # the ragged corner core (2, 2) of the other track
+    changed = tmp_path / "changed.zarr"
+    tracks = [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("test",)),
+              TrackInfo("desc", -168.0, 40.0, "2020-01-01", "2021-01-01", ("test",))]
+    write_mosaic(build_dataset(da.from_array(rates, chunks=(1, 256, 256)), GRID, tracks), changed, chunk=256)
+    before = make_plan(load_run_config(_config(tmp_path, basin, model_file, skip=EVERY_WINDOW)))
+    after = make_plan(load_run_config(_config(tmp_path, changed, model_file, skip=EVERY_WINDOW)))
+    old, new = _rates(), rates
+    n_run = 0
+    for a, b in zip(before.windows, after.windows, strict=True):
+        assert a.key == b.key
+        if a.status != "run" or b.status != "run":
+            continue
+        n_run += 1
+        t = ("asc", "desc").index(a.track)
+        rs, cs = a.read.slices()
+        differs = not np.array_equal(old[t][rs, cs], new[t][rs, cs], equal_nan=True)
+        assert (a.input_hash != b.input_hash) == differs, a.key
+    assert n_run == 18
+    changed_keys = {a.key for a, b in zip(before.windows, after.windows, strict=True) if a.input_hash != b.input_hash}
+    assert changed_keys == {"asc/r00000_c00000", "asc/r00000_c00001", "asc/r00001_c00000", "asc/r00001_c00001",
+                            "desc/r00002_c00002"}
 
 
 # ---------------------------------------------------------------------------- merge

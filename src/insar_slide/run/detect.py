@@ -1,10 +1,12 @@
 """The worker side of ``run``: read windows, reuse finished ones, run the model, keep results.
 
-A task gets a few windows of one track (``batch_size``). It reads each window (core + halo)
-itself from Zarr, fingerprints the bytes it read together with the model hash and the window's
-place on the map, and reuses the window's stored detections when the fingerprint matches —
-this is what makes a killed run resume, and what lets an update recompute only changed windows.
-The remaining windows go through the model in one call.
+A window's fingerprint hashes its input — the plan's ``input_hash`` of the bytes its read area
+covers (see :mod:`.plan`) — with the model hash and the window's place on the map. Its stored
+detections are reused when the fingerprint matches: this is what makes a killed run resume,
+and what lets an update recompute only changed windows. ``run`` checks that before scheduling
+anything, so unchanged windows are never read; a task gets a few windows of one track
+(``batch_size``), reads each (core + halo) itself from Zarr, and runs them through the model
+in one call (reusing any whose result appeared meanwhile).
 
 The model is loaded once per process and kept (keyed by the checkpoint's hash); model calls in
 one process are serialised by a lock and use the worker's thread count, so tasks of one worker
@@ -65,21 +67,31 @@ def result_path(run_dir: str | Path, win: Window) -> Path:
     return Path(run_dir) / "windows" / f"{win.key}.parquet"
 
 
-def fingerprint(data: np.ndarray, win: Window, s: DetectSettings) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"track": win.track, "read": [win.read.row0, win.read.col0, win.read.rows, win.read.cols],
-                         "grid": s.grid_key, "model": s.model_hash}, sort_keys=True).encode())
-    h.update(np.ascontiguousarray(data, dtype=np.float32).tobytes())
-    return h.hexdigest()
+def fingerprint(win: Window, s: DetectSettings) -> str:
+    if not win.input_hash:
+        raise ValueError(f"window {win.key} has no input hash: make windows with plan.make_plan")
+    return hashlib.sha256(json.dumps({
+        "track": win.track, "read": [win.read.row0, win.read.col0, win.read.rows, win.read.cols],
+        "grid": s.grid_key, "model": s.model_hash, "input": win.input_hash}, sort_keys=True).encode()).hexdigest()
+
+
+def stored_result(path: Path) -> tuple[str, int] | None:
+    """(fingerprint, number of detections) of a window's stored result, or None."""
+    try:
+        meta = pq.read_metadata(path)
+        raw = (meta.schema.to_arrow_schema().metadata or {}).get(FP_KEY)
+        return (json.loads(raw)["fingerprint"], meta.num_rows) if raw else None
+    except Exception:  # missing, truncated or foreign: recompute
+        return None
 
 
 def stored_fingerprint(path: Path) -> str | None:
-    try:
-        meta = pq.read_schema(path).metadata or {}
-    except Exception:  # missing, truncated or foreign: recompute
-        return None
-    raw = meta.get(FP_KEY)
-    return json.loads(raw)["fingerprint"] if raw else None
+    res = stored_result(path)
+    return res[0] if res else None
+
+
+def reused(win: Window, fp: str, n: int) -> dict[str, Any]:
+    return {"key": win.key, "fp": fp, "reused": True, "n": n, "read_s": 0.0, "model_s": 0.0}
 
 
 def read_detections(path: Path) -> pd.DataFrame:
@@ -150,15 +162,14 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
     out: list[dict[str, Any]] = []
     todo: list[tuple[Window, np.ndarray, str, float]] = []
     for win in windows:
+        fp = fingerprint(win, s)
+        stored = stored_result(result_path(s.run_dir, win))
+        if stored is not None and stored[0] == fp:
+            out.append(reused(win, fp, stored[1]))
+            continue
         t0 = time.perf_counter()
         data = read_window(s.mosaic, win.track, win.read, s.group)
-        fp = fingerprint(data, win, s)
-        path = result_path(s.run_dir, win)
-        if stored_fingerprint(path) == fp:
-            out.append({"key": win.key, "fp": fp, "reused": True, "n": pq.read_metadata(path).num_rows,
-                        "read_s": time.perf_counter() - t0, "model_s": 0.0})
-        else:
-            todo.append((win, data, fp, time.perf_counter() - t0))
+        todo.append((win, data, fp, time.perf_counter() - t0))
     if todo:
         model, mcfg, lock = worker_model(s)
         dev = next(model.parameters()).device

@@ -34,7 +34,15 @@ from ..model.checkpoint import read_metadata
 from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
 from .config import RunConfig
-from .detect import DetectSettings, detect_batch, file_hash
+from .detect import (
+    DetectSettings,
+    detect_batch,
+    file_hash,
+    fingerprint,
+    result_path,
+    reused,
+    stored_result,
+)
 from .merge import Block, MergeSettings, block_key, part_path, reduce_leaf, reduce_node, slide_ids
 from .plan import Window, WindowPlan, aoi_geometry, make_plan
 
@@ -148,19 +156,25 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 
         settings = detect_settings(cfg, grid, model_hash)
         todo = plan.to_run()
+        t0 = time.perf_counter()
+        done, compute = unchanged(todo, settings)
+        t_check = time.perf_counter() - t0
+        if done:
+            echo(f"{len(done)} of {len(todo)} windows unchanged since an earlier run: their detections are reused")
         batches: list[list[Window]] = []
         # A batch holds windows of one track and one shape: torchvision pads a batch to its
         # largest image, and padding changes the proposals, so mixing shapes would make the
         # detections depend on the batch size.
         batch = cfg.batch_size or (4 if pick_device(cfg.device).type == "cuda" else 1)
         groups: dict[tuple[str, int, int], list[Window]] = {}
-        for w in todo:
+        for w in compute:
             groups.setdefault((w.track, w.read.rows, w.read.cols), []).append(w)
         for mine in groups.values():
             batches += [mine[i:i + batch] for i in range(0, len(mine), batch)]
         t0 = time.perf_counter()
-        done, failed = _detect(client, batches, settings, progress)
-        t_detect = time.perf_counter() - t0
+        computed, failed = _detect(client, batches, settings, progress)
+        done += computed
+        t_detect = time.perf_counter() - t0 + t_check
         if failed:
             (run_dir / "failed.json").write_text(json.dumps(failed, indent=1))
             raise WindowsFailed(f"{len(failed)} window(s) failed (first: {next(iter(failed))}: "
@@ -208,6 +222,24 @@ def detect_settings(cfg: RunConfig, grid: Grid, model_hash: str) -> DetectSettin
     group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path),
                           f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}", group)
+
+
+def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tuple[list[dict[str, Any]], list[Window]]:
+    """(reused results, windows to compute): a window is reused when its stored result's
+    fingerprint matches — checked here from the plan's input hashes and the result files'
+    footers, so unchanged windows are neither read nor scheduled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fps = [fingerprint(w, s) for w in windows]
+    with ThreadPoolExecutor(threads) as pool:
+        stored = list(pool.map(lambda w: stored_result(result_path(s.run_dir, w)), windows))
+    done, todo = [], []
+    for w, fp, st in zip(windows, fps, stored, strict=True):
+        if st is not None and st[0] == fp:
+            done.append(reused(w, fp, st[1]))
+        else:
+            todo.append(w)
+    return done, todo
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progress: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:

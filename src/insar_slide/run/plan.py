@@ -4,10 +4,19 @@ window) whether the model runs or why not — decided from cheap statistics befo
 Reasons, checked in this order: ``outside_aoi`` (the core misses the area of interest; nothing
 is read), ``no_data`` (valid share of the core below ``skip.min_valid_fraction``), ``stable``
 (fewer than ``skip.min_hot_pixels`` core pixels reach ``skip.min_abs_rate``).
+
+**Input hashes.** The same single read of each core also hashes (SHA-256) the pieces of it that
+windows read: the whole core for its own window, and the halo-wide strips and corners along
+its edges for its neighbours'. A window's ``input_hash`` combines the hashes of the pieces its
+read area is made of, so it changes exactly when a byte the model would read changes — known
+before any window is read. ``run`` compares it with the stored one and neither reads nor
+schedules an unchanged window: an update reads each core once, not every window with its
+halo (which decodes up to nine chunks).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +47,7 @@ class Window:
     status: str  # "run" or one of REASONS
     n_valid: int = -1
     n_hot: int = -1
+    input_hash: str = ""  # of the bytes ``read`` covers (module docstring); "" when not read
 
     @property
     def key(self) -> str:
@@ -116,13 +126,41 @@ def aoi_geometry(aoi: AreaOfInterest, crs: str) -> shapely.Geometry:
     return gs.to_crs(crs).union_all()
 
 
+def piece_hash(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
 def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float,
-                 group: str | None = None) -> list[tuple[int, int]]:
-    """(valid pixels, pixels with |rate| ≥ min_abs_rate) of each core, read straight from Zarr."""
+                 group: str | None = None, pieces: list[list[PixelWindow]] | None = None,
+                 ) -> list[tuple[int, int, list[str]]]:
+    """Per core, read straight from Zarr: (valid pixels, pixels with |rate| ≥ min_abs_rate,
+    the hash of each of its ``pieces`` — rectangles in the core's own pixel coordinates)."""
     out = []
-    for w in cores:
+    for k, w in enumerate(cores):
         a = read_window(mosaic, track, w, group)
-        out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum())))
+        hashes = [piece_hash(a[p.slices()]) for p in (pieces[k] if pieces else [])]
+        out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum()), hashes))
+    return out
+
+
+def read_sources(cores: list[PixelWindow], reads: list[PixelWindow], window: int) -> list[list[tuple[int, PixelWindow]]]:
+    """For each read area, the cores it takes pixels from and the piece of each (core-local
+    coordinates). A halo is narrower than a window, so only the eight neighbours can contribute."""
+    at = {(c.row0 // window, c.col0 // window): i for i, c in enumerate(cores)}
+    out = []
+    for core, read in zip(cores, reads, strict=True):
+        r, c = core.row0 // window, core.col0 // window
+        src = []
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                j = at.get((r + dr, c + dc))
+                if j is None:
+                    continue
+                part = read.intersection(cores[j])
+                if part is not None:
+                    src.append((j, part.shift(-cores[j].row0, -cores[j].col0)))
+        assert sum(p.rows * p.cols for _, p in src) == read.rows * read.cols, "the pieces tile the read area"
+        out.append(src)
     return out
 
 
@@ -155,17 +193,33 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
         boxes = [shapely.box(*(t * (c.col0, c.row1)), *(t * (c.col1, c.row0))) for c in cores]
         inside = shapely.intersects(geom, np.asarray(boxes, dtype=object))
     plan = WindowPlan(grid, list(tracks), cfg.window, cfg.halo, n_rows, n_cols)
+    sources = read_sources(cores, reads, cfg.window)  # type: ignore[arg-type]
+    pieces: dict[int, list[PixelWindow]] = {}  # per core: the pieces windows inside the AOI read
+    for i in (int(k) for k in np.flatnonzero(inside)):
+        for j, piece in sources[i]:
+            if piece not in pieces.setdefault(j, []):
+                pieces[j].append(piece)
     jobs: list[tuple[str, list[int]]] = []
     for tr in tracks:
-        idx = [i for i in range(len(cores)) if inside[i]]
+        idx = sorted(pieces)  # the cores inside the AOI and their neighbours (for the halos)
         jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
     mapper = stats_map or thread_map
-    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group) for tr, ii in jobs]
+    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii])
+            for tr, ii in jobs]
     results = mapper(window_stats, args) if args else []
     stats: dict[tuple[str, int], tuple[int, int]] = {}
+    hashes: dict[tuple[str, int, PixelWindow], str] = {}
     for (tr, ii), res in zip(jobs, results, strict=True):
-        for i, st in zip(ii, res, strict=True):
-            stats[(tr, i)] = st
+        for i, (n_valid, n_hot, hh) in zip(ii, res, strict=True):
+            stats[(tr, i)] = (n_valid, n_hot)
+            hashes.update({(tr, i, piece): h for piece, h in zip(pieces[i], hh, strict=True)})
+
+    def input_hash(tr: str, i: int) -> str:
+        h = hashlib.sha256()
+        for j, piece in sources[i]:
+            h.update(f"{cores[j].row0},{cores[j].col0}+{piece.row0},{piece.col0},{piece.rows},{piece.cols}:"
+                     f"{hashes[(tr, j, piece)]};".encode())
+        return h.hexdigest()
     rules = cfg.skip
     for tr in tracks:
         for i, (core, read) in enumerate(zip(cores, reads, strict=True)):
@@ -181,7 +235,8 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
                 status = "stable"
             else:
                 status = "run"
-            plan.windows.append(Window(tr, index, core, read, status, n_valid, n_hot))
+            plan.windows.append(Window(tr, index, core, read, status, n_valid, n_hot,
+                                       input_hash(tr, i) if status == "run" else ""))
     return plan
 
 

@@ -3,7 +3,8 @@
 An update runs the detector on the newest version of the mosaic (see
 :mod:`insar_slide.mosaic` for versions) with the run directory of the previous runs, so a
 window whose input fingerprint — the bytes it reads, its place, the model hash — is unchanged
-reuses its stored detections and only changed windows go through the model. A new model
+reuses its stored detections and only changed windows are read and go through the model (the
+plan reads each core once and hashes what each window would read: :mod:`.plan`). A new model
 changes every fingerprint: the update says so up front and recomputes everything.
 
 **Identity.** The new detections are matched one-to-one to every slide known so far (the
