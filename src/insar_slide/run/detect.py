@@ -85,11 +85,6 @@ def stored_result(path: Path) -> tuple[str, int] | None:
         return None
 
 
-def stored_fingerprint(path: Path) -> str | None:
-    res = stored_result(path)
-    return res[0] if res else None
-
-
 def reused(win: Window, fp: str, n: int) -> dict[str, Any]:
     return {"key": win.key, "fp": fp, "reused": True, "n": n, "read_s": 0.0, "model_s": 0.0}
 
