@@ -168,6 +168,37 @@ def test_sample_train_configs_are_valid(name):
     assert cfg.model.variant == "r34_fpn_cbam" and cfg.lr == 0.01
 
 
+def test_every_shipped_train_config_parses():
+    from insar_slide.training.train import load_train_config
+
+    from .conftest import REPO
+    paths = sorted((REPO / "configs").glob("train_*.yaml")) + sorted((REPO / "configs" / "ablation").glob("*.yaml"))
+    assert len(paths) >= 8
+    variants = {load_train_config(p).model.variant for p in paths}
+    assert variants == {"r34", "r34_fpn", "r34_fpn_cbam"}  # the ablation's three
+
+
+def test_anchor_sizes_reach_the_checkpoint_and_a_finetune_keeps_every_weight(chipset, tmp_path):
+    from pydantic import ValidationError
+
+    from insar_slide.model.checkpoint import load_checkpoint
+    from insar_slide.model.detector import ModelConfig, build_model, load_pretrained
+
+    cfg = _cfg(chipset, tmp_path / "a", epochs=1)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"anchor_sizes": (8, 16, 32)})})
+    train(cfg)
+    assert json.loads((tmp_path / "a" / "last.json").read_text())["model"]["anchor_sizes"] == [8, 16, 32]
+    model, mcfg, _ = load_checkpoint(tmp_path / "a" / "last.safetensors")
+    assert mcfg.anchor_sizes == (8, 16, 32)
+    assert model.rpn.anchor_generator.sizes == ((8, 16, 32),)
+    # other anchor sizes, same count per location: every tensor of the first model fits
+    other = build_model(ModelConfig(variant="r34", anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_test=50))
+    report = load_pretrained(other, tmp_path / "a" / "last.safetensors")
+    assert report["shape_mismatch"] == [] and report["missing"] == [] and report["unused"] == []
+    with pytest.raises(ValidationError, match="five sizes"):
+        TrainConfig.model_validate({"chips": "c", "out": "o", "model": {"variant": "r34_fpn", "anchor_sizes": [8, 16]}})
+
+
 def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
     _, b = two_models
     res = CliRunner().invoke(main, ["export-model", str(b), "--out", str(tmp_path / "ref.safetensors"), "--command", "x",

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import rasterio
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from rasterio.errors import NotGeoreferencedWarning
 from safetensors.torch import load_file, save_file
 
@@ -48,6 +48,17 @@ class ModelSection(StrictModel):
     rpn_post_nms_top_n_test: int = Field(1000, ge=1)
     rpn_batch_size_per_image: int = Field(256, ge=1)
     box_batch_size_per_image: int = Field(512, ge=1)
+    anchor_sizes: tuple[int, ...] = Field(ModelConfig.anchor_sizes, min_length=1,
+                                          description="anchor side in px per feature level (FPN: P2-P6, five)")
+
+    @model_validator(mode="after")
+    def _anchors_fit_the_levels(self) -> ModelSection:
+        if self.variant != "r34" and len(self.anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes: the FPN variants have five feature levels (P2-P6) and need five "
+                             f"sizes, one per level, e.g. [8, 16, 32, 64, 128]; got {list(self.anchor_sizes)}")
+        if any(a < 2 for a in self.anchor_sizes):
+            raise ValueError(f"anchor_sizes: sizes are pixels and must be at least 2; got {list(self.anchor_sizes)}")
+        return self
 
 
 class TrainConfig(StrictModel):
@@ -227,7 +238,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
     mcfg = ModelConfig(variant=m.variant, tile_size=int(sample.shape[0]), encoding=InputEncoding(clip_mm_yr=m.clip_mm_yr),
                        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
                        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-                       rpn_batch_size_per_image=m.rpn_batch_size_per_image, box_batch_size_per_image=m.box_batch_size_per_image)
+                       rpn_batch_size_per_image=m.rpn_batch_size_per_image, box_batch_size_per_image=m.box_batch_size_per_image,
+                       anchor_sizes=tuple(m.anchor_sizes))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     start = 1
