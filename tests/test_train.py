@@ -174,8 +174,16 @@ def test_every_shipped_train_config_parses():
     from .conftest import REPO
     paths = sorted((REPO / "configs").glob("train_*.yaml")) + sorted((REPO / "configs" / "ablation").glob("*.yaml"))
     assert len(paths) >= 8
-    variants = {load_train_config(p).model.variant for p in paths}
-    assert variants == {"r34", "r34_fpn", "r34_fpn_cbam"}  # the ablation's three
+    assert {load_train_config(p).model.variant for p in paths} == {"r34", "r34_fpn", "r34_fpn_cbam"}
+    # the ablation is the CPU recipe with only the variant (and run folder) changed: no drift
+    recipe = load_train_config(REPO / "configs" / "train_cpu.yaml").model_dump()
+    for p in sorted((REPO / "configs" / "ablation").glob("*.yaml")):
+        cfg = load_train_config(p).model_dump()
+        assert cfg["out"] != recipe["out"]
+        variant = cfg["model"].pop("variant")
+        assert p.stem == f"train_{variant}"
+        assert {**cfg, "out": None, "model": {**cfg["model"]}} == \
+            {**recipe, "out": None, "model": {k: v for k, v in recipe["model"].items() if k != "variant"}}
 
 
 def test_anchor_sizes_reach_the_checkpoint_and_a_finetune_keeps_every_weight(chipset, tmp_path):
