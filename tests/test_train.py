@@ -71,6 +71,11 @@ def test_resume_continues_exactly(chipset, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
     with pytest.raises(InputError, match="--resume"):
         train(_cfg(chipset, tmp_path / "full"))
+    # resuming a finished run changes nothing and reports its last epoch
+    before = (tmp_path / "full" / "last.safetensors").read_bytes()
+    row = train(_cfg(chipset, tmp_path / "full"), resume=True)
+    assert row["epoch"] == 2 and np.isfinite(row["loss"])
+    assert (tmp_path / "full" / "last.safetensors").read_bytes() == before
 
 
 def test_training_refuses_a_chip_set_without_boxes(chipset, tmp_path):

@@ -22,16 +22,10 @@ done
 checkpoints=()
 for v in $VARIANTS; do
   run=out/ablation/$v
-  epochs=$(sed -n 's/^epochs: *//p' "configs/ablation/train_$v.yaml")
-  done_epochs=0
-  [ -f "$run/metrics.csv" ] && done_epochs=$(( $(wc -l < "$run/metrics.csv") - 1 ))
-  if [ "$done_epochs" -lt "$epochs" ]; then
-    if [ -f "$run/last.safetensors" ]; then
-      $BIN train "configs/ablation/train_$v.yaml" --resume
-    else
-      $BIN train "configs/ablation/train_$v.yaml"
-    fi
-  fi
+  # --resume continues after the last finished epoch, and does nothing on a finished run
+  resume=()
+  [ -f "$run/last.safetensors" ] && resume=(--resume)
+  $BIN train "configs/ablation/train_$v.yaml" "${resume[@]}"
   checkpoints+=("$run/best.safetensors")
 done
 $BIN evaluate "${checkpoints[@]}" --chips out/chips_heldout --out out/ablation/eval --score-threshold 0.5

@@ -246,6 +246,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
     if resume and (out / "last.safetensors").is_file():
         model, _, meta = load_checkpoint(out / "last.safetensors", expect=mcfg, device=device)
         start = int(meta["epoch"]) + 1
+        if start > cfg.epochs:
+            log.info("%s is already trained to epoch %d of %d; nothing to do", out, start - 1, cfg.epochs)
+            return dict(meta.get("metrics") or {"epoch": start - 1})
         log.info("resuming %s after epoch %d", out, start - 1)
     else:
         if (out / "last.safetensors").exists() and not resume:
