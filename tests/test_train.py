@@ -204,6 +204,10 @@ def test_anchor_sizes_reach_the_checkpoint_and_a_finetune_keeps_every_weight(chi
     model, mcfg, _ = load_checkpoint(tmp_path / "a" / "last.safetensors")
     assert mcfg.anchor_sizes == (8, 16, 32)
     assert model.rpn.anchor_generator.sizes == ((8, 16, 32),)
+    # resuming with other anchors would silently keep the checkpoint's: refused
+    cfg2 = cfg.model_copy(update={"epochs": 2, "model": cfg.model.model_copy(update={"anchor_sizes": (16, 32, 64)})})
+    with pytest.raises(InputError, match="anchor_sizes"):
+        train(cfg2, resume=True)
     # other anchor sizes, same count per location: every tensor of the first model fits
     other = build_model(ModelConfig(variant="r34", anchor_sizes=(16, 32, 64), rpn_pre_nms_top_n_test=50))
     report = load_pretrained(other, tmp_path / "a" / "last.safetensors")

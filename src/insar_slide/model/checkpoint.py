@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path, *, expect: ModelConfig | None = None,
             model_meta["cbam_spatial_bn"] = any(".spatial.bn." in k for k in f.keys())
     config = ModelConfig.from_dict(model_meta)
     if expect is not None:
-        for name in ("variant", "tile_size", "encoding", "classes"):
+        for name in ("variant", "tile_size", "encoding", "classes", "anchor_sizes", "aspect_ratios"):
             if getattr(expect, name) != getattr(config, name):
                 raise InputError(f"{path}: checkpoint {name} is {getattr(config, name)!r}, but {getattr(expect, name)!r} "
                                  "was asked for; use a checkpoint trained with the same settings")
