@@ -27,9 +27,10 @@ for v in $VARIANTS; do
   $BIN train "configs/ablation/train_$v.yaml" "${resume[@]}"
 done
 # The table holds every variant that finished its epochs (also those of an earlier call with other
-# VARIANTS), in the paper's order; an unfinished one is left out and named.
+# VARIANTS), in the paper's order (the improved model first, whose COCO table becomes table3.md);
+# an unfinished one is left out and named.
 checkpoints=()
-for v in r34 r34_fpn r34_fpn_cbam; do
+for v in r34_fpn_cbam r34_fpn r34; do
   run=out/ablation/$v
   want=$(sed -n 's/^epochs: *//p' "configs/ablation/train_$v.yaml")
   done_=0
