@@ -144,3 +144,20 @@ def test_chips_from_a_vector_file_in_another_crs(basin, tmp_path):
     s = make_chips(ChipsConfig(sources=[{"mosaic": str(store), "inventory": str(tmp_path / "inv.gpkg")}],
                                out=str(tmp_path / "c"), size=512, rotations=(0,)))
     assert s["boxes_train"] + s["boxes_val"] > 0
+
+
+def test_every_shipped_chips_config_parses_and_points_into_the_repo_outputs():
+    from insar_slide.training.config import load_chips_config
+
+    from .conftest import REPO
+    paths = sorted((REPO / "configs").glob("chips_*.yaml")) + sorted((REPO / "configs" / "reference").glob("chips_*.yaml"))
+    assert {p.stem for p in paths} >= {"chips_demo", "chips_train", "chips_heldout", "chips_tuning"}
+    for p in paths:
+        cfg = load_chips_config(p)
+        assert cfg.out.startswith(str(REPO / "out")), p
+        for s in cfg.sources:
+            assert s.mosaic.startswith(str(REPO / "out")) and s.mosaic.endswith(".zarr"), p
+    # the evaluation regions are cut whole into the validation split, unrotated
+    for name in ("chips_heldout", "chips_tuning"):
+        cfg = load_chips_config(REPO / "configs" / "reference" / f"{name}.yaml")
+        assert cfg.rotations == (0,) and cfg.split.val_fraction == 1.0
