@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from insar_slide.baselines import KMeansConfig, drop_collinear, gistar, kmeans_mask, regions
 from insar_slide.cli import main
-from insar_slide.compare import compare_inventories, match
+from insar_slide.compare import compare_inventories, match, table_markdown
 from insar_slide.errors import ConfigError
 from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
@@ -187,6 +187,24 @@ def test_compare_counts_reprojection_and_empty(tmp_path):
     st = statuses["det"]
     assert sorted(st[st.role == "detection"]["status"]) == ["correctly_detected", "correctly_detected", "newly_detected"]
     assert st[(st.role == "reference") & (st.status == "not_detected")]["slide_id"].tolist() == ["c"]
+
+
+def test_compare_counts_detections_of_unasked_slides_apart():
+    truth = _truth()
+    t = GRID.transform
+    slow = gpd.GeoDataFrame({"slide_id": ["slow"], "method": "truth"}, geometry=[shapely.box(*(t * (10, 120)), *(t * (30, 100)))],
+                            crs=GRID.crs)
+    det = gpd.GeoDataFrame({"slide_id": ["x", "y", "z"], "method": "faster_rcnn", "score": [0.9, 0.8, 0.7]},
+                           geometry=[truth.geometry[0], shapely.box(*(t * (12, 118)), *(t * (28, 102))),
+                                     shapely.box(*(t * (0, 10)), *(t * (10, 0)))], crs=GRID.crs)
+    c = match(det, truth, ignore=slow.to_crs("EPSG:4326")).counts()
+    assert (c["correctly_detected"], c["newly_detected"], c["below_threshold"], c["total_detected"]) == (1, 1, 1, 3)
+    assert c["precision"] == pytest.approx(1 / 2) and c["precision_all"] == pytest.approx(1 / 3)
+    table, statuses = compare_inventories({"det": det}, truth, ignore=slow)
+    st = statuses["det"]
+    assert sorted(st[st.role == "detection"]["status"]) == ["below_threshold", "correctly_detected", "newly_detected"]
+    assert "below threshold" in table_markdown(table)
+    assert match(det, truth).counts()["below_threshold"] == 0  # without ignore regions: as before
 
 
 def test_compare_cli_side_by_side_table_and_status_files(tmp_path):

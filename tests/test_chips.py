@@ -16,7 +16,7 @@ from insar_slide.cli import main
 from insar_slide.errors import InputError
 from insar_slide.sim import basin as sim_basin
 from insar_slide.sim.config import SimConfig
-from insar_slide.training.boxes import SliverRule, block_split, clip_boxes, rotate_cw
+from insar_slide.training.boxes import SliverRule, block_split, clip_boxes, ignore_boxes, rotate_cw
 from insar_slide.training.chips import make_chips
 from insar_slide.training.config import ChipsConfig
 from insar_slide.training.voc import read_voc, voc_xml
@@ -79,6 +79,25 @@ def test_voc_round_trip():
             read_voc(p)
 
 
+def test_ignore_regions_are_dropped_slivers_and_unlabelled_objects():
+    rule = SliverRule(0.3, 4.0)
+    labelled = [shapely.box(10, 10, 30, 30), shapely.box(-40, 50, 5, 60)]  # the second: 11 % inside
+    unlabelled = [shapely.box(70, 70, 90, 90), shapely.box(200, 200, 220, 220)]  # the second: outside
+    assert clip_boxes(labelled, (100, 100), rule).tolist() == [[10, 10, 30, 30]]
+    assert ignore_boxes(labelled, unlabelled, (100, 100), rule).tolist() == [[0, 50, 5, 60], [70, 70, 90, 90]]
+
+
+def test_voc_difficult_objects_are_kept_apart():
+    boxes, hard = np.array([[3, 4, 20, 30]], float), np.array([[40, 40, 50, 50]], float)
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "a.xml"
+        p.write_text(voc_xml("a.png", (64, 64), boxes, difficult=hard))
+        assert p.read_text().count("<difficult>1</difficult>") == 1
+        assert np.array_equal(read_voc(p)[2], boxes) and np.array_equal(read_voc(p, difficult=True)[2], hard)
+
+
 @pytest.fixture(scope="module")
 def basin(tmp_path_factory):
     d = tmp_path_factory.mktemp("chips")
@@ -97,7 +116,7 @@ def test_make_chips_writes_a_leak_free_rotated_set(basin, tmp_path):
     # Every rotation of a window is in the same split as the window.
     assert table.groupby(["track", "row0", "col0"]).split.nunique().max() == 1
     coco = json.loads((tmp_path / "chips" / "coco_train.json").read_text())
-    assert len(coco["images"]) == s["train"] and len(coco["annotations"]) == s["boxes_train"]
+    assert len(coco["images"]) == s["train"] and sum(not a["iscrowd"] for a in coco["annotations"]) == s["boxes_train"]
     # The unrotated chip is georeferenced and holds the mosaic's values.
     first = table[table.rotation == 0].iloc[0]
     with rasterio.open(tmp_path / "chips" / "images" / f"{first.chip}.tif") as src:
@@ -106,6 +125,11 @@ def test_make_chips_writes_a_leak_free_rotated_set(basin, tmp_path):
     ds = open_basin(store)
     ref = ds.los_rate.sel(track=first.track).values[first.row0:first.row0 + 256, first.col0:first.col0 + 256]
     np.testing.assert_array_equal(img, ref)
+    # Slides too slow or too masked on a track are ignore regions there (COCO iscrowd, VOC difficult).
+    crowd = [a for a in coco["annotations"] if a["iscrowd"]]
+    assert crowd and table.n_ignore[table.split == "train"].sum() == len(crowd)
+    chip = table[table.n_ignore > 0].iloc[0]
+    assert len(read_voc(tmp_path / "chips" / "voc" / f"{chip.chip}.xml", difficult=True)[2]) == chip.n_ignore
 
 
 def test_voc_folder_as_inventory_gives_the_same_boxes(basin, tmp_path):

@@ -113,6 +113,87 @@ def test_matching_and_prf1():
     assert (m["tp"], m["fp"], m["fn"]) == (1, 1, 1) and m["f1"] == pytest.approx(0.5)
 
 
+def test_a_detection_in_an_ignore_region_is_neither_hit_nor_false():
+    gt = np.array([[0, 0, 10, 10]], float)
+    ignore = np.array([[40, 40, 80, 80]], float)
+    # a hit, a detection half inside the ignore box, one barely touching it, one far away
+    det = np.array([[0, 0, 10, 10], [30, 40, 50, 60], [75, 75, 95, 95], [200, 200, 210, 210]], float)
+    sc = np.array([0.9, 0.8, 0.8, 0.8])
+    assert match_at_iou(gt, det, sc, ignore_boxes=ignore) == (1, 2, 0)
+    m = prf1([(gt, det, sc, ignore)], score_threshold=0.5)
+    assert (m["tp"], m["fp"], m["fn"]) == (1, 2, 0)
+    assert prf1([(gt, det, sc)], score_threshold=0.5)["fp"] == 3  # without the region it counts
+    # A ground-truth box always wins over an ignore region it lies in.
+    assert match_at_iou(gt, det[:1], sc[:1], ignore_boxes=np.array([[0, 0, 100, 100]], float)) == (1, 0, 0)
+
+
+def test_coco_metrics_leave_out_detections_in_crowd_regions():
+    from insar_slide.training.metrics import coco_metrics
+    from insar_slide.training.voc import coco_dict
+
+    images = [{"id": 1, "file_name": "a.tif", "width": 128, "height": 128}]
+    gt = coco_dict(images, [np.array([[10, 10, 40, 40]], float)], [np.array([[60, 60, 120, 120]], float)])
+    assert [a["iscrowd"] for a in gt["annotations"]] == [0, 1]
+
+    def det(x1, y1, x2, y2, s):
+        return {"image_id": 1, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+
+    # the best-scored detection sits in the ignore region: AP stays 1 (it would be 0.5 if it counted)
+    m = coco_metrics(gt, [det(70, 70, 110, 110, 0.95), det(10, 10, 40, 40, 0.9)])
+    assert m["AP50"] == pytest.approx(1.0)
+    gt_plain = coco_dict(images, [np.array([[10, 10, 40, 40]], float)])
+    assert coco_metrics(gt_plain, [det(70, 70, 110, 110, 0.95), det(10, 10, 40, 40, 0.9)])["AP50"] < 0.6
+    # ignore regions alone: nothing to find
+    assert np.isnan(coco_metrics(coco_dict(images, [np.zeros((0, 4))], [np.array([[0, 0, 9, 9]], float)]), [])["AP50"])
+
+
+def test_crops_turn_boxes_they_cut_off_into_ignore_regions():
+    from insar_slide.training.train import _crop
+
+    rate = np.zeros((128, 128), np.float32)
+    boxes = np.array([[10, 10, 30, 30], [60, 60, 120, 120]], float)
+    ignore = np.array([[0, 100, 20, 120]], float)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        out, b, ig = _crop(rate, boxes, 64, rng, ignore)
+        assert out.shape == (64, 64)
+        assert ((b >= 0) & (b <= 64)).all() and ((ig >= 0) & (ig <= 64)).all()
+        assert (ig[:, 2] > ig[:, 0]).all() and (ig[:, 3] > ig[:, 1]).all()
+    # a crop at the origin keeps the first box, cuts the second to a 4 x 4 corner (dropped: ignored)
+    rng = np.random.default_rng(1)
+    while True:
+        out, b, ig = _crop(rate, boxes, 64, rng, ignore)
+        if len(b) == 1 and np.allclose(b[0], [10, 10, 30, 30]) and len(ig) == 1:
+            assert np.allclose(ig[0], [60, 60, 64, 64])
+            break
+
+
+def test_ignore_aware_sampling_keeps_ignored_anchors_and_proposals_out_of_the_background():
+    from insar_slide.model.detector import ModelConfig, build_model
+
+    model = build_model(ModelConfig(variant="r34"))
+    anchors = [torch.tensor([[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]], dtype=torch.float32)]
+    target = {"boxes": torch.tensor([[0, 0, 10, 10]], dtype=torch.float32), "labels": torch.ones(1, dtype=torch.int64)}
+    labels, _ = model.rpn.assign_targets_to_anchors(anchors, [target])
+    assert labels[0].tolist() == [1.0, 0.0, 0.0]  # no ignore key: torchvision's behaviour
+    labels, _ = model.rpn.assign_targets_to_anchors(anchors, [{**target, "ignore": torch.tensor([[45.0, 45, 65, 65]])}])
+    assert labels[0].tolist() == [1.0, -1.0, 0.0]
+    model.roi_heads.train()
+    props = [anchors[0].clone()]
+    _, _, lab, _ = model.roi_heads.select_training_samples(props, [{**target, "ignore": torch.tensor([[45.0, 45, 65, 65]])}])
+    # sampled: the gt box twice (as a proposal and appended), the far proposal; never the ignored one
+    assert sorted(lab[0].tolist()) == [0, 1, 1]
+    _, _, lab, _ = model.roi_heads.select_training_samples([anchors[0].clone()], [target])
+    assert sorted(lab[0].tolist()) == [0, 0, 1, 1]
+
+
+def test_training_with_ignore_regions_runs(chipset, tmp_path):
+    coco = json.loads((chipset / "coco_train.json").read_text())
+    assert any(a["iscrowd"] for a in coco["annotations"])  # the simulated truth has slow slides
+    row = train(_cfg(chipset, tmp_path / "run", epochs=1, ignore_regions=True))
+    assert np.isfinite(row["loss"])
+
+
 @pytest.fixture(scope="module")
 def two_models(chipset, tmp_path_factory):
     d = tmp_path_factory.mktemp("models")

@@ -9,6 +9,11 @@ detection score first). Rules:
 
 ``visible_truth`` selects the simulated slides a detector can be asked to find: on some track,
 |peak LOS| ≥ 10 mm/yr and at least half the slide measured (the same rule as training labels).
+The other simulated slides (``hidden_truth``) can be passed as ``ignore``: a detection that
+matches none of the reference and lies at least half inside one of their boxes (COCO's rule
+for ``iscrowd`` regions) found a real slide too slow or too masked to be asked for — it counts
+as ``below_threshold``, neither correct nor new, and precision leaves it out
+(``precision_all`` counts it as new).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Match:
     a_matched: np.ndarray  # per row of A: index into B, or -1
     b_matched: np.ndarray  # per row of B: index into A, or -1
     rule: str
+    a_ignored: np.ndarray | None = None  # per row of A: unmatched but inside an ignore region
 
     @property
     def tp(self) -> int:
@@ -36,17 +42,18 @@ class Match:
     def counts(self) -> dict[str, Any]:
         """A = detections, B = reference: Table 4's counts and object-level P/R/F1."""
         tp, n_a, n_b = self.tp, len(self.a_matched), len(self.b_matched)
-        p = tp / n_a if n_a else 0.0
+        ign = int(self.a_ignored.sum()) if self.a_ignored is not None else 0
+        p = tp / (n_a - ign) if n_a - ign else 0.0
         r = tp / n_b if n_b else 0.0
-        return {"correctly_detected": tp, "not_detected": n_b - tp, "newly_detected": n_a - tp,
-                "total_detected": n_a, "total_reference": n_b, "precision": p, "recall": r,
-                "f1": 2 * p * r / (p + r) if p + r else 0.0, "rule": self.rule}
+        return {"correctly_detected": tp, "not_detected": n_b - tp, "newly_detected": n_a - tp - ign,
+                "below_threshold": ign, "total_detected": n_a, "total_reference": n_b, "precision": p, "recall": r,
+                "f1": 2 * p * r / (p + r) if p + r else 0.0, "precision_all": tp / n_a if n_a else 0.0, "rule": self.rule}
 
 
-def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+def _visible(truth: gpd.GeoDataFrame, min_abs_los: float, min_visible: float) -> np.ndarray:
     tracks = [c.removeprefix("peak_los_") for c in truth.columns if c.startswith("peak_los_")]
     if not tracks:
-        return truth
+        return np.ones(len(truth), bool)
     keep = np.zeros(len(truth), bool)
     for t in tracks:
         vis = truth.get(f"visible_fraction_{t}")
@@ -54,7 +61,16 @@ def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_vis
         if vis is not None:
             ok &= vis.to_numpy() >= min_visible
         keep |= ok
-    return truth[keep]
+    return keep
+
+
+def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+    return truth[_visible(truth, min_abs_los, min_visible)]
+
+
+def hidden_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+    """The simulated slides :func:`visible_truth` leaves out (real, but not asked for)."""
+    return truth[~_visible(truth, min_abs_los, min_visible)]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -63,10 +79,28 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
-def match(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, *, rule: Rule = "box", threshold: float = 0.5) -> Match:
-    """Match inventory ``a`` (e.g. detections) against ``b`` (e.g. truth); ``b`` is reprojected to ``a``'s CRS."""
+def _ignored(ga: np.ndarray, unmatched: np.ndarray, ignore: gpd.GeoDataFrame, threshold: float) -> np.ndarray:
+    out = np.zeros(len(ga), bool)
+    gi = shapely.envelope(np.asarray(ignore.geometry, dtype=object))
+    if not len(gi) or not unmatched.any():
+        return out
+    boxes = shapely.envelope(ga)
+    ia, ii = shapely.STRtree(gi).query(boxes, predicate="intersects")
+    area = shapely.area(boxes[ia])
+    ioa = np.where(area > 0, shapely.area(shapely.intersection(boxes[ia], gi[ii])) / np.where(area > 0, area, 1), 0.0)
+    out[ia[ioa >= threshold]] = True
+    return out & unmatched
+
+
+def match(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, *, rule: Rule = "box", threshold: float = 0.5,
+          ignore: gpd.GeoDataFrame | None = None) -> Match:
+    """Match inventory ``a`` (e.g. detections) against ``b`` (e.g. truth); ``b`` and ``ignore``
+    are reprojected to ``a``'s CRS. An unmatched row of ``a`` whose box lies at least
+    ``threshold`` inside the box of an ``ignore`` row is flagged in ``a_ignored``."""
     if a.crs is not None and b.crs is not None and a.crs != b.crs:
         b = b.to_crs(a.crs)
+    if ignore is not None and a.crs is not None and ignore.crs is not None and a.crs != ignore.crs:
+        ignore = ignore.to_crs(a.crs)
     ga, gb = np.asarray(a.geometry, dtype=object), np.asarray(b.geometry, dtype=object)
     if rule == "box":
         ga, gb = shapely.envelope(ga), shapely.envelope(gb)
@@ -81,15 +115,18 @@ def match(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame, *, rule: Rule = "box", thres
         for k in np.lexsort((-np.nan_to_num(score), -iou)):
             if am[ia[k]] < 0 and bm[ib[k]] < 0:
                 am[ia[k]], bm[ib[k]] = ib[k], ia[k]
-    return Match(am, bm, f"{rule} IoU >= {threshold}")
+    ignored = _ignored(np.asarray(a.geometry, dtype=object), am < 0, ignore, threshold) if ignore is not None else None
+    return Match(am, bm, f"{rule} IoU >= {threshold}", ignored)
 
 
 def status_frame(inv: gpd.GeoDataFrame, matched: np.ndarray, other: gpd.GeoDataFrame, *, role: str,
-                 name: str) -> gpd.GeoDataFrame:
+                 name: str, ignored: np.ndarray | None = None) -> gpd.GeoDataFrame:
     """One row per feature of ``inv`` with its match status and the id it matched."""
     ok = matched >= 0
     if role == "detection":
         status = np.where(ok, "correctly_detected", "newly_detected")
+        if ignored is not None:
+            status = np.where(ignored, "below_threshold", status)
     else:
         status = np.where(ok, "correctly_detected", "not_detected")
     ids = other["slide_id"].to_numpy() if "slide_id" in other.columns else np.arange(len(other)).astype(str)
@@ -103,28 +140,35 @@ def status_frame(inv: gpd.GeoDataFrame, matched: np.ndarray, other: gpd.GeoDataF
 
 
 def compare_inventories(inventories: dict[str, gpd.GeoDataFrame], reference: gpd.GeoDataFrame, *, rule: Rule = "box",
-                        threshold: float = 0.5) -> tuple[Any, dict[str, gpd.GeoDataFrame]]:
-    """Table 4 for each inventory against one reference, and per-feature statuses."""
+                        threshold: float = 0.5, ignore: gpd.GeoDataFrame | None = None) -> tuple[Any, dict[str, gpd.GeoDataFrame]]:
+    """Table 4 for each inventory against one reference (detections inside ``ignore`` regions
+    counted apart, see :func:`match`), and per-feature statuses."""
     import pandas as pd
 
     rows, statuses = [], {}
     for name, inv in inventories.items():
         if reference.crs is not None and inv.crs is not None and inv.crs != reference.crs:
             inv = inv.to_crs(reference.crs)
-        m = match(inv, reference, rule=rule, threshold=threshold)
+        m = match(inv, reference, rule=rule, threshold=threshold, ignore=ignore)
         method = str(inv["method"].iloc[0]) if "method" in inv.columns and len(inv) else name
         rows.append({"inventory": name, "method": method, **m.counts()})
-        statuses[name] = pd.concat([status_frame(inv, m.a_matched, reference, role="detection", name=name),
+        statuses[name] = pd.concat([status_frame(inv, m.a_matched, reference, role="detection", name=name, ignored=m.a_ignored),
                                     status_frame(reference, m.b_matched, inv, role="reference", name=name)], ignore_index=True)
     return pd.DataFrame(rows), statuses
 
 
 def table_markdown(df: Any) -> str:
-    head = "| inventory | method | correctly detected | not detected | newly detected | total detected | precision | recall | F1 |"
-    lines = [head, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    ign = bool(len(df)) and bool(df["below_threshold"].sum())
+    head = ("| inventory | method | correctly detected | not detected | newly detected | "
+            + ("below threshold | " if ign else "") + "total detected | precision | recall | F1 |")
+    lines = [head, "| --- | --- |" + " ---: |" * (8 if ign else 7)]
     for r in df.to_dict("records"):
         lines.append(f"| {r['inventory']} | {r['method']} | {r['correctly_detected']} | {r['not_detected']} | "
-                     f"{r['newly_detected']} | {r['total_detected']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |")
+                     f"{r['newly_detected']} | " + (f"{r['below_threshold']} | " if ign else "")
+                     + f"{r['total_detected']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} |")
     rule = df["rule"].iloc[0] if len(df) else ""
     n_ref = int(df["total_reference"].iloc[0]) if len(df) else 0
-    return "\n".join(lines) + f"\n\nReference: {n_ref} features; one-to-one matching, {rule}.\n"
+    note = ("; below threshold: detections of simulated slides below the reference's thresholds, "
+            "neither correct nor new (precision counting them as new: "
+            + ", ".join(f"{r['precision_all']:.3f}" for r in df.to_dict("records")) + ")") if ign else ""
+    return "\n".join(lines) + f"\n\nReference: {n_ref} features; one-to-one matching, {rule}{note}.\n"

@@ -22,6 +22,8 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -79,6 +81,55 @@ class ModelConfig:
         return cls(**d)
 
 
+def _inside(boxes: torch.Tensor, regions: torch.Tensor, ioa: float = 0.5) -> torch.Tensor:
+    """For each box, whether at least ``ioa`` of its area lies inside one of ``regions``."""
+    if regions.numel() == 0 or boxes.numel() == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    r = regions.to(boxes)
+    iw = (torch.minimum(boxes[:, None, 2], r[None, :, 2]) - torch.maximum(boxes[:, None, 0], r[None, :, 0])).clamp(min=0)
+    ih = (torch.minimum(boxes[:, None, 3], r[None, :, 3]) - torch.maximum(boxes[:, None, 1], r[None, :, 1])).clamp(min=0)
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).clamp(min=1e-6)
+    return (iw * ih / area[:, None]).amax(dim=1) >= ioa
+
+
+class IgnoreAwareRPN(RegionProposalNetwork):
+    """torchvision's RPN, except that anchors lying mostly inside a target's ``ignore`` boxes
+    (regions not labelled either way, see :mod:`insar_slide.training.chips`) are not sampled
+    as background. Without ``ignore`` in the targets it is torchvision's RPN."""
+
+    def assign_targets_to_anchors(self, anchors: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]
+                                  ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        labels, matched = super().assign_targets_to_anchors(anchors, targets)
+        for lab, anc, t in zip(labels, anchors, targets, strict=True):
+            if "ignore" in t:
+                lab[(lab == 0) & _inside(anc, t["ignore"])] = -1.0
+        return labels, matched
+
+
+class IgnoreAwareRoIHeads(RoIHeads):
+    """torchvision's box head, except that proposals lying mostly inside a target's ``ignore``
+    boxes are not sampled as background (as :class:`IgnoreAwareRPN` does for anchors)."""
+
+    _ignore: list[torch.Tensor | None] | None = None
+
+    def select_training_samples(self, proposals: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None
+                                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        self._ignore = [t.get("ignore") for t in targets] if targets is not None else None
+        try:
+            return super().select_training_samples(proposals, targets)
+        finally:
+            self._ignore = None
+
+    def assign_targets_to_proposals(self, proposals: list[torch.Tensor], gt_boxes: list[torch.Tensor],
+                                    gt_labels: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        matched, labels = super().assign_targets_to_proposals(proposals, gt_boxes, gt_labels)
+        for i, (lab, prop) in enumerate(zip(labels, proposals, strict=True)):
+            ign = self._ignore[i] if self._ignore is not None else None
+            if ign is not None:
+                lab[(lab == 0) & _inside(prop, ign)] = -1
+        return matched, labels
+
+
 class NativeScaleTransform(GeneralizedRCNNTransform):
     """Batches images without resizing them (torchvision would resize to 800 px)."""
 
@@ -125,6 +176,9 @@ def build_model(config: ModelConfig | None = None) -> FasterRCNN:
         box_score_thresh=cfg.box_score_thresh, box_detections_per_img=cfg.box_detections_per_img,
     )
     model.transform = NativeScaleTransform(cfg.tile_size, cfg.tile_size, image_mean=[0.0] * 3, image_std=[1.0] * 3)
+    # The same modules with ignore-aware sampling (no new state: weights and inference unchanged).
+    model.rpn.__class__ = IgnoreAwareRPN
+    model.roi_heads.__class__ = IgnoreAwareRoIHeads
     return model
 
 

@@ -48,6 +48,29 @@ def clip_boxes(geoms_px: list[shapely.Geometry], size: tuple[int, int], rule: Sl
     return np.asarray(out, dtype=np.float64).reshape(-1, 4)
 
 
+def ignore_boxes(labelled_px: list[shapely.Geometry], unlabelled_px: list[shapely.Geometry], size: tuple[int, int],
+                 rule: SliverRule) -> np.ndarray:
+    """Boxes (k, 4) of the regions a detector is neither asked for nor penalised on.
+
+    The in-chip part of every labelled polygon that ``rule`` drops (a slide cut by the chip
+    edge, most of it in the neighbouring chip) and of every unlabelled object (a simulated
+    slide below the labelling thresholds on this track). A detection there is neither a
+    true nor a false positive: COCO ``iscrowd`` regions, VOC ``difficult`` objects.
+    """
+    h, w = size
+    frame = shapely.box(0, 0, w, h)
+    dropped = [g for g in labelled_px if not len(clip_boxes([g], size, rule))]
+    out = []
+    for g in dropped + list(unlabelled_px):
+        if g.is_empty or g.area <= 0:
+            continue
+        inside = g.intersection(frame)
+        if inside.is_empty or inside.area <= 0:
+            continue
+        out.append(inside.bounds)
+    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
 def rotate_cw(image: np.ndarray, boxes: np.ndarray, quarter_turns: int) -> tuple[np.ndarray, np.ndarray]:
     """Rotate an image (rows, cols) and its boxes clockwise by ``quarter_turns`` × 90°, exactly."""
     img, b = image, boxes.copy()

@@ -9,6 +9,12 @@ validation tiles into training; splitting first avoids that leak.
 Output folder: ``images/<chip>.tif`` (float32 rate, mm/yr, NaN holes, georeferenced for the
 unrotated chips), ``png/<chip>.png`` (for LabelImg), ``voc/<chip>.xml``, ``coco_train.json``,
 ``coco_val.json``, ``chips.csv`` (where each chip came from) and ``manifest.json``.
+
+Regions not scored: a slide cut by the chip edge that the sliver rule drops, and (with a
+simulated truth inventory) a slide below the labelling thresholds on the chip's track, are
+written as COCO ``iscrowd`` annotations and VOC ``difficult`` objects. A detection there is
+neither a hit nor a false alarm in ``evaluate`` — the model is not asked for these slides, but
+finding one is not a mistake either. Training does not read them: there they stay background.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..inventory import read_inventory
 from ..mosaic import RATE, grid_of, open_basin
-from .boxes import SliverRule, block_split, clip_boxes, polygon_to_pixel, rotate_cw
+from .boxes import SliverRule, block_split, clip_boxes, ignore_boxes, polygon_to_pixel, rotate_cw
 from .config import ChipsConfig
 from .voc import coco_dict, read_voc, voc_xml
 
@@ -146,7 +152,7 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
     rule = SliverRule(cfg.sliver_min_fraction, cfg.sliver_min_side_px)
     out = Path(cfg.out)
     rows: list[dict[str, Any]] = []
-    coco: dict[str, tuple[list[dict[str, Any]], list[np.ndarray]]] = {"train": ([], []), "val": ([], [])}
+    coco: dict[str, tuple[list[dict[str, Any]], list[np.ndarray], list[np.ndarray]]] = {"train": ([], [], []), "val": ([], [], [])}
     with atomic_path(out, overwrite=cfg.overwrite) as tmp:
         for sub in ("images", "png", "voc"):
             (tmp / sub).mkdir(parents=True)
@@ -161,12 +167,16 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
             rate = np.asarray(ds[RATE].sel(track=cand.track).isel(y=slice(w.row0, w.row1), x=slice(w.col0, w.col1)).values)
             wgrid = grid.window_grid(w)
             labels = _labels(inv, cand.track, cfg)
-            near = labels[labels.intersects(shapely.box(*wgrid.bounds))]
+            near = inv[inv.intersects(shapely.box(*wgrid.bounds))]
+            is_label = near.index.isin(labels.index)
             geoms_px = [polygon_to_pixel(g, wgrid.transform) for g in near.geometry]
-            boxes = clip_boxes(geoms_px, (w.rows, w.cols), rule)
+            labelled = [g for g, k in zip(geoms_px, is_label, strict=True) if k]
+            boxes = clip_boxes(labelled, (w.rows, w.cols), rule)
+            ignore = ignore_boxes(labelled, [g for g, k in zip(geoms_px, is_label, strict=True) if not k], (w.rows, w.cols), rule)
             split = "val" if val else "train"
             for rot in cfg.rotations:
                 img, b = rotate_cw(rate, boxes, rot // 90)
+                _, ig = rotate_cw(rate, ignore, rot // 90)
                 name = f"s{cand.source}_{cand.track}_{w.row0}_{w.col0}_r{rot}"
                 profile = {"driver": "GTiff", "height": img.shape[0], "width": img.shape[1], "count": 1,
                            "dtype": "float32", "nodata": float("nan"), "compress": "deflate"}
@@ -177,14 +187,16 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
                     with rasterio.open(tmp / "images" / f"{name}.tif", "w", **profile) as dst:
                         dst.write(img.astype("float32"), 1)
                 _write_png(tmp / "png" / f"{name}.png", img)
-                (tmp / "voc" / f"{name}.xml").write_text(voc_xml(f"{name}.png", img.shape, b))
-                images, blist = coco[split]
+                (tmp / "voc" / f"{name}.xml").write_text(voc_xml(f"{name}.png", img.shape, b, difficult=ig))
+                images, blist, ilist = coco[split]
                 images.append({"id": len(rows) + 1, "file_name": f"images/{name}.tif", "width": img.shape[1], "height": img.shape[0]})
                 blist.append(b)
+                ilist.append(ig)
                 rows.append({"chip": name, "split": split, "source": cand.source, "mosaic": cfg.sources[cand.source].mosaic,
-                             "track": cand.track, "row0": w.row0, "col0": w.col0, "rotation": rot, "n_boxes": len(b)})
-        for split, (images, blist) in coco.items():
-            (tmp / f"coco_{split}.json").write_text(json.dumps(coco_dict(images, blist)))
+                             "track": cand.track, "row0": w.row0, "col0": w.col0, "rotation": rot, "n_boxes": len(b),
+                             "n_ignore": len(ig)})
+        for split, (images, blist, ilist) in coco.items():
+            (tmp / f"coco_{split}.json").write_text(json.dumps(coco_dict(images, blist, ilist)))
         table = pd.DataFrame(rows)
         table.to_csv(tmp / "chips.csv", index=False)
         summary = {
@@ -192,6 +204,8 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
             "train": int((table.split == "train").sum()), "val": int((table.split == "val").sum()),
             "boxes_train": int(table.n_boxes[table.split == "train"].sum()),
             "boxes_val": int(table.n_boxes[table.split == "val"].sum()),
+            "ignore_train": int(table.n_ignore[table.split == "train"].sum()),
+            "ignore_val": int(table.n_ignore[table.split == "val"].sum()),
             "config": cfg.model_dump(mode="json"),
         }
         (tmp / "manifest.json").write_text(json.dumps(summary, indent=2) + "\n")

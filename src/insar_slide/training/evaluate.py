@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..atomic import atomic_path
 from ..model.checkpoint import load_checkpoint
-from .metrics import COCO_NAMES, match_flags
+from .metrics import COCO_NAMES, ignored_flags, match_flags
 from .train import Chip, evaluate_predictions, pick_device, predict_chips, read_chip, read_split
 from .voc import coco_dict, voc_xml
 
@@ -27,12 +27,15 @@ def pr_curve(chips: list[Chip], preds: list[tuple[np.ndarray, np.ndarray]], iou:
     """(recall, precision, score) as the score threshold falls to each detection's score, at IoU ``iou``.
 
     Matching is greedy by score, so the matches above any threshold are a prefix of these.
+    Detections in a chip's ignore regions are left out (neither hits nor false alarms).
     """
     scores, hits = [], []
     n_gt = sum(len(c.boxes) for c in chips)
     for c, (bx, sc) in zip(chips, preds, strict=True):
-        scores += sc.tolist()
-        hits += match_flags(c.boxes, bx, sc, iou=iou).tolist()
+        h = match_flags(c.boxes, bx, sc, iou=iou)
+        scored = ~ignored_flags(bx, h, c.ignore, ioa=iou)
+        scores += sc[scored].tolist()
+        hits += h[scored].tolist()
     if not scores:
         return np.zeros(1), np.ones(1), np.ones(1)
     o = np.argsort(-np.asarray(scores), kind="stable")

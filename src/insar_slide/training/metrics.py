@@ -17,7 +17,7 @@ def coco_metrics(gt: dict[str, Any], detections: Sequence[dict[str, Any]]) -> di
     """COCO box metrics of ``detections`` ([{image_id, bbox [x, y, w, h], score, category_id}])."""
     from faster_coco_eval import COCO, COCOeval_faster
 
-    if not gt["annotations"]:
+    if all(a.get("iscrowd") for a in gt["annotations"]):  # nothing to find (ignore regions only)
         return {k: float("nan") for k in COCO_NAMES}
     coco_gt = COCO(gt)
     if not detections:
@@ -46,18 +46,37 @@ def match_flags(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray,
     return flags
 
 
-def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives) of :func:`match_flags`."""
-    tp = int(match_flags(gt_boxes, det_boxes, scores, iou=iou).sum())
-    return tp, len(det_boxes) - tp, len(gt_boxes) - tp
+def ignored_flags(det_boxes: np.ndarray, hits: np.ndarray, ignore_boxes: np.ndarray | None, *, ioa: float = 0.5) -> np.ndarray:
+    """For each detection that is not a hit, whether it falls in a region not scored: at least
+    ``ioa`` of its area inside one ignore box — COCO's rule for ``iscrowd`` regions."""
+    out = np.zeros(len(det_boxes), bool)
+    if ignore_boxes is None or len(ignore_boxes) == 0 or len(det_boxes) == 0:
+        return out
+    d = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
+    g = np.asarray(ignore_boxes, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(d[:, None, 2], g[None, :, 2]) - np.maximum(d[:, None, 0], g[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(d[:, None, 3], g[None, :, 3]) - np.maximum(d[:, None, 1], g[None, :, 1]), 0, None)
+    area = np.maximum((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]), 1e-12)
+    return ~np.asarray(hits, bool) & ((iw * ih / area[:, None]).max(axis=1) >= ioa)
 
 
-def prf1(per_image: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], *, score_threshold: float, iou: float = 0.5) -> dict[str, float]:
-    """Precision, recall, F1 over images of (gt boxes, det boxes, scores) at a score threshold."""
+def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5,
+                 ignore_boxes: np.ndarray | None = None) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of :func:`match_flags`; detections in
+    ``ignore_boxes`` (:func:`ignored_flags`) count as neither."""
+    hits = match_flags(gt_boxes, det_boxes, scores, iou=iou)
+    tp = int(hits.sum())
+    n_ignored = int(ignored_flags(det_boxes, hits, ignore_boxes, ioa=iou).sum())
+    return tp, len(det_boxes) - tp - n_ignored, len(gt_boxes) - tp
+
+
+def prf1(per_image: Sequence[tuple[np.ndarray, ...]], *, score_threshold: float, iou: float = 0.5) -> dict[str, float]:
+    """Precision, recall, F1 over images of (gt boxes, det boxes, scores[, ignore boxes]) at a
+    score threshold; a detection in an ignore region is neither a true nor a false positive."""
     tp = fp = fn = 0
-    for gt, det, sc in per_image:
+    for gt, det, sc, *rest in per_image:
         keep = sc >= score_threshold
-        a, b, c = match_at_iou(gt, det[keep], sc[keep], iou=iou)
+        a, b, c = match_at_iou(gt, det[keep], sc[keep], iou=iou, ignore_boxes=rest[0] if rest else None)
         tp, fp, fn = tp + a, fp + b, fn + c
     p = tp / (tp + fp) if tp + fp else float("nan") if tp + fn == 0 else 0.0
     r = tp / (tp + fn) if tp + fn else float("nan")

@@ -17,7 +17,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +82,8 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    ignore_regions: bool = Field(False, description="anchors and proposals inside the chips' ignore regions (slides "
+                                 "not labelled, slides the chip or crop edge cuts off) are not sampled as background")
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -113,6 +115,7 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
 class Chip:
     path: Path
     boxes: np.ndarray  # (n, 4) x1, y1, x2, y2
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (k, 4) regions not scored (COCO iscrowd)
 
 
 def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, Any]]:
@@ -121,16 +124,17 @@ def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, An
     if not coco_path.is_file():
         raise InputError(f"{f}: no coco_{split}.json; pass a folder written by `insar-slide chips`")
     coco = json.loads(coco_path.read_text())
-    by_img: dict[int, list[list[float]]] = {im["id"]: [] for im in coco["images"]}
+    by_img: dict[int, tuple[list[list[float]], list[list[float]]]] = {im["id"]: ([], []) for im in coco["images"]}
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]
-        by_img[a["image_id"]].append([x, y, x + w, y + h])
+        by_img[a["image_id"]][1 if a.get("iscrowd") else 0].append([x, y, x + w, y + h])
     chips = []
     for im in coco["images"]:
-        b = np.asarray(by_img[im["id"]], dtype=np.float64).reshape(-1, 4)
-        if len(b) and ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > im["width"]) | (b[:, 3] > im["height"])).any():
-            raise InputError(f"{coco_path}: a box of {im['file_name']} lies outside its {im['width']} x {im['height']} chip")
-        chips.append(Chip(f / im["file_name"], b))
+        b, ig = (np.asarray(v, dtype=np.float64).reshape(-1, 4) for v in by_img[im["id"]])
+        for bb in (b, ig):
+            if len(bb) and ((bb[:, 0] < 0) | (bb[:, 1] < 0) | (bb[:, 2] > im["width"]) | (bb[:, 3] > im["height"])).any():
+                raise InputError(f"{coco_path}: a box of {im['file_name']} lies outside its {im['width']} x {im['height']} chip")
+        chips.append(Chip(f / im["file_name"], b, ig))
     return chips, coco
 
 
@@ -141,10 +145,14 @@ def read_chip(path: Path) -> np.ndarray:
             return src.read(1).astype("float32")
 
 
-def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generator,
+          ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random ``size`` crop, its boxes (the sliver rule of the chips: ≥ 30 % of the box and
+    ≥ 4 px a side inside) and its ignore regions (``ignore`` and the boxes that rule drops)."""
     h, w = rate.shape
+    ign = np.zeros((0, 4)) if ignore is None else np.asarray(ignore, dtype=np.float64).reshape(-1, 4)
     if size >= h and size >= w:
-        return rate, boxes
+        return rate, boxes, ign
     # Half of the crops are centred near an object, so small crops still see slides.
     if len(boxes) and rng.random() < 0.5:
         b = boxes[rng.integers(len(boxes))]
@@ -154,14 +162,17 @@ def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generat
     else:
         r0, c0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
     out = rate[r0:r0 + size, c0:c0 + size]
+    shift = np.array([c0, r0, c0, r0], dtype=np.float64)
+    ig = np.clip(ign - shift, 0, size)
+    ig = ig[(ig[:, 2] > ig[:, 0]) & (ig[:, 3] > ig[:, 1])]
     if not len(boxes):
-        return out, boxes
-    b = boxes - [c0, r0, c0, r0]
+        return out, boxes, ig
+    b = boxes - shift
     clipped = np.clip(b, 0, size)
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     carea = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
     keep = (carea >= 0.3 * area) & (clipped[:, 2] - clipped[:, 0] >= 4) & (clipped[:, 3] - clipped[:, 1] >= 4)
-    return out, clipped[keep]
+    return out, clipped[keep], np.concatenate([ig, clipped[~keep & (carea > 0)]])
 
 
 def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch: int) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
@@ -170,12 +181,15 @@ def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch:
     for i in range(0, len(order), cfg.batch_size):
         imgs, targets = [], []
         for j in order[i:i + cfg.batch_size]:
-            rate, boxes = read_chip(chips[j].path), chips[j].boxes
+            rate, boxes, ignore = read_chip(chips[j].path), chips[j].boxes, chips[j].ignore
             if cfg.crop_size:
-                rate, boxes = _crop(rate, boxes, cfg.crop_size, rng)
+                rate, boxes, ignore = _crop(rate, boxes, cfg.crop_size, rng, ignore)
             imgs.append(encoding.encode(rate))
-            targets.append({"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                            "labels": torch.ones(len(boxes), dtype=torch.int64)})
+            target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                      "labels": torch.ones(len(boxes), dtype=torch.int64)}
+            if cfg.ignore_regions:
+                target["ignore"] = torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 4)
+            targets.append(target)
         yield imgs, targets
 
 
@@ -203,7 +217,7 @@ def evaluate_predictions(chips: list[Chip], coco: dict[str, Any], preds: list[tu
     dets = [{"image_id": iid, "category_id": 1, "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
              "score": float(s)} for iid, (bx, sc) in zip(ids, preds, strict=True) for b, s in zip(bx, sc, strict=True)]
     m = coco_metrics(gt, dets)
-    m.update(prf1([(c.boxes, bx, sc) for c, (bx, sc) in zip(chips, preds, strict=True)], score_threshold=score_threshold))
+    m.update(prf1([(c.boxes, bx, sc, c.ignore) for c, (bx, sc) in zip(chips, preds, strict=True)], score_threshold=score_threshold))
     return m
 
 

@@ -21,8 +21,11 @@ CLASS = "landslide"
 
 
 def voc_xml(filename: str, size: tuple[int, int], boxes: np.ndarray, *, folder: str = "png",
-            scores: Sequence[float] | None = None) -> str:
+            scores: Sequence[float] | None = None, difficult: np.ndarray | None = None) -> str:
+    """LabelImg's XML for ``boxes``; ``difficult`` boxes (regions not to be scored, see
+    :func:`insar_slide.training.boxes.ignore_boxes`) follow as objects with ``<difficult>1``."""
     h, w = size
+    hard = np.zeros((0, 4)) if difficult is None else np.asarray(difficult, dtype=np.float64).reshape(-1, 4)
     root = ET.Element("annotation")
     ET.SubElement(root, "folder").text = folder
     ET.SubElement(root, "filename").text = filename
@@ -34,13 +37,14 @@ def voc_xml(filename: str, size: tuple[int, int], boxes: np.ndarray, *, folder: 
     ET.SubElement(sz, "height").text = str(h)
     ET.SubElement(sz, "depth").text = "3"
     ET.SubElement(root, "segmented").text = "0"
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
+    n = len(boxes)
+    for i, (x1, y1, x2, y2) in enumerate([*np.asarray(boxes).reshape(-1, 4), *hard]):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = CLASS
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = "0"
-        if scores is not None:
+        ET.SubElement(obj, "difficult").text = "0" if i < n else "1"
+        if scores is not None and i < n:
             ET.SubElement(obj, "score").text = f"{scores[i]:.4f}"
         bb = ET.SubElement(obj, "bndbox")
         ET.SubElement(bb, "xmin").text = str(max(1, math.floor(x1) + 1))
@@ -51,8 +55,11 @@ def voc_xml(filename: str, size: tuple[int, int], boxes: np.ndarray, *, folder: 
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def read_voc(path: str | Path) -> tuple[str, tuple[int, int], np.ndarray]:
-    """(image filename, (height, width), boxes (n, 4) in pixel-edge coordinates)."""
+def read_voc(path: str | Path, *, difficult: bool = False) -> tuple[str, tuple[int, int], np.ndarray]:
+    """(image filename, (height, width), boxes (n, 4) in pixel-edge coordinates).
+
+    The boxes are the objects not marked ``difficult``; with ``difficult=True``, only those marked.
+    """
     p = Path(path)
     try:
         root = ET.parse(p).getroot()
@@ -65,7 +72,7 @@ def read_voc(path: str | Path) -> tuple[str, tuple[int, int], np.ndarray]:
         boxes = []
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
-            if bb is None:
+            if bb is None or (obj.findtext("difficult", "0").strip() == "1") != difficult:
                 continue
             xmin, ymin = float(bb.findtext("xmin") or 0), float(bb.findtext("ymin") or 0)
             xmax, ymax = float(bb.findtext("xmax") or 0), float(bb.findtext("ymax") or 0)
@@ -80,12 +87,15 @@ def read_voc(path: str | Path) -> tuple[str, tuple[int, int], np.ndarray]:
     return filename, (h, w), b
 
 
-def coco_dict(images: list[dict[str, Any]], boxes: list[np.ndarray]) -> dict[str, Any]:
-    """A COCO detection document: one category (landslide), boxes as [x, y, w, h]."""
+def coco_dict(images: list[dict[str, Any]], boxes: list[np.ndarray], ignore: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """A COCO detection document: one category (landslide), boxes as [x, y, w, h]; the
+    ``ignore`` boxes of each image as ``iscrowd`` annotations (scored as neither hit nor miss)."""
     anns: list[dict[str, Any]] = []
-    for img, b in zip(images, boxes, strict=True):
-        for x1, y1, x2, y2 in b:
-            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": 1,
-                         "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                         "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
+    ign = ignore if ignore is not None else [np.zeros((0, 4))] * len(images)
+    for img, b, ig in zip(images, boxes, ign, strict=True):
+        for crowd, bb in ((0, b), (1, ig)):
+            for x1, y1, x2, y2 in np.asarray(bb).reshape(-1, 4):
+                anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": 1,
+                             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                             "area": float((x2 - x1) * (y2 - y1)), "iscrowd": crowd})
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": CLASS}]}
