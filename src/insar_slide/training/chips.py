@@ -14,7 +14,8 @@ Regions not scored: a slide cut by the chip edge that the sliver rule drops, and
 simulated truth inventory) a slide below the labelling thresholds on the chip's track, are
 written as COCO ``iscrowd`` annotations and VOC ``difficult`` objects. A detection there is
 neither a hit nor a false alarm in ``evaluate`` — the model is not asked for these slides, but
-finding one is not a mistake either. Training does not read them: there they stay background.
+finding one is not a mistake either. ``train`` with ``ignore_regions: true`` does not sample
+anchors or proposals there as background; without it they are background, as before.
 """
 
 from __future__ import annotations
