@@ -81,8 +81,9 @@ class ModelConfig:
         return cls(**d)
 
 
-def _inside(boxes: torch.Tensor, regions: torch.Tensor, ioa: float = 0.5) -> torch.Tensor:
-    """For each box, whether at least ``ioa`` of its area lies inside one of ``regions``."""
+def mostly_inside(boxes: torch.Tensor, regions: torch.Tensor, ioa: float = 0.5) -> torch.Tensor:
+    """For each box (x1, y1, x2, y2), whether at least ``ioa`` of its area lies inside one of
+    ``regions`` — COCO's test for a detection in an ``iscrowd`` region."""
     if regions.numel() == 0 or boxes.numel() == 0:
         return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
     r = regions.to(boxes)
@@ -102,7 +103,7 @@ class IgnoreAwareRPN(RegionProposalNetwork):
         labels, matched = super().assign_targets_to_anchors(anchors, targets)
         for lab, anc, t in zip(labels, anchors, targets, strict=True):
             if "ignore" in t:
-                lab[(lab == 0) & _inside(anc, t["ignore"])] = -1.0
+                lab[(lab == 0) & mostly_inside(anc, t["ignore"])] = -1.0
         return labels, matched
 
 
@@ -126,7 +127,7 @@ class IgnoreAwareRoIHeads(RoIHeads):
         for i, (lab, prop) in enumerate(zip(labels, proposals, strict=True)):
             ign = self._ignore[i] if self._ignore is not None else None
             if ign is not None:
-                lab[(lab == 0) & _inside(prop, ign)] = -1
+                lab[(lab == 0) & mostly_inside(prop, ign)] = -1
         return matched, labels
 
 

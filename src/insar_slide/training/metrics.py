@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from ..model.detector import mostly_inside
+
 COCO_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 
@@ -49,15 +51,11 @@ def match_flags(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray,
 def ignored_flags(det_boxes: np.ndarray, hits: np.ndarray, ignore_boxes: np.ndarray | None, *, ioa: float = 0.5) -> np.ndarray:
     """For each detection that is not a hit, whether it falls in a region not scored: at least
     ``ioa`` of its area inside one ignore box — COCO's rule for ``iscrowd`` regions."""
-    out = np.zeros(len(det_boxes), bool)
     if ignore_boxes is None or len(ignore_boxes) == 0 or len(det_boxes) == 0:
-        return out
-    d = np.asarray(det_boxes, dtype=np.float64).reshape(-1, 4)
-    g = np.asarray(ignore_boxes, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(d[:, None, 2], g[None, :, 2]) - np.maximum(d[:, None, 0], g[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(d[:, None, 3], g[None, :, 3]) - np.maximum(d[:, None, 1], g[None, :, 1]), 0, None)
-    area = np.maximum((d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]), 1e-12)
-    return ~np.asarray(hits, bool) & ((iw * ih / area[:, None]).max(axis=1) >= ioa)
+        return np.zeros(len(det_boxes), bool)
+    inside = mostly_inside(torch.as_tensor(det_boxes, dtype=torch.float64).reshape(-1, 4),
+                           torch.as_tensor(ignore_boxes, dtype=torch.float64).reshape(-1, 4), ioa).numpy()
+    return ~np.asarray(hits, bool) & inside
 
 
 def match_at_iou(gt_boxes: np.ndarray, det_boxes: np.ndarray, scores: np.ndarray, *, iou: float = 0.5,
