@@ -31,8 +31,8 @@ def polygon_to_pixel(geom: shapely.Geometry, transform: Affine) -> shapely.Geome
     return shapely.transform(geom, lambda xy: np.column_stack(inv * (xy[:, 0], xy[:, 1])))
 
 
-def clip_boxes(geoms_px: list[shapely.Geometry], size: tuple[int, int], rule: SliverRule) -> np.ndarray:
-    """Boxes (n, 4) of the polygons (already in chip pixel coordinates) that pass ``rule``."""
+def _parts(geoms_px: list[shapely.Geometry], size: tuple[int, int]) -> list[tuple[float, shapely.Geometry]]:
+    """(polygon area, its part inside the chip) for each polygon with some area in the chip."""
     h, w = size
     frame = shapely.box(0, 0, w, h)
     out = []
@@ -40,12 +40,23 @@ def clip_boxes(geoms_px: list[shapely.Geometry], size: tuple[int, int], rule: Sl
         if g.is_empty or g.area <= 0:
             continue
         inside = g.intersection(frame)
-        if inside.is_empty or inside.area < rule.min_fraction * g.area:
-            continue
-        x1, y1, x2, y2 = inside.bounds
-        if x2 - x1 >= rule.min_side_px and y2 - y1 >= rule.min_side_px:
-            out.append((x1, y1, x2, y2))
-    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+        if not inside.is_empty and inside.area > 0:
+            out.append((g.area, inside))
+    return out
+
+
+def _passes(area: float, inside: shapely.Geometry, rule: SliverRule) -> bool:
+    x1, y1, x2, y2 = inside.bounds
+    return inside.area >= rule.min_fraction * area and x2 - x1 >= rule.min_side_px and y2 - y1 >= rule.min_side_px
+
+
+def _bounds(parts: list[shapely.Geometry]) -> np.ndarray:
+    return np.asarray([p.bounds for p in parts], dtype=np.float64).reshape(-1, 4)
+
+
+def clip_boxes(geoms_px: list[shapely.Geometry], size: tuple[int, int], rule: SliverRule) -> np.ndarray:
+    """Boxes (n, 4) of the polygons (already in chip pixel coordinates) that pass ``rule``."""
+    return _bounds([inside for area, inside in _parts(geoms_px, size) if _passes(area, inside, rule)])
 
 
 def ignore_boxes(labelled_px: list[shapely.Geometry], unlabelled_px: list[shapely.Geometry], size: tuple[int, int],
@@ -57,18 +68,8 @@ def ignore_boxes(labelled_px: list[shapely.Geometry], unlabelled_px: list[shapel
     slide below the labelling thresholds on this track). A detection there is neither a
     true nor a false positive: COCO ``iscrowd`` regions, VOC ``difficult`` objects.
     """
-    h, w = size
-    frame = shapely.box(0, 0, w, h)
-    dropped = [g for g in labelled_px if not len(clip_boxes([g], size, rule))]
-    out = []
-    for g in dropped + list(unlabelled_px):
-        if g.is_empty or g.area <= 0:
-            continue
-        inside = g.intersection(frame)
-        if inside.is_empty or inside.area <= 0:
-            continue
-        out.append(inside.bounds)
-    return np.asarray(out, dtype=np.float64).reshape(-1, 4)
+    dropped = [inside for area, inside in _parts(labelled_px, size) if not _passes(area, inside, rule)]
+    return _bounds(dropped + [inside for _, inside in _parts(unlabelled_px, size)])
 
 
 def rotate_cw(image: np.ndarray, boxes: np.ndarray, quarter_turns: int) -> tuple[np.ndarray, np.ndarray]:
