@@ -9,7 +9,9 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import shapely
+from click.testing import CliRunner
 
+from insar_slide.cli import main
 from insar_slide.compare import hidden_truth, visible_truth
 from insar_slide.errors import InputError
 from insar_slide.grid import Grid
@@ -223,3 +225,46 @@ def test_a_catalogue_without_its_columns_is_a_clear_error(tmp_path):
         read_nuisance(tmp_path / "n.parquet")
     with pytest.raises(InputError, match="no such look-alike catalogue"):
         read_nuisance(tmp_path / "missing.parquet")
+
+
+def _cli_case(tmp_path, *, with_catalogue: bool):
+    mosaic = _mosaic(tmp_path)
+    truth, det = _fa_case()
+    truth.to_parquet(tmp_path / "basin.truth.parquet")
+    det.to_parquet(tmp_path / "inventory.parquet")
+    if with_catalogue:
+        _nuisance().to_parquet(tmp_path / "basin.nuisance.parquet")
+    return ["compare", str(tmp_path / "inventory.parquet"), "--reference", str(tmp_path / "basin.truth.parquet"),
+            "--visible-only", "--mosaic", str(mosaic)]
+
+
+def test_compare_cli_strict_report_end_to_end(tmp_path):
+    args = _cli_case(tmp_path, with_catalogue=True)
+    res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "correctly detected" in res.output and "size class" in res.output and "glacier" in res.output
+    doc = json.loads((tmp_path / "cmp" / "scores.json").read_text())
+    assert doc["nuisance"].endswith("basin.nuisance.parquet")  # found beside the truth
+    assert doc["areas"]["valid_km2"] == pytest.approx(VALID_KM2) and doc["areas"]["grid_km2"] == pytest.approx(81.0)
+    inv = doc["inventories"]["inventory"]
+    assert inv["precision"] == pytest.approx(1 / 6) and inv["recall"] == 1.0 and inv["below_threshold"] == 1
+    # equal scores rank in inventory order: five false alarms (one small) before the hit
+    assert inv["ap50"] == pytest.approx(1 / 6, abs=1e-3)
+    assert inv["size_classes"]["small"] == {"n_truth": 1, "matched": 1, "recall": 1.0, "ap50": pytest.approx(1 / 2, abs=1e-3)}
+    assert inv["size_classes"]["large"]["ap50"] is None  # no large slide to find
+    kinds = inv["false_alarms"]["kinds"]
+    assert kinds["glacier"]["false_alarms"] == 2 and kinds["glacier"]["per_1000_km2"] == pytest.approx(2 / VALID_KM2 * 1000)
+    for name in ("table.md", "table.csv", "size_classes.md", "false_alarms.md", "status_inventory.parquet"):
+        assert (tmp_path / "cmp" / name).exists(), name
+    assert "| inventory | unwrapping | 1 | 1 | 1 |" in (tmp_path / "cmp" / "false_alarms.md").read_text()
+
+
+def test_compare_cli_without_catalogue_or_with_a_missing_one(tmp_path):
+    args = _cli_case(tmp_path, with_catalogue=False)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "no look-alike catalogue" in res.output
+    res = CliRunner().invoke(main, [*args, "--nuisance", str(tmp_path / "nope.parquet")])
+    assert res.exit_code == 1 and "no such look-alike catalogue" in res.output
+    res = CliRunner().invoke(main, [*args, "--pixel-size", "30"])
+    assert res.exit_code == 2 and "not both" in res.output

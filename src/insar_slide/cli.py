@@ -352,10 +352,21 @@ def baseline_cmd(method: str, config: str, out: str | None) -> None:
 @click.option("--visible-only", is_flag=True,
               help="Simulated truth: score against slides with |peak LOS| >= 10 mm/yr on >= 50 %% measured pixels; "
                    "a detection of one of the others counts as 'below threshold', neither correct nor new.")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for table.md, table.csv and status_<name>.parquet.")
+@click.option("--mosaic", type=click.Path(), help="Basin mosaic: strict report with size classes in its pixels, "
+              "AP50 and false alarms per 1,000 km² of its measured area.")
+@click.option("--pixel-size", type=float, help="Strict report without a mosaic: pixel size in the reference's CRS units (no rates per km²).")
+@click.option("--nuisance", type=click.Path(dir_okay=False),
+              help="Look-alike catalogue (GeoParquet); default: <stem>.nuisance.parquet beside <stem>.truth.parquet, if it exists.")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for table.md, table.csv and status_<name>.parquet "
+              "(with the strict report also size_classes.md, false_alarms.md, scores.json).")
 @_friendly
-def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, iou: float, visible_only: bool, out: str | None) -> None:
-    """Match inventories against a reference: the paper's Table 4 counts and object-level P/R/F1."""
+def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, iou: float, visible_only: bool,
+                mosaic: str | None, pixel_size: float | None, nuisance: str | None, out: str | None) -> None:
+    """Match inventories against a reference: the paper's Table 4 counts and object-level P/R/F1.
+
+    With --mosaic (or --pixel-size) also the strict report: recall and AP50 per COCO size class,
+    and false alarms per look-alike kind per 1,000 km².
+    """
     from .atomic import atomic_path
     from .compare import compare_inventories, hidden_truth, table_markdown, visible_truth
     from .inventory import read_inventory
@@ -365,10 +376,24 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
         if len(paths) < 2:
             raise ConfigError("compare needs an inventory and a reference: `insar-slide compare A.parquet B.parquet`")
         reference = paths.pop()
+    if mosaic and pixel_size is not None:
+        raise ConfigError("give --mosaic or --pixel-size, not both (the mosaic's grid sets the pixel size)")
+    strict = bool(mosaic) or pixel_size is not None
+    if nuisance and not strict:
+        raise ConfigError("--nuisance is used by the strict report: add --mosaic basin.zarr (or --pixel-size)")
     ref = read_inventory(reference)
+    ds = None
+    if mosaic:
+        from .mosaic import open_basin
+        ds = open_basin(mosaic)
+        crs = ds.rio.crs
+        if ref.crs is not None and crs is not None and ref.crs != crs:
+            click.echo(f"note: {reference} is in {ref.crs.to_string()}; reprojected to the mosaic's {crs.to_string()}")
+            ref = ref.to_crs(crs)
     ignore = None
+    full = ref
     if visible_only:
-        ref, ignore = visible_truth(ref), hidden_truth(ref)
+        ref, ignore = visible_truth(full), hidden_truth(full)
     invs = {}
     for p in paths:
         inv = read_inventory(p)
@@ -378,16 +403,36 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
     table, statuses = compare_inventories(invs, ref, rule=rule, threshold=iou, ignore=ignore)  # type: ignore[arg-type]
     md = table_markdown(table)
     click.echo(md)
+    files: list[tuple[str, str]] = [("table.md", md), ("table.csv", table.to_csv(index=False))]
+    if strict:
+        from . import scoring as sc
+        px = sc.PixelSize.of(ds) if ds is not None else sc.PixelSize(float(pixel_size or 0), float(pixel_size or 0))
+        area = sc.mosaic_area(ds) if ds is not None else None
+        beside = sc.nuisance_path_for(reference)
+        nuis_path = Path(nuisance) if nuisance else beside if beside.exists() else None
+        nuis = sc.read_nuisance(nuis_path) if nuis_path else None
+        reports = {name: sc.strict_report(inv, ref, pixel_size=px, ignore=ignore, nuisance=nuis, area=area,
+                                          rule=rule, iou=iou) for name, inv in invs.items()}  # type: ignore[arg-type]
+        sizes_md, fa_md = sc.size_class_markdown(reports), sc.false_alarm_markdown(reports)
+        click.echo(sizes_md)
+        click.echo(fa_md)
+        doc = {"reference": str(reference), "mosaic": mosaic, "nuisance": str(nuis_path) if nuis_path else None,
+               "visible_only": visible_only, "rule": f"{rule} IoU >= {iou}", "ap_iou": sc.AP_IOU,
+               "pixel_size": {"dx": px.dx, "dy": px.dy, "units": "reference CRS units"},
+               "areas": {"grid_km2": area.grid_km2, "valid_km2": area.valid_km2} if area else None,
+               "inventories": {name: r.to_dict() for name, r in reports.items()}}
+        files += [("size_classes.md", sizes_md), ("false_alarms.md", fa_md), ("scores.json", json.dumps(doc, indent=2))]
     if out:
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, text in (("table.md", md), ("table.csv", table.to_csv(index=False))):
+        for name, text in files:
             with atomic_path(folder / name, overwrite=True) as tmp:
                 tmp.write_text(text)
         for name, st in statuses.items():
             with atomic_path(folder / f"status_{name}.parquet", overwrite=True) as tmp:
                 st.to_parquet(tmp, index=False)
-        click.echo(f"wrote {folder}/table.md, table.csv and {len(statuses)} status file(s)")
+        extra = ", size_classes.md, false_alarms.md, scores.json" if strict else ""
+        click.echo(f"wrote {folder}/table.md, table.csv{extra} and {len(statuses)} status file(s)")
 
 
 @main.command()
