@@ -245,6 +245,7 @@ def test_compare_cli_strict_report_end_to_end(tmp_path):
     assert "correctly detected" in res.output and "size class" in res.output and "glacier" in res.output
     doc = json.loads((tmp_path / "cmp" / "scores.json").read_text())
     assert doc["nuisance"].endswith("basin.nuisance.parquet")  # found beside the truth
+    assert doc["pixel_size"] == {"dx": 30.0, "dy": 30.0, "units": "metre"}
     assert doc["areas"]["valid_km2"] == pytest.approx(VALID_KM2) and doc["areas"]["grid_km2"] == pytest.approx(81.0)
     inv = doc["inventories"]["inventory"]
     assert inv["precision"] == pytest.approx(1 / 6) and inv["recall"] == 1.0 and inv["below_threshold"] == 1
@@ -254,6 +255,7 @@ def test_compare_cli_strict_report_end_to_end(tmp_path):
     assert inv["size_classes"]["large"]["ap50"] is None  # no large slide to find
     kinds = inv["false_alarms"]["kinds"]
     assert kinds["glacier"]["false_alarms"] == 2 and kinds["glacier"]["per_1000_km2"] == pytest.approx(2 / VALID_KM2 * 1000)
+    assert type(kinds["glacier"]["objects"]) is int and kinds["background"]["objects"] is None
     for name in ("table.md", "table.csv", "size_classes.md", "false_alarms.md", "status_inventory.parquet"):
         assert (tmp_path / "cmp" / name).exists(), name
     assert "| inventory | unwrapping | 1 | 1 | 1 |" in (tmp_path / "cmp" / "false_alarms.md").read_text()

@@ -418,7 +418,7 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
         click.echo(fa_md)
         doc = {"reference": str(reference), "mosaic": mosaic, "nuisance": str(nuis_path) if nuis_path else None,
                "visible_only": visible_only, "rule": f"{rule} IoU >= {iou}", "ap_iou": sc.AP_IOU,
-               "pixel_size": {"dx": px.dx, "dy": px.dy, "units": "reference CRS units"},
+               "pixel_size": {"dx": px.dx, "dy": px.dy, "units": ref.crs.axis_info[0].unit_name if ref.crs else "map units"},
                "areas": {"grid_km2": area.grid_km2, "valid_km2": area.valid_km2} if area else None,
                "inventories": {name: r.to_dict() for name, r in reports.items()}}
         files += [("size_classes.md", sizes_md), ("false_alarms.md", fa_md), ("scores.json", json.dumps(doc, indent=2))]

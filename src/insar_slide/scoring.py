@@ -296,6 +296,8 @@ class StrictReport:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN → None)."""
         def clean(v: Any) -> Any:
+            if v is pd.NA:
+                return None
             if isinstance(v, float | np.floating):
                 return None if math.isnan(v) else float(v)
             return int(v) if isinstance(v, np.integer) else v
@@ -326,10 +328,11 @@ def _false_alarm_table(false: gpd.GeoDataFrame, nuisance: gpd.GeoDataFrame | Non
             c = int((kinds == k).sum())
             rows.append({"kind": k, "objects": int(n_kind.get(k, 0)), "objects_with_false_alarm": len(set(objs[on].tolist())),
                          "false_alarms": c, "per_1000_km2": rate(c)})
+        rows[-1].update(objects=None, objects_with_false_alarm=None)  # background: no objects
     rows.append({"kind": "all", "objects": len(nuisance) if nuisance is not None else None,
-                 "objects_with_false_alarm": sum(r["objects_with_false_alarm"] for r in rows) if nuisance is not None else None,
+                 "objects_with_false_alarm": sum(r["objects_with_false_alarm"] or 0 for r in rows) if nuisance is not None else None,
                  "false_alarms": len(false), "per_1000_km2": rate(len(false))})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).astype({"objects": "Int64", "objects_with_false_alarm": "Int64", "false_alarms": "int64"})
 
 
 def strict_report(detections: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, *, pixel_size: PixelSize,
@@ -367,8 +370,8 @@ def strict_report(detections: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, *, pixe
                         area=area, catalogue=nuisance is not None, notes=notes)
 
 
-def _f(v: float, fmt: str = ".3f") -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+def _f(v: Any, fmt: str = ".3f") -> str:
+    return "–" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def size_class_markdown(reports: dict[str, StrictReport]) -> str:
@@ -387,8 +390,8 @@ def false_alarm_markdown(reports: dict[str, StrictReport]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, r in reports.items():
         for row in r.false_alarms.to_dict("records"):
-            lines.append(f"| {name} | {row['kind']} | {row['objects'] if r.catalogue else '–'} | "
-                         f"{row['objects_with_false_alarm'] if r.catalogue else '–'} | {row['false_alarms']} | {_f(row['per_1000_km2'], '.2f')} |")
+            lines.append(f"| {name} | {row['kind']} | {_f(row['objects'], 'd')} | {_f(row['objects_with_false_alarm'], 'd')} | "
+                         f"{row['false_alarms']} | {_f(row['per_1000_km2'], '.2f')} |")
     first = next(iter(reports.values()), None)
     area = first.area if first else None
     tail = (f"Area: {area.valid_km2:.1f} km² measured on at least one track (grid {area.grid_km2:.1f} km²). " if area else "")
