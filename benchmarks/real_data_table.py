@@ -26,6 +26,7 @@ import datetime as dt
 import io
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import geopandas as gpd
@@ -97,11 +98,13 @@ def run_meta(path: Path) -> dict:
     return json.loads(meta.get(b"insar_slide", b"{}"))
 
 
-def load_explanations(path: Path) -> tuple[dict, float]:
+def load_explanations(path: Path) -> tuple[dict, dict, float]:
+    """(entries per product, a note per product, match distance in m)."""
     if not path.exists():
-        return {}, 300.0
+        return {}, {}, 300.0
     data = yaml.safe_load(path.read_text()) or {}
-    return {k: v for k, v in data.items() if k != "match_m"}, float(data.get("match_m", 300.0))
+    entries = {k: v for k, v in data.items() if k not in ("match_m", "product_notes")}
+    return entries, data.get("product_notes") or {}, float(data.get("match_m", 300.0))
 
 
 def explain(entries: list[dict], lon: float, lat: float, match_m: float) -> dict:
@@ -174,30 +177,33 @@ def crop_png(rate, grid, d: dict, target: Path, title: str) -> None:
                np.nan_to_num(np.abs(sub)), levels=[10.0], colors="k", linewidths=0.4, alpha=0.5)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
+    ax.ticklabel_format(useOffset=False)
     fig.colorbar(im, ax=ax, shrink=0.85, label="LOS rate (mm/yr, + toward satellite)")
-    _png_small(fig, target, colors=128)
+    _png_small(fig, target, colors=160)
 
 
-def overview_png(rate, grid, label: str, track: str, ops: list[dict], ctx: list[dict], target: Path) -> None:
+def overview_png(rate, grid, label: str, track: str, thr: float, ops: list[dict], ctx: list[dict],
+                 target: Path) -> None:
     fin = np.abs(rate[np.isfinite(rate)])
     vmax = max(10.0, float(np.percentile(fin, 99)))
     extent = (grid.x0, grid.x0 + grid.width * grid.dx, grid.y0 + grid.height * grid.dy, grid.y0)
-    aspect = grid.height * abs(grid.dy) / (grid.width * grid.dx)
+    stretch = 1.0  # y per x on the page: metres, not degrees
     if _geographic(grid.crs):
-        aspect /= math.cos(math.radians(grid.y0 + grid.dy * grid.height / 2))
-    fig, ax = plt.subplots(figsize=(6.0, 6.0 * min(aspect, 1.3) * 0.9 + 0.6), dpi=80, constrained_layout=True)
+        stretch = 1 / math.cos(math.radians(grid.y0 + grid.dy * grid.height / 2))
+    h_over_w = grid.height * abs(grid.dy) * stretch / (grid.width * grid.dx)
+    fig, ax = plt.subplots(figsize=(6.4, min(5.6 * h_over_w, 7.0) + 0.7), dpi=80, constrained_layout=True)
     im = _rate_axes(ax, rate, extent, vmax)
-    if _geographic(grid.crs):
-        ax.set_aspect(1 / math.cos(math.radians(grid.y0 + grid.dy * grid.height / 2)))
+    ax.set_aspect(stretch)
     for i, d in enumerate(ops, 1):
         _draw_box(ax, d["_geom"], "black", "-", str(i))
     for j, d in enumerate(ctx):
-        _draw_box(ax, d["_geom"], "#6a3d9a", "--", chr(ord("a") + j))
-    ax.set_title(f"{label}, {track}: {len(ops)} at the operating threshold (solid), "
-                 f"{len(ctx)} more at >= 0.5 (dashed)", fontsize=8)
+        _draw_box(ax, d["_geom"], "#008a00", "--", chr(ord("a") + j))
+    ax.set_title(f"{label}, {track}\n{len(ops)} at score >= {thr:g} (solid, numbered), "
+                 f"{len(ctx)} more at >= 0.5 (dashed, lettered)", fontsize=9)
     ax.tick_params(labelsize=7)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="LOS rate (mm/yr)")
-    _png_small(fig, target)
+    ax.ticklabel_format(useOffset=False)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="LOS rate (mm/yr, + toward satellite)")
+    _png_small(fig, target, colors=160)
 
 
 def main() -> None:
@@ -209,8 +215,13 @@ def main() -> None:
     base, res = Path(args.dir), Path(args.results)
     (base / "crops").mkdir(parents=True, exist_ok=True)
     (res / "real_data").mkdir(parents=True, exist_ok=True)
-    expl, match_m = load_explanations(Path(args.explained))
-    out: dict = {"date": dt.date.today().isoformat(), "products": []}
+    expl, notes, match_m = load_explanations(Path(args.explained))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    out: dict = {"date": dt.date.today().isoformat(), "commit": commit, "products": []}
     for name, info in PRODUCTS.items():
         ds = insar_slide.open_basin(base / f"{name}.zarr")
         grid = grid_of(ds)
@@ -234,7 +245,8 @@ def main() -> None:
                "score_threshold": meta.get("score_threshold"), "window": meta.get("config", {}).get("window"),
                "n_detections": len(ops), "per_1000_km2": round(1000 * len(ops) / area, 1) if area else None,
                "n_false_alarms": sum(d["verdict"] == "false alarm" for d in ops),
-               "detections": ops, "below_threshold": ctx}
+               "detections": ops, "below_threshold": ctx,
+               "note": " ".join(str(notes.get(name, "")).split())}
         tr = tracks[0]
         r2d = rates[0]
         for k, d in enumerate(ops, 1):
@@ -252,7 +264,7 @@ def main() -> None:
                      f"{d['box_w_m']} x {d['box_h_m']} m")
         row["png"] = str((res / "real_data" / f"{name}.png").relative_to(ROOT)) if res.resolve().is_relative_to(ROOT) \
             else str(res / "real_data" / f"{name}.png")
-        overview_png(r2d, grid, info["label"], tr, ops, ctx, res / "real_data" / f"{name}.png")
+        overview_png(r2d, grid, info["label"], tr, row["score_threshold"], ops, ctx, res / "real_data" / f"{name}.png")
         out["products"].append(row)
         print(f"{name}: {len(ops)} detections at {row['score_threshold']}, {len(ctx)} more at >= 0.5; "
               f"{area:.1f} km² with data")
@@ -275,7 +287,7 @@ def markdown(out: dict) -> str:
     lines = [
         "# Real products: what the detector reports",
         "",
-        f"`workflows/real_data.sh` ({out['date']}), model `{p0['model']}` (sha256 {p0['model_hash']}…), "
+        f"`workflows/real_data.sh` ({out['date']}, code at {out['commit']}), model `{p0['model']}` (sha256 {p0['model_hash']}…), "
         f"operating threshold {p0['score_threshold']}; one window covering each product (halo 64 px, clipped). "
         "None of these products has landslide labels: each detection was looked at (crop PNGs under "
         "`out/real/crops/`) and explained in `benchmarks/results/real_data_explained.yaml`. A moving slope "
@@ -310,6 +322,8 @@ def markdown(out: dict) -> str:
                 lines.append(s)
         notes = [(str(i), d) for i, d in enumerate(p["detections"], 1)] + \
                 [(chr(ord("a") + j), d) for j, d in enumerate(p["below_threshold"])]
+        if p["note"]:
+            lines += ["", p["note"]]
         if notes:
             lines += [""] + [f"- **{k}** ({d['slide_id']}): {d['why'] or 'not yet explained: look at ' + d['crop']}"
                              for k, d in notes]
