@@ -7,7 +7,7 @@
 # detection under out/real/crops/ and one overview PNG per product under
 # benchmarks/results/real_data/. Explanations come from benchmarks/results/real_data_explained.yaml
 # (matched by place; a detection nobody has looked at yet is flagged "not yet explained").
-#   bash workflows/real_data.sh                          # shipped model, ~2 min on 2 cores
+#   bash workflows/real_data.sh                          # shipped model, 3.5-7 min on 2 cores
 #   MODEL=out/train_x/best.safetensors bash workflows/real_data.sh   # the same with another model
 set -euo pipefail
 cd "$(dirname "$0")/.."
