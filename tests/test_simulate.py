@@ -216,4 +216,4 @@ def test_failed_overwrite_keeps_the_previous_pair(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         sim_basin.simulate(_cfg(seed=99), store, overwrite=True)
     np.testing.assert_array_equal(open_basin(store).los_rate.values, before)
-    assert truth.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.truth.parquet", "s.zarr"]
+    assert truth.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s.nuisance.parquet", "s.truth.parquet", "s.zarr"]

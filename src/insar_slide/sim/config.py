@@ -54,11 +54,22 @@ class LandslideConfig(StrictModel):
     speed_mm_yr: tuple[float, float] = (5.0, 200.0)
     faint_fraction: float = Field(0.25, ge=0, le=1, description="share of slides with slope speed 5–20 mm/yr")
     size_px: tuple[float, float] = Field((5.0, 100.0), description="length along the slope, pixels")
+    size_law: Literal["skewed", "loguniform"] = Field(
+        "skewed", description="skewed: log-length ~ u**1.6 (most slides small); loguniform: as many 10-20 px as 100-200 px")
     slope_deg: tuple[float, float] = (12.0, 45.0)
+    earthflow_fraction: float = Field(0.0, ge=0, le=1, description="share of slides that are elongated earthflows "
+                                      "following the fall line (and bending with the valley)")
+    earthflow_elongation: tuple[float, float] = Field((4.0, 10.0), description="earthflow length : width")
+    compound_fraction: float = Field(0.0, ge=0, le=1, description="share of slides made of 2-4 kinematic elements "
+                                     "moving at different speeds")
+    fast_fraction: float = Field(0.0, ge=0, le=1, description="share of slides (earthflows twice as often) moving "
+                                 "at fast_speed_mm_yr, beyond what C-band unwraps (see radar)")
+    fast_speed_mm_yr: tuple[float, float] = (300.0, 5000.0)
+    edge_margin_px: int = Field(0, ge=0, description="sites also this far outside the grid, so slides straddle its edges")
 
     @model_validator(mode="after")
     def _ranges(self) -> LandslideConfig:
-        for name in ("speed_mm_yr", "size_px", "slope_deg"):
+        for name in ("speed_mm_yr", "size_px", "slope_deg", "earthflow_elongation", "fast_speed_mm_yr"):
             lo, hi = getattr(self, name)
             if not 0 < lo < hi:
                 raise ValueError(f"{name} must be (low, high) with 0 < low < high, got {(lo, hi)}")
@@ -71,6 +82,23 @@ class AtmosphereConfig(StrictModel):
     stratified_mm_yr_per_km: float = Field(1.2, ge=0, description="max |rate vs elevation| slope, drawn per track")
     ramp_mm_yr_per_100km: float = Field(3.0, ge=0)
     pixel_noise_mm_yr: float = Field(1.0, ge=0)
+
+
+class RadarConfig(StrictModel):
+    """What the sensor can record. Phase is unwrapped only while a pixel moves less than a quarter
+    wavelength per revisit relative to its neighbours: Sentinel-1 C band (55.46 mm), 12-day revisit
+    → 55.46 / 4 mm per 12 days = 422 mm/yr of LOS rate. Faster ground decorrelates to a hole or
+    aliases (a wrapped, wrong rate); slower margins of the same slide stay measured."""
+
+    wavelength_mm: float = Field(55.46, gt=0)
+    revisit_days: float = Field(12.0, gt=0)
+    unwrapping_limit: bool = Field(False, description="apply the limit (off: every rate is recorded as simulated)")
+    alias_fraction: float = Field(0.3, ge=0, le=1, description="share of the over-limit area that aliases instead "
+                                  "of decorrelating")
+
+    @property
+    def limit_mm_yr(self) -> float:
+        return self.wavelength_mm / 4 / self.revisit_days * 365.25
 
 
 class HolesConfig(StrictModel):
@@ -86,6 +114,26 @@ class NuisanceConfig(StrictModel):
     glaciers_per_1000km2: float = Field(1.5, ge=0)
     glacier_min_elevation_m: float = 4600.0
     unwrapping_per_1000km2: float = Field(2.0, ge=0)
+    subsidence_radius_px: tuple[float, float] = Field((8.0, 58.0), description="bowl radius range")
+    subsidence_loguniform: bool = Field(False, description="radii log-uniform in the range (else uniform)")
+    glacier_size_px: tuple[float, float] = Field((60.0, 260.0), description="tongue length range")
+    glacier_speed_mm_yr: tuple[float, float] = (60.0, 400.0)
+    glacier_hole_fraction: tuple[float, float] = Field((0.6, 0.6), description="share of a glacier's pixels "
+                                                       "decorrelated by ice, drawn per glacier in this range")
+    glacier_valley_fraction: float = Field(0.0, ge=0, le=1, description="share of glaciers that are valley "
+                                           "tongues following the fall line (curved), the rest elliptical")
+    glacier_free_orientation_fraction: float = Field(0.0, ge=0, le=1, description="share of elliptical glaciers "
+                                                     "oriented at random instead of down the slope")
+    unwrapping_irregular_fraction: float = Field(0.0, ge=0, le=1, description="share of unwrapping patches with "
+                                                 "irregular (not straight) edges")
+    volcanic_per_1000km2: float = Field(0.0, ge=0, description="inflating or deflating magma sources (Mogi)")
+    volcanic_mm_yr: tuple[float, float] = Field((10.0, 120.0), description="peak uplift rate range")
+    volcanic_depth_px: tuple[float, float] = Field((10.0, 120.0), description="source depth (sets the bowl width)")
+    elevation_step_mm_yr: float = Field(0.0, ge=0, description="per-track seasonal/thermal signal that steps "
+                                        "across an elevation band (up to this amplitude)")
+    faults: int = Field(0, ge=0, description="creeping faults crossing the basin (arctan interseismic profile)")
+    fault_mm_yr: tuple[float, float] = (3.0, 15.0)
+    fault_locking_km: tuple[float, float] = (2.0, 12.0)
 
 
 class EvolutionConfig(StrictModel):
@@ -111,6 +159,7 @@ class SimConfig(StrictModel):
     landslides: LandslideConfig = LandslideConfig()
     atmosphere: AtmosphereConfig = AtmosphereConfig()
     holes: HolesConfig = HolesConfig()
+    radar: RadarConfig = RadarConfig()
     nuisance: NuisanceConfig = NuisanceConfig()
     evolution: EvolutionConfig | None = None
 
