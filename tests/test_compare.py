@@ -209,6 +209,16 @@ def test_pixel_size_of_a_mosaic_and_reprojected_catalogue(tmp_path):
     assert a.false_alarms.set_index("kind").loc["all", "per_1000_km2"] == pytest.approx(100.0)
 
 
+def test_an_object_with_a_row_per_track_is_one_object():
+    poly = _poly(20, 200, 80, 260)
+    nuis = gpd.GeoDataFrame({"object_id": ["u1", "u1"], "kind": "unwrapping", "track": ["asc", "desc"]},
+                            geometry=[poly, poly], crs=GRID.crs)
+    det = _det([(30, 210, 70, 250), (25, 205, 75, 255)], [0.9, 0.8], ["asc", "desc"])
+    fa = strict_report(det, _truth(VISIBLE), pixel_size=PX, nuisance=nuis).false_alarms.set_index("kind")
+    assert (fa.loc["unwrapping", "objects"], fa.loc["unwrapping", "objects_with_false_alarm"]) == (1, 1)
+    assert fa.loc["unwrapping", "false_alarms"] == 2 and fa.loc["all", "objects"] == 1
+
+
 def test_without_a_catalogue_false_alarms_are_counted_not_attributed(tmp_path):
     truth, det = _fa_case()
     rep = strict_report(det, visible_truth(truth), pixel_size=PX, ignore=hidden_truth(truth), area=MosaicArea(81.0, 50.0))

@@ -221,7 +221,8 @@ def nuisance_path_for(reference: str | Path) -> Path:
 
 def read_nuisance(path: str | Path) -> gpd.GeoDataFrame:
     """Read a look-alike catalogue (GeoParquet: ``object_id``, ``kind``, ``track`` ("" = every
-    track), footprint ``geometry`` in the mosaic CRS)."""
+    track), footprint ``geometry`` in the mosaic CRS; an object seen on two tracks may have a row
+    per track, counted as one object)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such look-alike catalogue; give an existing --nuisance file or leave the option out")
@@ -322,14 +323,15 @@ def _false_alarm_table(false: gpd.GeoDataFrame, nuisance: gpd.GeoDataFrame | Non
     if nuisance is not None:
         boxes = shapely.envelope(np.asarray(false.geometry, dtype=object))
         kinds, objs = attribute_false_alarms(boxes, nuisance, tracks=_track_sets(false))
-        n_kind = nuisance["kind"].value_counts()
+        ids = nuisance["object_id"].to_numpy()
+        n_kind = nuisance.groupby("kind")["object_id"].nunique()  # an object may have one row per track
         for k in [*sorted(n_kind.index), BACKGROUND]:
             on = (kinds == k) & (objs >= 0)
             c = int((kinds == k).sum())
-            rows.append({"kind": k, "objects": int(n_kind.get(k, 0)), "objects_with_false_alarm": len(set(objs[on].tolist())),
+            rows.append({"kind": k, "objects": int(n_kind.get(k, 0)), "objects_with_false_alarm": len(set(ids[objs[on]])),
                          "false_alarms": c, "per_1000_km2": rate(c)})
         rows[-1].update(objects=None, objects_with_false_alarm=None)  # background: no objects
-    rows.append({"kind": "all", "objects": len(nuisance) if nuisance is not None else None,
+    rows.append({"kind": "all", "objects": nuisance["object_id"].nunique() if nuisance is not None else None,
                  "objects_with_false_alarm": sum(r["objects_with_false_alarm"] or 0 for r in rows) if nuisance is not None else None,
                  "false_alarms": len(false), "per_1000_km2": rate(len(false))})
     return pd.DataFrame(rows).astype({"objects": "Int64", "objects_with_false_alarm": "Int64", "false_alarms": "int64"})
