@@ -185,3 +185,46 @@ def test_every_shipped_chips_config_parses_and_points_into_the_repo_outputs():
     for name in ("chips_heldout", "chips_tuning"):
         cfg = load_chips_config(REPO / "configs" / "reference" / f"{name}.yaml")
         assert cfg.rotations == (0,) and cfg.split.val_fraction == 1.0
+
+
+def test_coarse_chips_are_block_means_in_the_split_of_their_place(basin, tmp_path):
+    store, truth = basin
+    src = {"mosaic": str(store), "inventory": str(truth)}
+    cfg = ChipsConfig(sources=[src, {**src, "scale": 2, "min_box_px": 12}], out=str(tmp_path / "chips"), size=128,
+                      rotations=[0], split={"block_px": 512, "val_fraction": 0.3, "seed": 0})
+    make_chips(cfg)
+    table = pd.read_csv(tmp_path / "chips" / "chips.csv")
+    fine, coarse = table[table.source == 0], table[table.source == 1]
+    assert len(coarse) and len(fine)
+    # A coarse chip's place (native px = 2 x its own) is in the split its native chips are in.
+    blocks = {(r.row0 // 512, r.col0 // 512): r.split for r in fine.itertuples()}
+    for r in coarse.itertuples():
+        key = (r.row0 * 2 // 512, r.col0 * 2 // 512)
+        assert blocks.get(key, r.split) == r.split
+    # Its pixels are the NaN-aware 2 x 2 mean (NaN where fewer than 2 of 4 are valid), on a 60 m grid.
+    c = coarse.iloc[0]
+    with rasterio.open(tmp_path / "chips" / "images" / f"{c.chip}.tif") as f:
+        img = f.read(1)
+        assert f.transform.a == 60.0 and f.crs.to_epsg() == 32647
+    nat = open_basin(store).los_rate.sel(track=c.track).values[2 * c.row0:2 * c.row0 + 256, 2 * c.col0:2 * c.col0 + 256]
+    blocks4 = nat.reshape(128, 2, 128, 2).transpose(0, 2, 1, 3).reshape(128, 128, 4)
+    n = np.isfinite(blocks4).sum(-1)
+    with np.errstate(invalid="ignore"):
+        want = np.where(n >= 2, np.nansum(blocks4, -1) / n, np.nan)
+    np.testing.assert_allclose(img, want, rtol=1e-6, atol=1e-5, equal_nan=True)  # float32 sums
+
+
+def test_min_box_px_turns_small_slides_into_ignore_regions(basin, tmp_path):
+    store, truth = basin
+    counts = []
+    for min_px in (0, 12):
+        src = {"mosaic": str(store), "inventory": str(truth), "scale": 2, "min_box_px": min_px}
+        s = make_chips(ChipsConfig(sources=[src], out=str(tmp_path / f"c{min_px}"), size=128, rotations=[0],
+                                   split={"block_px": 512, "val_fraction": 0.3, "seed": 0}))
+        counts.append((s["boxes_train"] + s["boxes_val"], s["ignore_train"] + s["ignore_val"]))
+        coco = json.loads((tmp_path / f"c{min_px}" / "coco_train.json").read_text())
+        sides = [max(a["bbox"][2:]) for a in coco["annotations"] if not a["iscrowd"]]
+        if min_px:
+            assert sides and min(sides) >= 4  # clipped at a chip edge they may be smaller than 12, never a speck
+    (b0, i0), (b12, i12) = counts
+    assert b12 < b0 and i12 > i0

@@ -34,6 +34,7 @@ import rasterio
 import shapely
 from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
+from rasterio.transform import Affine
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, InputError
@@ -45,6 +46,27 @@ from .config import ChipsConfig
 from .voc import coco_dict, read_voc, voc_xml
 
 log = logging.getLogger(__name__)
+
+
+def coarsened(ds: Any, factor: int) -> Any:
+    """The mosaic's rates as a block mean by ``factor`` (lazy): a coarse pixel is the mean of the
+    valid native pixels of its ``factor × factor`` block, NaN when fewer than half are valid;
+    ragged edges are trimmed. The grid keeps its upper-left corner; its pixel is ``factor`` ×."""
+    if factor == 1:
+        return ds
+    rate = ds[RATE]
+    kw = {"x": factor, "y": factor, "boundary": "trim"}
+    count = rate.notnull().coarsen(**kw).sum()
+    total = rate.fillna(0).coarsen(**kw).sum()
+    mean = (total / count.where(count > 0)).where(count >= factor * factor / 2)
+    g = grid_of(ds)
+    out = mean.astype("float32").to_dataset(name=RATE)
+    out = out.rio.write_crs(g.crs).rio.write_transform(g.transform * Affine.scale(factor, factor))
+    return out
+
+
+def _open_source(src: Any) -> Any:
+    return coarsened(open_basin(src.mosaic), src.scale)
 
 
 @dataclass(frozen=True)
@@ -109,8 +131,10 @@ def _river_distance_ok(cfg: ChipsConfig, grid: Grid, wins: list[PixelWindow]) ->
 def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
     """The windows that become chips (before the split and rotations)."""
     out: list[Candidate] = []
+    first_of: dict[str, int] = {}  # the sources of one mosaic (at any scale) share its spatial blocks
     for s, src in enumerate(cfg.sources):
-        ds = open_basin(src.mosaic)
+        first_of.setdefault(str(src.mosaic), s)
+        ds = _open_source(src)
         grid = grid_of(ds)
         names = [str(t) for t in ds.track.values]
         tracks = src.tracks or tuple(names)
@@ -119,7 +143,7 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
             raise ConfigError(f"sources[{s}].tracks: {sorted(unknown)} not in {src.mosaic} (it has {names})")
         wins = [w for w in chunk_windows(grid.shape, cfg.size) if w.rows == cfg.size and w.cols == cfg.size]
         near = _river_distance_ok(cfg, grid, wins)
-        nb_cols = -(-grid.width // cfg.split.block_px)
+        nb_cols = -(-grid.width * src.scale // cfg.split.block_px)
         for t in tracks:
             rate = ds[RATE].sel(track=t)
             for w, ok in zip(wins, near, strict=True):
@@ -129,9 +153,15 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
                 valid = np.isfinite(block)
                 if valid.mean() < cfg.min_valid_fraction or np.nanmax(np.abs(block)) < cfg.min_abs_rate:
                     continue
-                bid = (w.row0 // cfg.split.block_px) * nb_cols + w.col0 // cfg.split.block_px
-                out.append(Candidate(s, t, w, s * 1_000_000 + bid))
+                # blocks in native pixels, so a place's native and coarse chips share a split
+                bid = (w.row0 * src.scale // cfg.split.block_px) * nb_cols + w.col0 * src.scale // cfg.split.block_px
+                out.append(Candidate(s, t, w, first_of[str(src.mosaic)] * 1_000_000 + bid))
     return out
+
+
+def _box_side(geom: Any) -> float:
+    x0, y0, x1, y1 = geom.bounds
+    return float(max(x1 - x0, y1 - y0))
 
 
 def _write_png(path: Path, rate: np.ndarray, clip: float = 40.0) -> None:
@@ -160,7 +190,7 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
         cache: dict[int, tuple[Any, Grid, gpd.GeoDataFrame]] = {}
         for cand, val in zip(cands, is_val, strict=True):
             if cand.source not in cache:
-                ds = open_basin(cfg.sources[cand.source].mosaic)
+                ds = _open_source(cfg.sources[cand.source])
                 g = grid_of(ds)
                 cache[cand.source] = (ds, g, _load_inventory(cfg.sources[cand.source], g))
             ds, grid, inv = cache[cand.source]
@@ -172,8 +202,14 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
             is_label = near.index.isin(labels.index)
             geoms_px = [polygon_to_pixel(g, wgrid.transform) for g in near.geometry]
             labelled = [g for g, k in zip(geoms_px, is_label, strict=True) if k]
+            others = [g for g, k in zip(geoms_px, is_label, strict=True) if not k]
+            min_px = cfg.sources[cand.source].min_box_px
+            if min_px > 0:  # too small for this level: neither a slide to find nor background
+                big = [_box_side(g) >= min_px for g in labelled]
+                others += [g for g, b in zip(labelled, big, strict=True) if not b]
+                labelled = [g for g, b in zip(labelled, big, strict=True) if b]
             boxes = clip_boxes(labelled, (w.rows, w.cols), rule)
-            ignore = ignore_boxes(labelled, [g for g, k in zip(geoms_px, is_label, strict=True) if not k], (w.rows, w.cols), rule)
+            ignore = ignore_boxes(labelled, others, (w.rows, w.cols), rule)
             split = "val" if val else "train"
             for rot in cfg.rotations:
                 img, b = rotate_cw(rate, boxes, rot // 90)

@@ -14,6 +14,10 @@ class ChipSource(StrictModel):
     inventory: str = Field(description="truth GeoParquet, any vector file, or a folder of LabelImg VOC XML")
     voc_manifest: str | None = Field(None, description="with a VOC folder: the chips.csv that maps its images to the mosaic")
     tracks: tuple[str, ...] | None = Field(None, description="default: every track of the mosaic")
+    scale: int = Field(1, ge=1, le=16, description="cut the chips from a block mean of the mosaic by this factor "
+                       "(the coarse level of multi-scale inference: a 300-px slide becomes 150 px at 2)")
+    min_box_px: float = Field(0.0, ge=0, description="labelled slides whose box is smaller than this (longer side, "
+                              "px of the chip) become ignore regions: a coarse level is not asked for small slides")
 
 
 class RiverFilter(StrictModel):
