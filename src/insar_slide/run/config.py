@@ -4,6 +4,8 @@ Paths are relative to the config file; ``mosaic`` may also be an fsspec URL (``s
 ``window`` is the side of each window's *core* (the tiling step, pixels); the model sees the
 core plus ``halo`` pixels on every side. A slide is seen whole by the window whose core holds
 its centre when ``halo`` ≥ half the slide's extent (64 px = 1.9 km at 30 m).
+``scales`` adds coarser levels (block means by each factor, tiled with the same ``window`` and
+``halo`` in their own pixels) for slides larger than that; see :mod:`.scales`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..baselines import BaselineConfig
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
 from ..errors import ConfigError
+from .scales import DEFAULT_SCALES
 
 #: The shipped reference model (see models/*.json for its card).
 REFERENCE_MODEL = Path(__file__).resolve().parents[3] / "models" / "insar_slide_r34_fpn_cbam.safetensors"
@@ -64,6 +67,8 @@ class RunConfig(StrictModel):
     run_dir: str | None = Field(None, description="per-window results for resume (default: <out>.run)")
     window: int = Field(1024, ge=64, description="core side (pixels)")
     halo: int = Field(64, ge=0, description="pixels added on each side of the core")
+    scales: list[int] = Field(default_factory=lambda: list(DEFAULT_SCALES),
+                              description="block-mean factors to detect at (1 = the native pixel), e.g. [1, 2]")
     skip: SkipRules = SkipRules()
     aoi: AreaOfInterest | None = None
     score_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's own")
@@ -79,6 +84,17 @@ class RunConfig(StrictModel):
     baseline: BaselineConfig = BaselineConfig()
     overwrite: bool = Field(True, description="replace an existing inventory at out")
 
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[int]) -> list[int]:
+        if any(f < 1 for f in v):
+            raise ValueError(f"factors must be integers >= 1, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"factors must be distinct, got {v}")
+        if 1 not in v:
+            raise ValueError(f"must include 1 (the native level, which finds the small slides), got {v}")
+        return sorted(v)
+
     @property
     def read_size(self) -> int:
         return self.window + 2 * self.halo
@@ -90,6 +106,15 @@ class RunConfig(StrictModel):
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir) if self.run_dir else Path(str(self.out) + ".run")
+
+
+def config_record(cfg: RunConfig) -> dict[str, object]:
+    """The config as JSON data for hashes and file metadata. ``scales: [1]`` is left out: a
+    single-scale run is the run from before ``scales`` existed, with the same ids and keys."""
+    data: dict[str, object] = cfg.model_dump(mode="json")
+    if data["scales"] == [1]:
+        del data["scales"]
+    return data
 
 
 def default_model() -> Path:

@@ -8,6 +8,11 @@ anything, so unchanged windows are never read; a task gets a few windows of one 
 (``batch_size``), reads each (core + halo) itself from Zarr, and runs them through the model
 in one call (reusing any whose result appeared meanwhile).
 
+A window of a coarse level (``scale`` f > 1) reads the block mean of the native pixels under
+it; its fingerprint also holds its scale (a scale-1 fingerprint is the one from before scales
+existed, so earlier run directories resume), and its boxes are stored ×f, in the native pixel
+frame like every other window's.
+
 The model is loaded once per process and kept (keyed by the checkpoint's hash); model calls in
 one process are serialised by a lock and use the worker's thread count, so tasks of one worker
 overlap their reading and writing with another task's forward pass without oversubscribing.
@@ -32,7 +37,7 @@ import torch
 from ..atomic import replace_file
 from ..model.checkpoint import load_checkpoint
 from ..training.train import pick_device
-from .io import read_window
+from .io import read_level
 from .plan import Window
 
 FP_KEY = b"insar_slide_window"
@@ -70,9 +75,11 @@ def result_path(run_dir: str | Path, win: Window) -> Path:
 def fingerprint(win: Window, s: DetectSettings) -> str:
     if not win.input_hash:
         raise ValueError(f"window {win.key} has no input hash: make windows with plan.make_plan")
-    return hashlib.sha256(json.dumps({
-        "track": win.track, "read": [win.read.row0, win.read.col0, win.read.rows, win.read.cols],
-        "grid": s.grid_key, "model": s.model_hash, "input": win.input_hash}, sort_keys=True).encode()).hexdigest()
+    doc: dict[str, Any] = {"track": win.track, "read": [win.read.row0, win.read.col0, win.read.rows, win.read.cols],
+                           "grid": s.grid_key, "model": s.model_hash, "input": win.input_hash}
+    if win.scale != 1:
+        doc["scale"] = win.scale
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def stored_result(path: Path) -> tuple[str, int] | None:
@@ -90,7 +97,8 @@ def reused(win: Window, fp: str, n: int) -> dict[str, Any]:
 
 
 def read_detections(path: Path) -> pd.DataFrame:
-    """Detections of one window: x0, y0, x1, y1 (mosaic pixel coordinates), score."""
+    """Detections of one window: x0, y0, x1, y1 (native mosaic pixel coordinates, whatever the
+    window's scale), score."""
     return pq.read_table(path).to_pandas()
 
 
@@ -163,7 +171,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
             out.append(reused(win, fp, stored[1]))
             continue
         t0 = time.perf_counter()
-        data = read_window(s.mosaic, win.track, win.read, s.group)
+        data = read_level(s.mosaic, win.track, win.read, s.group, win.scale)
         todo.append((win, data, fp, time.perf_counter() - t0))
     if todo:
         model, mcfg, lock = worker_model(s)
@@ -176,8 +184,11 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
         for (win, _, fp, read_s), det in zip(todo, dets, strict=True):
             boxes = det["boxes"].detach().float().cpu().numpy().astype(np.float64)
             boxes += [win.read.col0, win.read.row0, win.read.col0, win.read.row0]
+            meta: dict[str, Any] = {"fingerprint": fp, "window": win.key, "model": s.model_hash}
+            if win.scale != 1:
+                boxes *= win.scale  # the level's pixel frame → the native one
+                meta["scale"] = win.scale
             scores = det["scores"].detach().float().cpu().numpy()
-            _write_detections(result_path(s.run_dir, win), boxes, scores,
-                              {"fingerprint": fp, "window": win.key, "model": s.model_hash})
+            _write_detections(result_path(s.run_dir, win), boxes, scores, meta)
             out.append({"key": win.key, "fp": fp, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
     return out

@@ -12,6 +12,11 @@ read area is made of, so it changes exactly when a byte the model would read cha
 before any window is read. ``run`` compares it with the stored one and neither reads nor
 schedules an unchanged window: an update reads each core once, not every window with its
 halo (which decodes up to nine chunks).
+
+**Scales.** With ``scales: [1, f, …]`` every coarse level (the block mean by ``f``, see
+:mod:`.scales`) is planned the same way in its own pixel frame — same window, halo and skip
+rules, its cores read once (each read touching only the native pixels under it) and hashed as
+block means — and its windows carry ``scale = f`` and keys ``<track>/x<f>_r…_c…``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..mosaic import grid_of, open_basin, version_group
 from .config import AreaOfInterest, RunConfig
-from .io import read_window
+from .io import read_level
+from .scales import level_shape
 
 REASONS = ("outside_aoi", "no_data", "stable")
 
@@ -48,10 +54,22 @@ class Window:
     n_valid: int = -1
     n_hot: int = -1
     input_hash: str = ""  # of the bytes ``read`` covers (module docstring); "" when not read
+    scale: int = 1  # block-mean factor of its level; core, read and index are in that level's pixels
 
     @property
     def key(self) -> str:
-        return f"{self.track}/r{self.index[0]:05d}_c{self.index[1]:05d}"
+        level = f"x{self.scale}_" if self.scale != 1 else ""
+        return f"{self.track}/{level}r{self.index[0]:05d}_c{self.index[1]:05d}"
+
+    @property
+    def native_index(self) -> tuple[int, int]:
+        """(row, col) in the native tiling of the first native core under this window's core."""
+        return (self.index[0] * self.scale, self.index[1] * self.scale)
+
+    def native_core(self) -> PixelWindow:
+        """The core in native pixels (at the grid's ragged edge it may reach past the grid)."""
+        f = self.scale
+        return PixelWindow(self.core.row0 * f, self.core.col0 * f, self.core.rows * f, self.core.cols * f)
 
 
 @dataclass
@@ -63,27 +81,45 @@ class WindowPlan:
     n_rows: int
     n_cols: int
     windows: list[Window] = field(default_factory=list)
+    scales: tuple[int, ...] = (1,)
+    tilings: dict[int, tuple[int, int]] = field(default_factory=dict)  # per scale: (rows, cols) of cores
 
     def to_run(self) -> list[Window]:
         return [w for w in self.windows if w.status == "run"]
 
-    def counts(self) -> dict[str, int]:
-        c = Counter(w.status for w in self.windows)
-        return {"planned": len(self.windows), "run": c.get("run", 0), **{f"skipped_{r}": c.get(r, 0) for r in REASONS}}
+    def counts(self, scale: int | None = None) -> dict[str, int]:
+        """Windows by status, over every scale (or of one)."""
+        ws = [w for w in self.windows if scale is None or w.scale == scale]
+        c = Counter(w.status for w in ws)
+        return {"planned": len(ws), "run": c.get("run", 0), **{f"skipped_{r}": c.get(r, 0) for r in REASONS}}
+
+    def scale_counts(self) -> dict[str, dict[str, int]]:
+        """Per scale (``"x2"``…; ``"x1"`` is native): :meth:`counts`; empty for a single-scale plan."""
+        return {f"x{f}": self.counts(f) for f in self.scales} if len(self.scales) > 1 else {}
 
     def pixel_km2(self) -> float:
         return abs(self.grid.dx * self.grid.dy) / 1e6 if not self.grid.is_geographic() else float("nan")
 
     def summary(self) -> dict[str, Any]:
+        out = {"grid": f"{self.grid.height} x {self.grid.width} px", "tracks": self.tracks,
+               "window": self.window, "halo": self.halo, "tiling": f"{self.n_rows} x {self.n_cols}",
+               "model_pixels_per_core_pixel": self.read_overhead(), **self.counts(), "by_status": self._by_status()}
+        if len(self.scales) > 1:
+            out["scales"] = {f"x{f}": {"tiling": "{} x {}".format(*self.tilings[f]), **self.counts(f),
+                                       "by_status": self._by_status(f)} for f in self.scales}
+        return out
+
+    def _by_status(self, scale: int | None = None) -> dict[str, dict[str, Any]]:
+        """Windows and core area (km², native) by status, over every scale or of one."""
         px = self.pixel_km2()
         by: dict[str, dict[str, Any]] = {}
         for w in self.windows:
+            if scale is not None and w.scale != scale:
+                continue
             d = by.setdefault(w.status, {"windows": 0, "km2": 0.0})
             d["windows"] += 1
-            d["km2"] += w.core.rows * w.core.cols * px
-        return {"grid": f"{self.grid.height} x {self.grid.width} px", "tracks": self.tracks,
-                "window": self.window, "halo": self.halo, "tiling": f"{self.n_rows} x {self.n_cols}",
-                "model_pixels_per_core_pixel": self.read_overhead(), **self.counts(), "by_status": by}
+            d["km2"] += w.core.rows * w.core.cols * px * w.scale ** 2
+        return by
 
     def read_overhead(self) -> float:
         run = self.to_run()
@@ -96,11 +132,16 @@ class WindowPlan:
         px = self.pixel_km2()
         lines = [f"grid {s['grid']}, tracks {', '.join(self.tracks)}; cores {self.window} px + halo {self.halo} px, "
                  f"{s['tiling']} cores per track"]
-        for status in ("run", *REASONS):
-            d = s["by_status"].get(status, {"windows": 0, "km2": 0.0})
-            label = "run" if status == "run" else f"skip: {status}"
-            area = f"{d['km2']:10.1f} km²" if np.isfinite(px) else ""
-            lines.append(f"  {label:<18} {d['windows']:6d} windows {area}")
+        levels = [(None, s)] if len(self.scales) == 1 else [(f, s["scales"][f"x{f}"]) for f in self.scales]
+        for f, d_level in levels:
+            if f is not None:
+                lines.append(f" scale x{f} ({'native pixel' if f == 1 else f'block mean of {f} x {f} px'}): "
+                             f"{d_level['tiling']} cores per track")
+            for status in ("run", *REASONS):
+                d = d_level["by_status"].get(status, {"windows": 0, "km2": 0.0})
+                label = "run" if status == "run" else f"skip: {status}"
+                area = f"{d['km2']:10.1f} km²" if np.isfinite(px) else ""
+                lines.append(f"  {label:<18} {d['windows']:6d} windows {area}")
         lines.append(f"  planned            {s['planned']:6d} windows; the model reads "
                      f"{s['model_pixels_per_core_pixel']:.2f} px per core px (halo)")
         return "\n".join(lines)
@@ -131,13 +172,14 @@ def piece_hash(a: np.ndarray) -> str:
 
 
 def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float,
-                 group: str | None = None, pieces: list[list[PixelWindow]] | None = None,
+                 group: str | None = None, pieces: list[list[PixelWindow]] | None = None, factor: int = 1,
                  ) -> list[tuple[int, int, list[str]]]:
-    """Per core, read straight from Zarr: (valid pixels, pixels with |rate| ≥ min_abs_rate,
-    the hash of each of its ``pieces`` — rectangles in the core's own pixel coordinates)."""
+    """Per core of the level at ``factor``, read straight from Zarr: (valid pixels, pixels with
+    |rate| ≥ min_abs_rate, the hash of each of its ``pieces`` — rectangles in the core's own
+    pixel coordinates)."""
     out = []
     for k, w in enumerate(cores):
-        a = read_window(mosaic, track, w, group)
+        a = read_level(mosaic, track, w, group, factor)
         hashes = [piece_hash(a[p.slices()]) for p in (pieces[k] if pieces else [])]
         out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum()), hashes))
     return out
@@ -167,8 +209,18 @@ def read_sources(cores: list[PixelWindow], reads: list[PixelWindow], window: int
 Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], Sequence[Any]]
 
 
+def check_levels(cfg: RunConfig, grid: Grid) -> None:
+    """Every coarse level must hold at least one whole window on each side."""
+    for f in cfg.scales:
+        rows, cols = level_shape(grid.shape, f)
+        if f > 1 and min(rows, cols) < cfg.window:
+            raise ConfigError(f"scales: factor {f} gives a {rows} x {cols} px level of the {grid.height} x {grid.width} px "
+                              f"mosaic, smaller than one window ({cfg.window} px); drop the factor or use a smaller window")
+
+
 def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16) -> WindowPlan:
-    """Tile the mosaic, apply the AOI, and read each remaining core once for the skip rules.
+    """Tile the mosaic at every scale, apply the AOI, and read each remaining core once for the
+    skip rules.
 
     ``stats_map(fn, args)`` runs ``fn(*a)`` for each ``a`` in ``args`` — on the Dask cluster
     in ``run`` (each worker reads its own cores from Zarr); in a local thread pool by default.
@@ -181,18 +233,33 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     unknown = [t for t in tracks if t not in names]
     if unknown:
         raise ConfigError(f"tracks: {unknown} not in {cfg.mosaic} (it has {names})")
-    cores = chunk_windows(grid.shape, cfg.window)
+    check_levels(cfg, grid)
+    geom = aoi_geometry(cfg.aoi, grid.crs) if cfg.aoi is not None else None
     n_rows, n_cols = -(-grid.height // cfg.window), -(-grid.width // cfg.window)
-    full = PixelWindow(0, 0, grid.height, grid.width)
+    plan = WindowPlan(grid, list(tracks), cfg.window, cfg.halo, n_rows, n_cols, scales=tuple(cfg.scales))
+    for f in cfg.scales:
+        windows, tiling = _plan_level(cfg, grid, list(tracks), group, f, geom, stats_map or thread_map, stats_batch)
+        plan.windows += windows
+        plan.tilings[f] = tiling
+    return plan
+
+
+def _plan_level(cfg: RunConfig, grid: Grid, tracks: list[str], group: str | None, factor: int,
+                geom: shapely.Geometry | None, mapper: Mapper, stats_batch: int) -> tuple[list[Window], tuple[int, int]]:
+    """The windows of one level (``factor`` 1: the native grid), in that level's pixel frame."""
+    shape = level_shape(grid.shape, factor)
+    cores = chunk_windows(shape, cfg.window)
+    n_rows, n_cols = -(-shape[0] // cfg.window), -(-shape[1] // cfg.window)
+    full = PixelWindow(0, 0, *shape)
     reads = [full.intersection(PixelWindow(c.row0 - cfg.halo, c.col0 - cfg.halo, c.rows + 2 * cfg.halo, c.cols + 2 * cfg.halo))
              for c in cores]
     inside = np.ones(len(cores), bool)
-    if cfg.aoi is not None:
-        geom = aoi_geometry(cfg.aoi, grid.crs)
+    if geom is not None:
         t = grid.transform
-        boxes = [shapely.box(*(t * (c.col0, c.row1)), *(t * (c.col1, c.row0))) for c in cores]
+        f = factor
+        boxes = [shapely.box(*(t * (c.col0 * f, min(c.row1 * f, grid.height))), *(t * (min(c.col1 * f, grid.width), c.row0 * f)))
+                 for c in cores]
         inside = shapely.intersects(geom, np.asarray(boxes, dtype=object))
-    plan = WindowPlan(grid, list(tracks), cfg.window, cfg.halo, n_rows, n_cols)
     sources = read_sources(cores, reads, cfg.window)  # type: ignore[arg-type]
     pieces: dict[int, list[PixelWindow]] = {}  # per core: the pieces windows inside the AOI read
     for i in (int(k) for k in np.flatnonzero(inside)):
@@ -203,8 +270,7 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     for tr in tracks:
         idx = sorted(pieces)  # the cores inside the AOI and their neighbours (for the halos)
         jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
-    mapper = stats_map or thread_map
-    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii])
+    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii], factor)
             for tr, ii in jobs]
     results = mapper(window_stats, args) if args else []
     stats: dict[tuple[str, int], tuple[int, int]] = {}
@@ -221,12 +287,13 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
                      f"{hashes[(tr, j, piece)]};".encode())
         return h.hexdigest()
     rules = cfg.skip
+    windows: list[Window] = []
     for tr in tracks:
         for i, (core, read) in enumerate(zip(cores, reads, strict=True)):
             assert read is not None
             index = (core.row0 // cfg.window, core.col0 // cfg.window)
             if not inside[i]:
-                plan.windows.append(Window(tr, index, core, read, "outside_aoi"))
+                windows.append(Window(tr, index, core, read, "outside_aoi", scale=factor))
                 continue
             n_valid, n_hot = stats[(tr, i)]
             if n_valid < rules.min_valid_fraction * core.rows * core.cols or n_valid == 0:
@@ -235,9 +302,9 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
                 status = "stable"
             else:
                 status = "run"
-            plan.windows.append(Window(tr, index, core, read, status, n_valid, n_hot,
-                                       input_hash(tr, i) if status == "run" else ""))
-    return plan
+            windows.append(Window(tr, index, core, read, status, n_valid, n_hot,
+                                  input_hash(tr, i) if status == "run" else "", scale=factor))
+    return windows, (n_rows, n_cols)
 
 
 def thread_map(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], threads: int = 2) -> list[Any]:
