@@ -11,10 +11,24 @@ Rules (in this order):
    the smaller one's area are one slide: their union is its polygon, its score the highest,
    ``tracks`` every track that saw it (``shapely.STRtree`` finds the pairs).
 
+**Scales** (``scales: [1, f, …]``, :mod:`.scales`). Windows of every level take part; their
+boxes are stored in native pixels, a box belongs to the window of its level whose core (×f)
+holds its centre, and NMS runs per track *and scale*. Between NMS and dissolve come the
+cross-scale rules: a coarse box is kept only when its longer side exceeds ``2·halo·f'`` native
+px (``f'`` the next finer factor: smaller slides that level sees whole, at a finer pixel, so
+its detection wins); a feature lying ≥ 50 % of its own area inside a coarser one is that one's
+fragment — dropped, its tracks and box count passed on, its geometry not. They run at every
+level of the tree (fragments and their coarse box may sit in different blocks). A large slide
+is thus one slide with the coarse box as its polygon, a small one is found at the native
+pixel, and column ``scale`` (multi-scale runs only) is the largest factor among the boxes
+whose union is the polygon.
+
 The reduction is a tree: level 1 handles ``reduce_block`` × ``reduce_block`` windows, each
 further level 2 × 2 blocks of the level below. After each merge, a slide farther than
-``halo + 1`` pixels from every inner border of its block can no longer meet anything from
-another block: it is *closed* — its rate statistics and refined outline are computed right
+``halo·max(scales) + 1`` pixels (``halo + 1`` at one scale) from every inner border of its
+block can no longer meet anything from another block (a box owned elsewhere reaches at most
+``halo·f`` native px into it: its window's halo at scale ``f``; the first level's side is a
+multiple of every factor, so no coarse core straddles a block): it is *closed* — its rate statistics and refined outline are computed right
 there, on the worker, and written as a part file. Only the few *open* slides travel up the
 tree, so no process ever holds all detections of the basin.
 
@@ -53,6 +67,7 @@ from ..inventory import polygon_rate_stats
 from .detect import read_detections, result_path
 from .io import rate_dataset, read_window
 from .plan import Window
+from .scales import absorb_fragments, closing_margin, gate
 
 FEATURE_COLUMNS = ["geometry", "score", "tracks", "n_boxes"]
 
@@ -70,6 +85,7 @@ class MergeSettings:
     outline: bool
     outline_min_abs_rate: float
     group: str | None = None
+    scales: tuple[int, ...] = (1,)
 
 
 @dataclass(frozen=True)
@@ -89,36 +105,64 @@ class Block:
 
 def empty_features() -> pd.DataFrame:
     return pd.DataFrame({"geometry": pd.Series([], dtype=object), "score": pd.Series([], dtype=float),
-                         "tracks": pd.Series([], dtype=object), "n_boxes": pd.Series([], dtype=int)})
+                         "tracks": pd.Series([], dtype=object), "n_boxes": pd.Series([], dtype=int),
+                         "scale": pd.Series([], dtype=int)})
+
+
+BOX_COLUMNS = ["minx", "miny", "maxx", "maxy", "score", "track", "scale"]
 
 
 def owned_boxes(windows: list[Window], s: MergeSettings) -> pd.DataFrame:
-    """Boxes above the score threshold whose centre lies in their window's core, in map units."""
+    """Boxes above the score threshold whose centre lies in their window's core (of the
+    window's level, ×f in native pixels), in map units, with their scale."""
     g = s.grid
     parts = []
     for w in windows:
         d = read_detections(result_path(s.run_dir, w))
         d = d[d["score"] >= s.score_threshold]
+        core = w.native_core()
+        if w.scale != 1:  # a coarse level's last pixel may reach past the native grid
+            d = d.assign(x0=d["x0"].clip(0, g.width), x1=d["x1"].clip(0, g.width),
+                         y0=d["y0"].clip(0, g.height), y1=d["y1"].clip(0, g.height))
         cx, cy = (d["x0"] + d["x1"]) / 2, (d["y0"] + d["y1"]) / 2
-        own = (cx >= w.core.col0) & (cx < w.core.col1) & (cy >= w.core.row0) & (cy < w.core.row1)
+        own = (cx >= core.col0) & (cx < core.col1) & (cy >= core.row0) & (cy < core.row1)
         d = d[own]
         if len(d):
             parts.append(pd.DataFrame({"minx": g.x0 + d["x0"] * g.dx, "maxx": g.x0 + d["x1"] * g.dx,
                                        "miny": g.y0 + d["y1"] * g.dy, "maxy": g.y0 + d["y0"] * g.dy,
-                                       "score": d["score"], "track": w.track}))
+                                       "score": d["score"], "track": w.track, "scale": w.scale}))
     if not parts:
-        return pd.DataFrame(columns=["minx", "miny", "maxx", "maxy", "score", "track"])
+        return pd.DataFrame(columns=BOX_COLUMNS)
     return pd.concat(parts, ignore_index=True)
 
 
 def nms(boxes: pd.DataFrame, s: MergeSettings) -> pd.DataFrame:
+    """Cross-tile NMS per track and scale (``boxes``: map units, :data:`BOX_COLUMNS`)."""
     if len(boxes) < 2:
         return boxes
     xy = torch.from_numpy(boxes[["minx", "miny", "maxx", "maxy"]].to_numpy(np.float64, copy=True))
     sc = torch.from_numpy(boxes["score"].to_numpy(np.float64, copy=True))
-    idx = torch.as_tensor([s.tracks.index(t) for t in boxes["track"]])
+    idx = torch.as_tensor([s.tracks.index(t) * len(s.scales) + s.scales.index(int(f))
+                           for t, f in zip(boxes["track"], boxes["scale"], strict=True)])
     keep = batched_nms(xy, sc, idx, s.nms_iou).numpy()
     return boxes.iloc[np.sort(keep)].reset_index(drop=True)
+
+
+def size_gate(boxes: pd.DataFrame, s: MergeSettings) -> pd.DataFrame:
+    """Drop coarse boxes no larger than what the next finer level sees whole (:func:`.scales.gate`)."""
+    if len(s.scales) == 1 or not len(boxes):
+        return boxes
+    g = s.grid
+    extent = np.maximum((boxes["maxx"] - boxes["minx"]).to_numpy(float) / g.dx,
+                        (boxes["maxy"] - boxes["miny"]).to_numpy(float) / abs(g.dy))
+    keep = gate(extent, boxes["scale"].to_numpy(np.int64), s.scales, s.halo)
+    return boxes[keep].reset_index(drop=True)
+
+
+def merge_boxes(boxes: pd.DataFrame, s: MergeSettings) -> pd.DataFrame:
+    """A leaf's owned boxes → NMS → size gate → fragments → dissolve: its features."""
+    feats = boxes_to_features(size_gate(nms(boxes, s), s))
+    return dissolve(absorb_fragments(feats), s.dissolve_overlap)
 
 
 def _order(features: pd.DataFrame) -> pd.DataFrame:
@@ -139,6 +183,7 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
     """
     features = _order(features)
     n = len(features)
+    columns = FEATURE_COLUMNS + (["scale"] if "scale" in features else [])
     if n < 2:
         return features
     geoms = np.asarray(features["geometry"], dtype=object)
@@ -163,9 +208,12 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
             continue
         sub = features.iloc[members]
         tracks = sorted(set().union(*[set(t.split(",")) for t in sub["tracks"]]))
-        rows.append({"geometry": shapely.union_all(geoms[members]), "score": float(sub["score"].max()),
-                     "tracks": ",".join(tracks), "n_boxes": int(sub["n_boxes"].sum())})
-    return _order(pd.DataFrame(rows, columns=FEATURE_COLUMNS))
+        row = {"geometry": shapely.union_all(geoms[members]), "score": float(sub["score"].max()),
+               "tracks": ",".join(tracks), "n_boxes": int(sub["n_boxes"].sum())}
+        if "scale" in sub:
+            row["scale"] = int(sub["scale"].max())
+        rows.append(row)
+    return _order(pd.DataFrame(rows, columns=columns))
 
 
 def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:
@@ -173,7 +221,8 @@ def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:
         return empty_features()
     geoms = shapely.box(boxes["minx"], boxes["miny"], boxes["maxx"], boxes["maxy"])
     return pd.DataFrame({"geometry": list(geoms), "score": boxes["score"].astype(float).to_numpy(),
-                         "tracks": boxes["track"].astype(str).to_numpy(), "n_boxes": 1})
+                         "tracks": boxes["track"].astype(str).to_numpy(), "n_boxes": 1,
+                         "scale": boxes["scale"].astype(np.int64).to_numpy()})
 
 
 def block_bounds(block: Block, s: MergeSettings, window: int) -> tuple[float, float, float, float]:
@@ -185,12 +234,14 @@ def block_bounds(block: Block, s: MergeSettings, window: int) -> tuple[float, fl
 
 def split_closed(features: pd.DataFrame, block: Block, s: MergeSettings, window: int,
                  tiling: tuple[int, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(closed, open): open features come within halo + 1 px of an inner border of the block."""
+    """(closed, open): open features come within :func:`.scales.closing_margin` px (halo + 1 at
+    one scale) of an inner border of the block."""
     if not len(features):
         return features, features
     g = s.grid
     xmin, ymin, xmax, ymax = block_bounds(block, s, window)
-    mx, my = (s.halo + 1) * g.dx, (s.halo + 1) * abs(g.dy)
+    margin = closing_margin(s.halo, s.scales)
+    mx, my = margin * g.dx, margin * abs(g.dy)
     b = shapely.bounds(np.asarray(features["geometry"], dtype=object))
     open_ = np.zeros(len(features), bool)
     if block.c0 > 0:
@@ -225,6 +276,8 @@ def refine_outline(rate: np.ndarray, win: PixelWindow, grid: Grid, geom: Any, th
 def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
     """Closed features → rows with rate statistics (and refined outlines)."""
     crs = s.grid.crs
+    if len(s.scales) == 1:  # a single-scale inventory has the columns it had before scales
+        features = features.drop(columns=["scale"], errors="ignore")
     gdf = gpd.GeoDataFrame(features.reset_index(drop=True), geometry="geometry", crs=crs)
     if not len(gdf):
         return gdf
@@ -262,7 +315,8 @@ def block_key(s: MergeSettings, block: Block, window: int, tiling: tuple[int, in
         "block": block.name, "window": window, "tiling": list(tiling), "root": root, "halo": s.halo,
         "tracks": list(s.tracks), "thr": s.score_threshold, "nms": s.nms_iou, "dissolve": s.dissolve_overlap,
         "outline": s.outline, "outline_thr": s.outline_min_abs_rate,
-        "grid": [str(s.grid.crs), list(s.grid.transform)[:6], list(s.grid.shape)]}, sort_keys=True).encode())
+        "grid": [str(s.grid.crs), list(s.grid.transform)[:6], list(s.grid.shape)],
+        **({"scales": list(s.scales)} if len(s.scales) > 1 else {})}, sort_keys=True).encode())
     for fp in sorted(fingerprints):
         h.update(fp.encode())
     return h.hexdigest()
@@ -279,7 +333,8 @@ def _cached(block: Block, s: MergeSettings, key: str) -> tuple[pd.DataFrame, int
         return None
     df = table.to_pandas()
     feats = pd.DataFrame({"geometry": list(shapely.from_wkb(df["geometry"].to_numpy())), "score": df["score"].astype(float),
-                          "tracks": df["tracks"].astype(object), "n_boxes": df["n_boxes"].astype(int)})
+                          "tracks": df["tracks"].astype(object), "n_boxes": df["n_boxes"].astype(int),
+                          "scale": df["scale"].astype(int) if "scale" in df else 1})
     return (feats if len(feats) else empty_features()), int(info["n_closed"]), True
 
 
@@ -297,7 +352,8 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
         table = pa.table({"geometry": pa.array(list(shapely.to_wkb(np.asarray(open_["geometry"], dtype=object))), pa.binary()),
                           "score": pa.array(open_["score"].to_numpy(float), pa.float64()),
                           "tracks": pa.array([str(t) for t in open_["tracks"]], pa.string()),
-                          "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64())})
+                          "n_boxes": pa.array(open_["n_boxes"].to_numpy(np.int64), pa.int64()),
+                          "scale": pa.array(open_["scale"].to_numpy(np.int64), pa.int64())})
         table = table.replace_schema_metadata({CACHE_KEY: json.dumps({"key": key, "n_closed": len(closed)}).encode()})
         replace_file(cache, lambda tmp: pq.write_table(table, tmp))
     return open_, len(closed), False
@@ -305,21 +361,22 @@ def _close(features: pd.DataFrame, block: Block, s: MergeSettings, window: int, 
 
 def reduce_leaf(windows: list[Window], block: Block, s: MergeSettings, window: int, tiling: tuple[int, int],
                 root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int, bool]:
-    """Level 1: the block's windows' owned boxes → NMS → dissolve → (open features, n closed, reused)."""
+    """Level 1: the block's windows' (every scale's) owned boxes → :func:`merge_boxes` →
+    (open features, n closed, reused)."""
     if key is not None and (hit := _cached(block, s, key)) is not None:
         return hit
-    feats = boxes_to_features(nms(owned_boxes(windows, s), s))
-    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root, key)
+    return _close(merge_boxes(owned_boxes(windows, s), s), block, s, window, tiling, root, key)
 
 
 def reduce_node(children: list[tuple[pd.DataFrame, int, bool]], block: Block, s: MergeSettings, window: int,
                 tiling: tuple[int, int], root: bool = False, key: str | None = None) -> tuple[pd.DataFrame, int, bool]:
-    """Level > 1: the children's open features → dissolve → (open features, n closed, reused)."""
+    """Level > 1: the children's open features → fragments → dissolve → (open features, n
+    closed, reused)."""
     if key is not None and (hit := _cached(block, s, key)) is not None:
         return hit
     opened = [c[0] for c in children if len(c[0])]
     feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
-    return _close(dissolve(feats, s.dissolve_overlap), block, s, window, tiling, root, key)
+    return _close(dissolve(absorb_fragments(feats), s.dissolve_overlap), block, s, window, tiling, root, key)
 
 
 def slide_ids(gdf: gpd.GeoDataFrame, grid: Grid) -> list[str]:

@@ -33,7 +33,7 @@ from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata
 from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
-from .config import RunConfig
+from .config import RunConfig, config_record
 from .detect import (
     DetectSettings,
     detect_batch,
@@ -44,7 +44,8 @@ from .detect import (
     stored_result,
 )
 from .merge import Block, MergeSettings, block_key, part_path, reduce_leaf, reduce_node, slide_ids
-from .plan import Window, WindowPlan, aoi_geometry, make_plan
+from .plan import Window, WindowPlan, aoi_geometry, check_levels, make_plan
+from .scales import first_block
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,15 @@ def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any,
 def settings_hash(cfg: RunConfig, model_hash: str) -> str:
     """What makes two runs' inventories comparable: the config's detection settings and the model."""
     keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline"})
+    if keep["scales"] == [1]:  # single-scale runs keep the ids and history keys they had before scales
+        del keep["scales"]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _blocks(plan: WindowPlan, first: int) -> list[list[Block]]:
-    """Levels of the reduction tree, the last one a single block over the whole tiling."""
+    """Levels of the reduction tree over the native tiling, the last one a single block over
+    all of it; ``first`` (windows per side at level 1) must be a multiple of every scale factor
+    (:func:`.scales.first_block`)."""
     levels = []
     size = first
     level = 1
@@ -135,6 +140,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     ds = open_basin(cfg.mosaic, cfg.version)
     group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     grid = grid_of(ds)
+    check_levels(cfg, grid)  # before a cluster starts
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob("windows/*/.*.tmp"):  # left by a killed task; its window is redone
@@ -166,9 +172,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         # largest image, and padding changes the proposals, so mixing shapes would make the
         # detections depend on the batch size.
         batch = cfg.batch_size or (4 if pick_device(cfg.device).type == "cuda" else 1)
-        groups: dict[tuple[str, int, int], list[Window]] = {}
+        groups: dict[tuple[str, int, int, int], list[Window]] = {}
         for w in compute:
-            groups.setdefault((w.track, w.read.rows, w.read.cols), []).append(w)
+            groups.setdefault((w.track, w.scale, w.read.rows, w.read.cols), []).append(w)
         for mine in groups.values():
             batches += [mine[i:i + batch] for i in range(0, len(mine), batch)]
         t0 = time.perf_counter()
@@ -184,7 +190,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         t0 = time.perf_counter()
         merge_settings = MergeSettings(cfg.mosaic, str(run_dir), grid, cfg.halo, tuple(plan.tracks), thr,
                                        cfg.nms_iou, cfg.dissolve_overlap, cfg.outputs.outline, cfg.outline_min_abs_rate,
-                                       group)
+                                       group, tuple(cfg.scales))
         closed = _reduce(client, plan, todo, merge_settings, cfg, {d["key"]: d["fp"] for d in done})
         n_closed = sum(n for n, _ in closed.values())
         t_reduce = time.perf_counter() - t0
@@ -197,8 +203,10 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     reused = sum(1 for d in done if d["reused"])
     computed = [d for d in done if not d["reused"]]
     counts = {**plan.counts(), "done": len(done), "reused": reused, "computed": len(computed), "failed": 0}
-    metadata = {"config": json.loads(cfg.model_dump_json()), "model": str(model_path), "model_hash": model_hash,
+    metadata = {"config": config_record(cfg), "model": str(model_path), "model_hash": model_hash,
                 "code_version": __version__, "run_id": run_id, "windows": counts, "score_threshold": thr}
+    if len(cfg.scales) > 1:
+        metadata["windows_by_scale"] = plan.scale_counts()
     write_inventory(gdf, out, metadata=metadata, overwrite=cfg.overwrite)
     outputs = {"inventory": str(out)}
     outputs.update(write_extras(gdf, cfg, ds, grid))
@@ -206,7 +214,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     total = time.perf_counter() - t_start
     model_s = float(sum(d["model_s"] for d in computed))
     summary = {
-        "windows": counts, "blocks": {"total": len(closed), "reused": sum(hit for _, hit in closed.values())},
+        "windows": counts, **({"windows_by_scale": plan.scale_counts()} if len(cfg.scales) > 1 else {}),
+        "blocks": {"total": len(closed), "reused": sum(hit for _, hit in closed.values())},
         "slides": len(gdf), "n_closed": n_closed, "seconds": round(total, 2),
         "seconds_plan": round(t_plan, 2), "seconds_detect": round(t_detect, 2), "seconds_reduce": round(t_reduce, 2),
         "seconds_write": round(t_write, 2), "seconds_cluster": round(t_cluster, 2), "model_seconds_per_window": round(model_s / len(computed), 3) if computed else None,
@@ -272,11 +281,11 @@ def _reduce(client: Any, plan: WindowPlan, todo: list[Window], s: MergeSettings,
             fingerprints: dict[str, str]) -> dict[Block, tuple[int, bool]]:
     """The reduction tree on the cluster; per block, the slides it closed (and wrote) and whether
     its stored result was reused."""
-    levels = _blocks(plan, cfg.reduce_block)
+    levels = _blocks(plan, first_block(cfg.reduce_block, tuple(cfg.scales)))
     tiling = (plan.n_rows, plan.n_cols)
-    at: dict[tuple[int, int], list[Window]] = {}
+    at: dict[tuple[int, int], list[Window]] = {}  # by native index: a coarse core lies in one block
     for w in todo:
-        at.setdefault(w.index, []).append(w)
+        at.setdefault(w.native_index, []).append(w)
     prev: dict[Block, Any] = {}
     every: dict[Block, Any] = {}
     for depth, blocks in enumerate(levels):
@@ -319,7 +328,10 @@ def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, mode
     gdf["method"] = "faster_rcnn"
     gdf["run_id"] = run_id
     gdf["model_id"] = model_id
-    return finish_schema(gdf, grid, INVENTORY_COLUMNS)
+    if len(cfg.scales) == 1:
+        return finish_schema(gdf, grid, INVENTORY_COLUMNS)
+    gdf["scale"] = (gdf["scale"] if "scale" in gdf else pd.Series([], dtype=float)).astype(np.int64)
+    return finish_schema(gdf, grid, [*INVENTORY_COLUMNS[:-1], "scale", "geometry"])
 
 
 def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> dict[str, str]:
