@@ -38,6 +38,7 @@ from insar_slide.run.scales import (
     closing_margin,
     first_block,
     min_extent_px,
+    pixel_advice,
 )
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 512, 640)
@@ -257,3 +258,34 @@ def test_a_multi_scale_run_resumes_to_the_same_inventory(tmp_path, basin, model_
     assert again.summary["windows"]["computed"] == 0 and again.summary["windows"]["reused"] == first.summary["windows"]["run"]
     assert again.summary["blocks"]["reused"] == again.summary["blocks"]["total"]
     pd.testing.assert_frame_equal(inv, gpd.read_parquet(tmp_path / "inv.parquet"))
+
+
+# ---------------------------------------------------------------------------- training pixel
+
+
+def test_a_pixel_far_from_the_training_pixel_is_named_with_the_factor_that_fixes_it():
+    assert pixel_advice(28.0, 30.0, (1,)) is None and pixel_advice(37.0, 30.0, (1,)) is None
+    ten = pixel_advice(10.0, 30.0, (1,))
+    assert ten is not None and "(10.0 m)" in ten and "(30.0 m)" in ten and "add 3 to scales (e.g. scales: [1, 3])" in ten
+    fifteen = pixel_advice(15.0, 30.0, (1, 2))
+    assert fifteen is not None and "level x2 (30.0 m) in scales matches it" in fifteen
+    coarse = pixel_advice(85.0, 30.0, (1,))
+    assert coarse is not None and "smaller to it" in coarse and "no block mean brings it closer" in coarse
+    assert all("\n" not in m for m in (ten, fifteen, coarse))
+
+
+def test_checkpoints_record_the_training_pixel_and_old_ones_mean_30_m(tmp_path):
+    import json
+
+    from affine import Affine
+
+    from insar_slide.model.checkpoint import training_pixel_m
+    from insar_slide.training.train import chips_pixel_size_m
+    from tests.conftest import write_tif
+
+    rate = np.zeros((16, 16), np.float32)
+    write_tif(tmp_path / "rot.tif", rate, crs=None)  # a rotated chip: no georeference
+    write_tif(tmp_path / "a.tif", rate, transform=Affine(15.0, 0, 500_000.0, 0, -15.0, 3_000_000.0))
+    (tmp_path / "coco_train.json").write_text(json.dumps({"images": [{"file_name": "rot.tif"}, {"file_name": "a.tif"}]}))
+    assert chips_pixel_size_m(tmp_path) == 15.0
+    assert training_pixel_m({}) == 30.0 and training_pixel_m({"pixel_size_m": 15.0}) == 15.0

@@ -4,6 +4,9 @@ The metadata document (architecture, input encoding, tile size, classes, trainin
 data fingerprint, metrics) is stored in the safetensors header under ``insar_slide`` and as a
 ``<name>.json`` card beside the file for people. Loading reads the header first and refuses
 anything that is not a safetensors file — a ``torch.save`` zip or a raw pickle is never opened.
+
+``pixel_size_m`` (written by ``train``) is the pixel of the chips the model learned from, in
+metres; a checkpoint without it was trained on 30 m chips (:func:`training_pixel_m`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from .detector import ModelConfig, build_model
 META_KEY = "insar_slide"
 FORMAT = "insar-slide-checkpoint/1"
 _MAX_HEADER = 100 * 2**20
+#: The training pixel of checkpoints written before ``pixel_size_m`` was recorded.
+LEGACY_PIXEL_M = 30.0
 
 
 def save_checkpoint(model: nn.Module, config: ModelConfig, path: str | Path, *, extra: dict[str, Any] | None = None,
@@ -111,3 +116,9 @@ def load_checkpoint(path: str | Path, *, expect: ModelConfig | None = None,
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.to(device).eval()
     return model, config, meta
+
+
+def training_pixel_m(meta: dict[str, Any]) -> float:
+    """The pixel size (m) of the chips a checkpoint was trained on (30 m when not recorded)."""
+    value = meta.get("pixel_size_m")
+    return float(value) if value else LEGACY_PIXEL_M

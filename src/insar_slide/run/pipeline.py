@@ -30,7 +30,7 @@ from ..atomic import atomic_path, check_target
 from ..errors import InputError, InsarSlideError
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema, write_inventory
-from ..model.checkpoint import read_metadata
+from ..model.checkpoint import read_metadata, training_pixel_m
 from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
 from .config import RunConfig, config_record
@@ -45,7 +45,7 @@ from .detect import (
 )
 from .merge import Block, MergeSettings, block_key, part_path, reduce_leaf, reduce_node, slide_ids
 from .plan import Window, WindowPlan, aoi_geometry, check_levels, make_plan
-from .scales import first_block
+from .scales import first_block, pixel_advice
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
     grid = grid_of(ds)
     check_levels(cfg, grid)  # before a cluster starts
+    if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
+        log.warning(advice)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob("windows/*/.*.tmp"):  # left by a killed task; its window is redone

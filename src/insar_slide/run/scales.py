@@ -146,3 +146,24 @@ def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
     out["tracks"] = [",".join(sorted(tracks[i])) for i in np.flatnonzero(keep)]
     out["n_boxes"] = boxes[keep]
     return out.reset_index(drop=True)
+
+
+#: A mosaic pixel farther than this share from the model's training pixel gets a warning.
+PIXEL_TOLERANCE = 0.25
+
+
+def pixel_advice(mosaic_m: float, model_m: float, scales: tuple[int, ...]) -> str | None:
+    """One line when the mosaic's pixel (m) is more than 25 % off the model's training pixel,
+    naming both and, when a block-mean factor brings it within 25 %, that factor; else None."""
+    if abs(mosaic_m / model_m - 1) <= PIXEL_TOLERANCE:
+        return None
+    msg = (f"the mosaic's pixel ({mosaic_m:.1f} m) differs from the model's training pixel ({model_m:.1f} m) "
+           f"by more than {PIXEL_TOLERANCE:.0%}, so slides look {'larger' if mosaic_m < model_m else 'smaller'} "
+           "to it than in training")
+    k = round(model_m / mosaic_m)
+    if k >= 2 and abs(mosaic_m * k / model_m - 1) <= PIXEL_TOLERANCE:
+        if k in scales:
+            return f"{msg}; level x{k} ({mosaic_m * k:.1f} m) in scales matches it"
+        return (f"{msg}; a block mean by {k} gives {mosaic_m * k:.1f} m: add {k} to scales "
+                f"(e.g. scales: {sorted({*scales, k})}) to detect at that pixel too")
+    return f"{msg}; no block mean brings it closer: use a model trained at this pixel"

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_path
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
 from ..errors import InputError
+from ..grid import Grid
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.detector import ModelConfig, build_model, load_pretrained
 from ..model.encoding import InputEncoding
@@ -318,6 +319,9 @@ def _save_epoch(out: Path, model: torch.nn.Module, mcfg: ModelConfig, opt: torch
                 cfg: TrainConfig, epoch: int, row: dict[str, Any]) -> None:
     extra = {"epoch": epoch, "metrics": row, "training_config": cfg.model_dump(mode="json"),
              "data_fingerprint": _fingerprint(Path(cfg.chips))}
+    pixel = chips_pixel_size_m(Path(cfg.chips))
+    if pixel is not None:
+        extra["pixel_size_m"] = pixel
     state = {f"momentum.{i}": opt.state[p]["momentum_buffer"].detach().cpu().contiguous()
              for i, p in enumerate(params) if "momentum_buffer" in opt.state.get(p, {})}
     with atomic_path(out / "train_state.safetensors", overwrite=True) as tmp:
@@ -335,6 +339,21 @@ def _save_epoch(out: Path, model: torch.nn.Module, mcfg: ModelConfig, opt: torch
         w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
         w.writeheader()
         w.writerows(rows)
+
+
+def chips_pixel_size_m(chips: Path) -> float | None:
+    """The pixel size (m, mean of both axes) of the first georeferenced training chip; None
+    when none is (rotated chips carry no transform)."""
+    images = json.loads((chips / "coco_train.json").read_text()).get("images", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        for im in images:
+            with rasterio.open(chips / im["file_name"]) as src:
+                if src.crs is None:
+                    continue
+                dx, dy = Grid.from_transform(src.crs.to_string(), src.transform, src.height, src.width).pixel_size_m()
+                return round((dx + dy) / 2, 3)
+    return None
 
 
 def _fingerprint(chips: Path) -> str:
