@@ -201,8 +201,10 @@ def test_bad_scales_are_one_line_errors(tmp_path, basin, model_file):
         with pytest.raises(ConfigError, match=word) as e:
             load_run_config(_config(tmp_path, basin, model_file, scales=bad))
         assert "scales" in str(e.value) and "\n" not in str(e.value).strip()
-    with pytest.raises(ConfigError, match=r"factor 8 gives a 64 x 80 px level .* smaller than one window"):
-        make_plan(load_run_config(_config(tmp_path, basin, model_file, scales=[1, 8])))
+    with pytest.raises(ConfigError, match=r"factor 16 gives a 32 x 40 px level .* under 64 px a side"):
+        make_plan(load_run_config(_config(tmp_path, basin, model_file, scales=[1, 16])))
+    small = make_plan(load_run_config(_config(tmp_path, basin, model_file, scales=[1, 8])))  # one ragged window
+    assert small.tilings[8] == (1, 1)
     assert load_run_config(_config(tmp_path, basin, model_file, scales=[2, 1])).scales == [1, 2]
 
 

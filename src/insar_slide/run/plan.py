@@ -209,13 +209,17 @@ def read_sources(cores: list[PixelWindow], reads: list[PixelWindow], window: int
 Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], Sequence[Any]]
 
 
+MIN_LEVEL_PX = 64  # a coarser level has too few pixels to show a slide
+
+
 def check_levels(cfg: RunConfig, grid: Grid) -> None:
-    """Every coarse level must hold at least one whole window on each side."""
+    """Every coarse level must be at least ``MIN_LEVEL_PX`` a side; one smaller than a window is
+    one ragged window (it sees the whole basin at once)."""
     for f in cfg.scales:
         rows, cols = level_shape(grid.shape, f)
-        if f > 1 and min(rows, cols) < cfg.window:
+        if f > 1 and min(rows, cols) < MIN_LEVEL_PX:
             raise ConfigError(f"scales: factor {f} gives a {rows} x {cols} px level of the {grid.height} x {grid.width} px "
-                              f"mosaic, smaller than one window ({cfg.window} px); drop the factor or use a smaller window")
+                              f"mosaic, under {MIN_LEVEL_PX} px a side, too coarse to show a slide; drop the factor")
 
 
 def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16) -> WindowPlan:

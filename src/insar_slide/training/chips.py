@@ -34,13 +34,14 @@ import rasterio
 import shapely
 from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
-from rasterio.transform import Affine
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..inventory import read_inventory
-from ..mosaic import RATE, grid_of, open_basin
+from ..mosaic import grid_of, open_basin
+from ..run.io import read_level
+from ..run.scales import level_shape
 from .boxes import SliverRule, block_split, clip_boxes, ignore_boxes, polygon_to_pixel, rotate_cw
 from .config import ChipsConfig
 from .voc import coco_dict, read_voc, voc_xml
@@ -48,25 +49,28 @@ from .voc import coco_dict, read_voc, voc_xml
 log = logging.getLogger(__name__)
 
 
-def coarsened(ds: Any, factor: int) -> Any:
-    """The mosaic's rates as a block mean by ``factor`` (lazy): a coarse pixel is the mean of the
-    valid native pixels of its ``factor × factor`` block, NaN when fewer than half are valid;
-    ragged edges are trimmed. The grid keeps its upper-left corner; its pixel is ``factor`` ×."""
-    if factor == 1:
-        return ds
-    rate = ds[RATE]
-    kw = {"x": factor, "y": factor, "boundary": "trim"}
-    count = rate.notnull().coarsen(**kw).sum()
-    total = rate.fillna(0).coarsen(**kw).sum()
-    mean = (total / count.where(count > 0)).where(count >= factor * factor / 2)
-    g = grid_of(ds)
-    out = mean.astype("float32").to_dataset(name=RATE)
-    out = out.rio.write_crs(g.crs).rio.write_transform(g.transform * Affine.scale(factor, factor))
-    return out
+@dataclass(frozen=True)
+class Level:
+    """A chip source's mosaic at its block-mean ``factor`` (1: native): the grid chips are cut
+    on and the reader of its windows — :func:`..run.io.read_level`, the same pixels that
+    multi-scale inference reads (a coarse pixel is the mean of the valid native pixels of its
+    block, NaN when fewer than half are valid)."""
 
+    mosaic: str
+    factor: int
+    grid: Grid
+    tracks: tuple[str, ...]
 
-def _open_source(src: Any) -> Any:
-    return coarsened(open_basin(src.mosaic), src.scale)
+    @classmethod
+    def open(cls, mosaic: str, factor: int) -> Level:
+        ds = open_basin(mosaic)
+        g = grid_of(ds)
+        rows, cols = level_shape(g.shape, factor)
+        grid = Grid(g.crs, g.x0, g.y0, g.dx * factor, g.dy * factor, rows, cols)
+        return cls(str(mosaic), factor, grid, tuple(str(t) for t in ds.track.values))
+
+    def read(self, track: str, win: PixelWindow) -> np.ndarray:
+        return read_level(self.mosaic, track, win, factor=self.factor)
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,9 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
     first_of: dict[str, int] = {}  # the sources of one mosaic (at any scale) share its spatial blocks
     for s, src in enumerate(cfg.sources):
         first_of.setdefault(str(src.mosaic), s)
-        ds = _open_source(src)
-        grid = grid_of(ds)
-        names = [str(t) for t in ds.track.values]
+        level = Level.open(src.mosaic, src.scale)
+        grid = level.grid
+        names = list(level.tracks)
         tracks = src.tracks or tuple(names)
         unknown = set(tracks) - set(names)
         if unknown:
@@ -145,11 +149,10 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
         near = _river_distance_ok(cfg, grid, wins)
         nb_cols = -(-grid.width * src.scale // cfg.split.block_px)
         for t in tracks:
-            rate = ds[RATE].sel(track=t)
             for w, ok in zip(wins, near, strict=True):
                 if not ok:
                     continue
-                block = np.asarray(rate.isel(y=slice(w.row0, w.row1), x=slice(w.col0, w.col1)).values)
+                block = level.read(t, w)
                 valid = np.isfinite(block)
                 if valid.mean() < cfg.min_valid_fraction or np.nanmax(np.abs(block)) < cfg.min_abs_rate:
                     continue
@@ -187,15 +190,16 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
     with atomic_path(out, overwrite=cfg.overwrite) as tmp:
         for sub in ("images", "png", "voc"):
             (tmp / sub).mkdir(parents=True)
-        cache: dict[int, tuple[Any, Grid, gpd.GeoDataFrame]] = {}
+        cache: dict[int, tuple[Level, gpd.GeoDataFrame]] = {}
         for cand, val in zip(cands, is_val, strict=True):
             if cand.source not in cache:
-                ds = _open_source(cfg.sources[cand.source])
-                g = grid_of(ds)
-                cache[cand.source] = (ds, g, _load_inventory(cfg.sources[cand.source], g))
-            ds, grid, inv = cache[cand.source]
+                src = cfg.sources[cand.source]
+                lv = Level.open(src.mosaic, src.scale)
+                cache[cand.source] = (lv, _load_inventory(src, lv.grid))
+            level, inv = cache[cand.source]
+            grid = level.grid
             w = cand.win
-            rate = np.asarray(ds[RATE].sel(track=cand.track).isel(y=slice(w.row0, w.row1), x=slice(w.col0, w.col1)).values)
+            rate = level.read(cand.track, w)
             wgrid = grid.window_grid(w)
             labels = _labels(inv, cand.track, cfg)
             near = inv[inv.intersects(shapely.box(*wgrid.bounds))]
