@@ -29,12 +29,13 @@ warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # as t
 def _hotspot(mosaic: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     import dask
 
-    from insar_slide.baselines import BaselineConfig, baseline_inventory
+    from insar_slide.baselines import baseline_inventory
     from insar_slide.mosaic import open_basin
+    from insar_slide.run.config import BaselineConfig
 
     dask.config.set(scheduler="threads", num_workers=os.cpu_count())
     t = time.perf_counter()
-    gdf, notes = baseline_inventory(open_basin(mosaic), "hotspot", BaselineConfig())
+    gdf, notes = baseline_inventory(open_basin(mosaic), "hotspot", cfg=BaselineConfig())
     queue.put({"seconds": time.perf_counter() - t, "regions": len(gdf), "notes": notes,
                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 

@@ -11,12 +11,13 @@ import shapely
 import yaml
 from click.testing import CliRunner
 
-from insar_slide.baselines import KMeansConfig, drop_collinear, gistar, kmeans_mask, regions
+from insar_slide.baselines import drop_collinear, gistar, kmeans_mask, regions
 from insar_slide.cli import main
 from insar_slide.compare import compare_inventories, match, table_markdown
 from insar_slide.errors import ConfigError
 from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
+from insar_slide.run.config import KMeansConfig
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 160, 200)
 

@@ -42,36 +42,16 @@ import numpy as np
 import pandas as pd
 import shapely
 import xarray as xr
-from pydantic import Field
 from scipy import ndimage
 
-from .config import StrictModel
+from .core.features import dissolve
 from .errors import ConfigError, InputError
 from .grid import Grid
 from .inventory import finish_schema, polygon_rate_stats
 from .mosaic import RATE, grid_of
+from .run.config import BaselineConfig, HotspotConfig, KMeansConfig
 
 log = logging.getLogger(__name__)
-
-
-class HotspotConfig(StrictModel):
-    distance_px: float = Field(7.0, gt=0, description="binary weights within this distance (pixels)")
-    z: float = Field(2.58, gt=0, description="hot when z exceeds this (2.58: p < 0.01)")
-    min_abs_rate: float = Field(10.0, ge=0, description="…and |rate| reaches this (mm/yr)")
-
-
-class KMeansConfig(StrictModel):
-    k: int = Field(2, description="clusters (the paper: 2)")
-    min_abs_rate: float = Field(10.0, ge=0, description="only pixels with |rate| ≥ this are clustered")
-    sample: int = Field(200_000, ge=100, description="pixels the centres are fitted on")
-    seed: int = 0
-
-
-class BaselineConfig(StrictModel):
-    hotspot: HotspotConfig = HotspotConfig()
-    kmeans: KMeansConfig = KMeansConfig()
-    min_area_px: int = Field(16, ge=1, description="regions smaller than this are dropped")
-    dissolve_overlap: float = Field(0.2, gt=0, le=1)
 
 
 # ---------------------------------------------------------------------------- Gi*
@@ -324,11 +304,9 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
 # ---------------------------------------------------------------------------- inventory
 
 
-def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], cfg: BaselineConfig, *,
+def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, cfg: BaselineConfig,
                        tracks: list[str] | None = None, aoi: Any = None, run_id: str = "") -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
     """Run one baseline over the mosaic's tracks and return the inventory (contract 2) and notes."""
-    from .run.merge import dissolve
-
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = tracks or names

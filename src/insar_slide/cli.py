@@ -333,7 +333,7 @@ def baseline_cmd(method: str, config: str, out: str | None) -> None:
     ds = open_basin(cfg.mosaic)
     aoi = aoi_geometry(cfg.aoi, ds.rio.crs.to_string()) if cfg.aoi else None
     t0 = time.perf_counter()
-    gdf, notes = baseline_inventory(ds, method, cfg.baseline, tracks=cfg.tracks, aoi=aoi, run_id=f"{method}-baseline")  # type: ignore[arg-type]
+    gdf, notes = baseline_inventory(ds, method, cfg=cfg.baseline, tracks=cfg.tracks, aoi=aoi, run_id=f"{method}-baseline")  # type: ignore[arg-type]
     params = cfg.baseline.model_dump()
     write_inventory(gdf, target, metadata={"method": method, "config": json.loads(cfg.model_dump_json()), "parameters": params,
                                            "notes": notes, "code_version": __version__}, overwrite=True)

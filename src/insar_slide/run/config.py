@@ -6,6 +6,8 @@ core plus ``halo`` pixels on every side. A slide is seen whole by the window who
 its centre when ``halo`` ≥ half the slide's extent (64 px = 1.9 km at 30 m).
 ``scales`` adds coarser levels (block means by each factor, tiled with the same ``window`` and
 ``halo`` in their own pixels) for slides larger than that; see :mod:`.scales`.
+``baseline`` holds the settings of ``insar-slide baseline`` (defined here, with the other
+sections of the file, so that reading a config never imports the baselines' Dask code).
 """
 
 from __future__ import annotations
@@ -16,13 +18,34 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ..baselines import BaselineConfig
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
 from ..errors import ConfigError
 from .scales import DEFAULT_SCALES
 
 #: The shipped reference model (see models/*.json for its card).
 REFERENCE_MODEL = Path(__file__).resolve().parents[3] / "models" / "insar_slide_r34_fpn_cbam.safetensors"
+
+
+class HotspotConfig(StrictModel):
+    distance_px: float = Field(7.0, gt=0, description="binary weights within this distance (pixels)")
+    z: float = Field(2.58, gt=0, description="hot when z exceeds this (2.58: p < 0.01)")
+    min_abs_rate: float = Field(10.0, ge=0, description="…and |rate| reaches this (mm/yr)")
+
+
+class KMeansConfig(StrictModel):
+    k: int = Field(2, description="clusters (the paper: 2)")
+    min_abs_rate: float = Field(10.0, ge=0, description="only pixels with |rate| ≥ this are clustered")
+    sample: int = Field(200_000, ge=100, description="pixels the centres are fitted on")
+    seed: int = 0
+
+
+class BaselineConfig(StrictModel):
+    """The ``baseline:`` section, read by ``insar-slide baseline`` (:mod:`insar_slide.baselines`)."""
+
+    hotspot: HotspotConfig = HotspotConfig()
+    kmeans: KMeansConfig = KMeansConfig()
+    min_area_px: int = Field(16, ge=1, description="regions smaller than this are dropped")
+    dissolve_overlap: float = Field(0.2, gt=0, le=1)
 
 
 class SkipRules(StrictModel):

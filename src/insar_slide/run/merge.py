@@ -7,9 +7,10 @@ Rules (in this order):
    extent, the owner saw the slide whole.
 2. **Cross-tile NMS** (``torchvision.ops.batched_nms``, per track, IoU ``nms_iou``) for the
    boxes near seams that two windows both own a version of (centres on either side).
-3. **Dissolve.** Boxes — of one track or of both — that share at least ``dissolve_overlap`` of
-   the smaller one's area are one slide: their union is its polygon, its score the highest,
-   ``tracks`` every track that saw it (``shapely.STRtree`` finds the pairs).
+3. **Dissolve** (:func:`insar_slide.core.features.dissolve`, shared with the baselines).
+   Boxes — of one track or of both — that share at least ``dissolve_overlap`` of the smaller
+   one's area are one slide: their union is its polygon, its score the highest, ``tracks``
+   every track that saw it (``shapely.STRtree`` finds the pairs).
 
 **Scales** (``scales: [1, f, …]``, :mod:`.scales`). Windows of every level take part; their
 boxes are stored in native pixels, a box belongs to the window of its level whose core (×f)
@@ -57,19 +58,16 @@ import pyarrow.parquet as pq
 import shapely
 import torch
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torchvision.ops import batched_nms
 
 from ..atomic import replace_file
+from ..core.features import dissolve
 from ..grid import Grid, PixelWindow
 from ..inventory import polygon_rate_stats
 from .detect import read_detections, result_path
 from .io import rate_dataset, read_window
 from .plan import Window
 from .scales import absorb_fragments, closing_margin, gate
-
-FEATURE_COLUMNS = ["geometry", "score", "tracks", "n_boxes"]
 
 
 @dataclass(frozen=True)
@@ -163,57 +161,6 @@ def merge_boxes(boxes: pd.DataFrame, s: MergeSettings) -> pd.DataFrame:
     """A leaf's owned boxes → NMS → size gate → fragments → dissolve: its features."""
     feats = boxes_to_features(size_gate(nms(boxes, s), s))
     return dissolve(absorb_fragments(feats), s.dissolve_overlap)
-
-
-def _order(features: pd.DataFrame) -> pd.DataFrame:
-    """A deterministic order (by bounds, then score), whatever order the inputs came in."""
-    if not len(features):
-        return features
-    b = shapely.bounds(np.asarray(features["geometry"], dtype=object))
-    key = pd.DataFrame({"a": b[:, 0].round(3), "b": b[:, 1].round(3), "c": b[:, 2].round(3),
-                        "d": b[:, 3].round(3), "e": -features["score"].to_numpy()})
-    return features.iloc[key.sort_values(list("abcde"), kind="stable").index].reset_index(drop=True)
-
-
-def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False) -> pd.DataFrame:
-    """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively).
-
-    ``across_tracks_only``: only pairs seen on different tracks are tested (features of one
-    track known to be disjoint, like connected regions, whose exact tests can be costly).
-    """
-    features = _order(features)
-    n = len(features)
-    columns = FEATURE_COLUMNS + (["scale"] if "scale" in features else [])
-    if n < 2:
-        return features
-    geoms = np.asarray(features["geometry"], dtype=object)
-    tree = shapely.STRtree(geoms)
-    a, b = tree.query(geoms)  # bounding boxes meet; the area test below is exact
-    m = a < b
-    if across_tracks_only:
-        tr = features["tracks"].astype(str).to_numpy()
-        m &= tr[a] != tr[b]
-    a, b = a[m], b[m]
-    if len(a):
-        inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
-        small = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
-        ok = inter >= overlap * small
-        a, b = a[ok], b[ok]
-    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
-    rows = []
-    for k in np.unique(label):
-        members = np.where(label == k)[0]
-        if len(members) == 1:
-            rows.append(features.iloc[members[0]].to_dict())
-            continue
-        sub = features.iloc[members]
-        tracks = sorted(set().union(*[set(t.split(",")) for t in sub["tracks"]]))
-        row = {"geometry": shapely.union_all(geoms[members]), "score": float(sub["score"].max()),
-               "tracks": ",".join(tracks), "n_boxes": int(sub["n_boxes"].sum())}
-        if "scale" in sub:
-            row["scale"] = int(sub["scale"].max())
-        rows.append(row)
-    return _order(pd.DataFrame(rows, columns=columns))
 
 
 def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:

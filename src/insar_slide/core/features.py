@@ -1,0 +1,70 @@
+"""Slide features and the dissolve rule.
+
+A *feature* table is a ``pandas.DataFrame`` with :data:`FEATURE_COLUMNS` (and, in multi-scale
+runs, ``scale``): ``geometry`` a shapely polygon in the mosaic's map CRS, ``score`` the highest
+detection score (NaN for the baselines), ``tracks`` the comma-joined tracks that saw it,
+``n_boxes`` how many boxes or regions it is the union of.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import shapely
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+FEATURE_COLUMNS = ["geometry", "score", "tracks", "n_boxes"]
+
+
+def order_features(features: pd.DataFrame) -> pd.DataFrame:
+    """A deterministic order (by bounds, then score), whatever order the inputs came in."""
+    if not len(features):
+        return features
+    b = shapely.bounds(np.asarray(features["geometry"], dtype=object))
+    key = pd.DataFrame({"a": b[:, 0].round(3), "b": b[:, 1].round(3), "c": b[:, 2].round(3),
+                        "d": b[:, 3].round(3), "e": -features["score"].to_numpy()})
+    return features.iloc[key.sort_values(list("abcde"), kind="stable").index].reset_index(drop=True)
+
+
+def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False) -> pd.DataFrame:
+    """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively).
+
+    ``across_tracks_only``: only pairs seen on different tracks are tested (features of one
+    track known to be disjoint, like connected regions, whose exact tests can be costly).
+    A merged feature's score is the highest, ``tracks`` every track, ``n_boxes`` the sum
+    (``scale``, when present, the largest). The result is in :func:`order_features` order.
+    """
+    features = order_features(features)
+    n = len(features)
+    columns = FEATURE_COLUMNS + (["scale"] if "scale" in features else [])
+    if n < 2:
+        return features
+    geoms = np.asarray(features["geometry"], dtype=object)
+    tree = shapely.STRtree(geoms)
+    a, b = tree.query(geoms)  # bounding boxes meet; the area test below is exact
+    m = a < b
+    if across_tracks_only:
+        tr = features["tracks"].astype(str).to_numpy()
+        m &= tr[a] != tr[b]
+    a, b = a[m], b[m]
+    if len(a):
+        inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
+        small = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+        ok = inter >= overlap * small
+        a, b = a[ok], b[ok]
+    _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    rows = []
+    for k in np.unique(label):
+        members = np.where(label == k)[0]
+        if len(members) == 1:
+            rows.append(features.iloc[members[0]].to_dict())
+            continue
+        sub = features.iloc[members]
+        tracks = sorted(set().union(*[set(t.split(",")) for t in sub["tracks"]]))
+        row = {"geometry": shapely.union_all(geoms[members]), "score": float(sub["score"].max()),
+               "tracks": ",".join(tracks), "n_boxes": int(sub["n_boxes"].sum())}
+        if "scale" in sub:
+            row["scale"] = int(sub["scale"].max())
+        rows.append(row)
+    return order_features(pd.DataFrame(rows, columns=columns))
