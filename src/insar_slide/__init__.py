@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .errors import InsarSlideError
 from .mosaic import open_basin
 from .query import open_inventory, slide_rates, slide_table, slides_in_bbox
+from .version import __version__
 
 __all__ = ["InsarSlideError", "__version__", "open_basin", "open_inventory", "slide_rates", "slide_table", "slides_in_bbox"]

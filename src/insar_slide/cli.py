@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import __version__
 from .errors import ConfigError, InsarSlideError
+from .version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -23,10 +23,10 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 
-from . import __version__
 from .atomic import atomic_path
 from .errors import StoreError
 from .grid import Grid
+from .version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from .. import __version__
 from ..atomic import atomic_path, check_target
 from ..errors import InputError, InsarSlideError
 from ..grid import Grid
@@ -33,6 +32,7 @@ from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata, training_pixel_m
 from ..mosaic import grid_of, open_basin, version_group
 from ..training.train import pick_device
+from ..version import __version__
 from .config import RunConfig, config_record
 from .detect import (
     DetectSettings,

@@ -17,7 +17,7 @@ from .config import SimConfig
 from .noise import SPLINE_STD, fbm_grid, fbm_points, hash_uniform, spline_grid, spline_points
 
 if TYPE_CHECKING:
-    from .scene import Scene
+    from .objects import Scene
 
 S_RELIEF, S_TRIB, S_RIVER = 1, 2, 16  # noise streams of the terrain (the others are in .scene)
 DIST_NODE = 8  # river-distance lattice spacing, px

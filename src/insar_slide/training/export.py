@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..errors import InputError
 from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..version import __version__
 
 MAX_MB = 80.0
 
