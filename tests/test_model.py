@@ -182,3 +182,13 @@ def test_shipped_reference_model_loads_and_carries_its_threshold():
     assert cfg.variant == "r34_fpn_cbam" and cfg.cbam_spatial_bn
     assert 0 < read_metadata(REFERENCE_MODEL)["score_threshold"] < 1
     assert REFERENCE_MODEL.stat().st_size < 80 * 2**20 and meta["metrics_heldout"]["AP50"] > 0.7
+
+
+def test_pick_device_auto_cpu_and_a_missing_cuda():
+    from insar_slide.model.device import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            pick_device("cuda")

@@ -36,7 +36,7 @@ import torch
 
 from ..atomic import replace_file
 from ..model.checkpoint import load_checkpoint
-from ..training.train import pick_device
+from ..model.device import pick_device
 from .io import read_level
 from .plan import Window
 

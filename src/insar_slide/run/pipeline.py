@@ -30,8 +30,8 @@ from ..errors import InputError, InsarSlideError
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata, training_pixel_m
+from ..model.device import pick_device
 from ..mosaic import grid_of, open_basin, version_group
-from ..training.train import pick_device
 from ..version import __version__
 from .config import RunConfig, config_record
 from .detect import (

@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..grid import Grid
 from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.detector import ModelConfig, build_model, load_pretrained
+from ..model.device import pick_device
 from ..model.encoding import InputEncoding
 from .metrics import coco_metrics, prf1
 
@@ -93,14 +94,6 @@ def load_train_config(path: str | Path) -> TrainConfig:
     base = p.parent
     return cfg.model_copy(update={"chips": resolve_path(cfg.chips, base), "out": resolve_path(cfg.out, base),
                                   "init_weights": resolve_path(cfg.init_weights, base)})
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device: cuda asked for, but no CUDA device is available; use device: auto or cpu")
-    return torch.device(name)
 
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
