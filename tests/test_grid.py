@@ -47,3 +47,10 @@ def test_window_of_bounds_and_area():
     assert g.area_km2() == pytest.approx(9.0)
     geo = Grid("EPSG:4326", 130.0, 32.0, 0.01, -0.01, 100, 100)
     assert 9000 < geo.area_km2() < 11000  # ~1° x 1° near 31.5° N
+
+
+def test_grid_key_is_the_string_stored_with_window_results_and_update_histories():
+    g = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 2, 3)
+    # run directories and history state.json files written before hold this exact string
+    assert g.key == "EPSG:32647|(30.0, 0.0, 500000.0, 0.0, -30.0, 3000000.0)|(2, 3)"
+    assert Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 2, 4).key != g.key

@@ -192,3 +192,16 @@ def test_pick_device_auto_cpu_and_a_missing_cuda():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_score_threshold_comes_from_config_then_model_then_training_config():
+    from insar_slide.model.checkpoint import resolve_score_threshold
+
+    card = {"score_threshold": 0.7, "training_config": {"score_threshold": 0.6}}
+    assert resolve_score_threshold(0.3, card) == 0.3
+    assert resolve_score_threshold(None, card) == 0.7
+    assert resolve_score_threshold(None, {"training_config": {"score_threshold": 0.6}}) == 0.6
+    assert resolve_score_threshold(None, {}) == 0.5
+    # export-model sets a new operating point: its default is the training config's
+    assert resolve_score_threshold(None, card, use_model_value=False) == 0.6
+    assert resolve_score_threshold(0.8, card, use_model_value=False) == 0.8

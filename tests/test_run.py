@@ -79,7 +79,7 @@ def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int,
     """Store, for each window the plan runs, the boxes a perfect detector would report there."""
     cfg = load_run_config(cfg_path)
     plan = make_plan(cfg)
-    s = detect_settings(cfg, plan.grid, file_hash(cfg.model_path))
+    s = detect_settings(cfg, plan.grid, model_hash=file_hash(cfg.model_path))
     for w in plan.to_run():
         found = []
         for r0, c0, r1, c1 in boxes_per_track.get(w.track, []):

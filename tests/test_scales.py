@@ -84,7 +84,7 @@ def _inject(cfg_path: Path) -> int:
     """Store what a detector that sees only its own window reports, for every window to run."""
     cfg = load_run_config(cfg_path)
     plan = make_plan(cfg)
-    s = detect_settings(cfg, plan.grid, file_hash(cfg.model_path))
+    s = detect_settings(cfg, plan.grid, model_hash=file_hash(cfg.model_path))
     truth = {"asc": [BIG, SMALL], "desc": [BIG]}
     for w in plan.to_run():
         f = w.scale

@@ -24,7 +24,7 @@ from insar_slide.cli import main
 from insar_slide.compare import visible_truth
 from insar_slide.errors import InputError, StoreError
 from insar_slide.model import save_checkpoint
-from insar_slide.mosaic import list_versions, open_basin
+from insar_slide.mosaic import list_versions, open_basin, resolve_version_group
 from insar_slide.run.config import load_run_config
 from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
 from insar_slide.run.io import read_window
@@ -71,7 +71,7 @@ def _inject(cfg_path: Path, version: str | None) -> None:
     cfg = load_run_config(cfg_path).model_copy(update={"version": version})
     truth = _truth(Path(cfg.mosaic), version)
     plan = make_plan(cfg)
-    s = detect_settings(cfg, plan.grid, file_hash(cfg.model_path))
+    s = detect_settings(cfg, plan.grid, model_hash=file_hash(cfg.model_path))
     t = plan.grid.transform
     inv = ~t
     for w in plan.to_run():
@@ -97,6 +97,9 @@ def test_versions_stay_readable_and_grids_must_match(basin, tmp_path):
     import xarray as xr
     assert xr.open_zarr(basin).los_rate.shape == xr.open_zarr(basin, group="versions/2018-2021").los_rate.shape
     assert open_basin(basin, "latest").attrs["time_span"] == "2018-01-01/2021-12-31"
+    assert [resolve_version_group(basin, v) for v in (None, "", "base", "latest")] == [None, None, None, "versions/2018-2021"]
+    with pytest.raises(StoreError, match="no version 'nope'"):
+        resolve_version_group(basin, "nope")
     other = BASE.model_copy(update={"grid": BASE.grid.model_copy(update={"shape": (512, 768)})})
     with pytest.raises(StoreError, match="differs"):
         simulate(other, basin, version="bad")
@@ -251,7 +254,7 @@ def test_unreadable_history_is_refused_and_left_alone(basin, tmp_path, model_fil
     g = grid_of(open_basin(basin, "latest"))
     import json
     (hdir / "state.json").write_text(json.dumps({"versions": ["base"], "model_hash": "x", "settings": "y",
-                                                 "grid": f"{g.crs}|{tuple(g.transform)[:6]}|{g.shape}"}))
+                                                 "grid": g.key}))
     with pytest.raises(InputError, match="cannot be read"):
         update(cfg, progress=False, echo=lambda s: None)
     assert bad.read_bytes() == b"not parquet"

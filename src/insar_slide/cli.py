@@ -213,7 +213,7 @@ def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: 
     """COCO metrics, P/R/F1 at IoU 0.5, a PR curve, and Table 2 (ablation) for several checkpoints."""
     from .training.evaluate import evaluate
 
-    df = evaluate(list(checkpoints), chips_dir, out, split=split, device=device, score_threshold=score_threshold)
+    df = evaluate(list(checkpoints), chips_dir, out=out, split=split, device=device, score_threshold=score_threshold)
     click.echo((Path(out) / "table2.md").read_text())
     for r in df.to_dict("records"):
         click.echo(f"{r['checkpoint']}: best F1 on this split {r['best_f1']:.3f} at score ≥ {r['best_f1_threshold']:.3f} "

@@ -99,6 +99,12 @@ class Grid:
         return (self.height, self.width)
 
     @property
+    def key(self) -> str:
+        """CRS, transform and shape as one string: a window's stored detections and an update
+        history are valid only on the grid with the same key."""
+        return f"{self.crs}|{tuple(self.transform)[:6]}|{self.shape}"
+
+    @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(xmin, ymin, xmax, ymax) of the outer pixel edges."""
         return (self.x0, self.y0 + self.height * self.dy, self.x0 + self.width * self.dx, self.y0)

@@ -206,6 +206,12 @@ def version_group(path: str | Path, version: str) -> str | None:
     raise StoreError(f"{path} has no version {version!r}; it has {[v['label'] for v in versions]}")
 
 
+def resolve_version_group(path: str | Path, version: str | None) -> str | None:
+    """The group of a config's ``version`` (``RunConfig.version``): None or empty → the root
+    (None); ``"latest"`` or a label → :func:`version_group`."""
+    return version_group(path, version) if version else None
+
+
 def version_path(path: str | Path, label: str) -> Path:
     """Where a new version labelled ``label`` is written (checked against the root's grid)."""
     if not label or "/" in label or label.startswith(".") or label in ("latest", "base"):

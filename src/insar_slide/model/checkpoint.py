@@ -122,3 +122,18 @@ def training_pixel_m(meta: dict[str, Any]) -> float:
     """The pixel size (m) of the chips a checkpoint was trained on (30 m when not recorded)."""
     value = meta.get("pixel_size_m")
     return float(value) if value else LEGACY_PIXEL_M
+
+
+def resolve_score_threshold(config_value: float | None, model_metadata: dict[str, Any], *,
+                            use_model_value: bool = True) -> float:
+    """The score threshold to apply, first found of: ``config_value`` (the config key or CLI
+    flag); the model's own operating point (``score_threshold`` in its metadata, written by
+    ``export-model``); its training config's ``score_threshold``; 0.5.
+
+    ``use_model_value=False`` skips the model's own value: ``export-model`` chooses a new
+    operating point and defaults to the training config's.
+    """
+    if config_value is not None:
+        return float(config_value)
+    training = model_metadata.get("training_config", {}).get("score_threshold", 0.5)
+    return float(model_metadata.get("score_threshold", training) if use_model_value else training)

@@ -29,9 +29,9 @@ from ..atomic import atomic_path, check_target
 from ..errors import InputError, InsarSlideError
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema, write_inventory
-from ..model.checkpoint import read_metadata, training_pixel_m
+from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
 from ..model.device import pick_device
-from ..mosaic import grid_of, open_basin, version_group
+from ..mosaic import grid_of, open_basin, resolve_version_group
 from ..version import __version__
 from .config import RunConfig, config_record
 from .detect import (
@@ -133,12 +133,11 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                          "(train one with workflows/reference_model.sh)")
     meta = read_metadata(model_path)  # refuses non-safetensors files before anything starts
     model_hash = file_hash(model_path)
-    thr = cfg.score_threshold if cfg.score_threshold is not None else float(
-        meta.get("score_threshold", meta.get("training_config", {}).get("score_threshold", 0.5)))
+    thr = resolve_score_threshold(cfg.score_threshold, meta)
     out = Path(cfg.out)
     check_target(out, overwrite=cfg.overwrite)
     ds = open_basin(cfg.mosaic, cfg.version)
-    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
+    group = resolve_version_group(cfg.mosaic, cfg.version)
     grid = grid_of(ds)
     check_levels(cfg, grid)  # before a cluster starts
     if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
@@ -162,7 +161,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         echo(plan.format())
         (run_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=1))
 
-        settings = detect_settings(cfg, grid, model_hash)
+        settings = detect_settings(cfg, grid, model_hash=model_hash)
         todo = plan.to_run()
         t0 = time.perf_counter()
         done, compute = unchanged(todo, settings)
@@ -211,7 +210,7 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         metadata["windows_by_scale"] = plan.scale_counts()
     write_inventory(gdf, out, metadata=metadata, overwrite=cfg.overwrite)
     outputs = {"inventory": str(out)}
-    outputs.update(write_extras(gdf, cfg, ds, grid))
+    outputs.update(write_extras(gdf, cfg, ds=ds, grid=grid))
     t_write = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     model_s = float(sum(d["model_s"] for d in computed))
@@ -229,10 +228,9 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     return RunResult(gdf, summary, plan, outputs)
 
 
-def detect_settings(cfg: RunConfig, grid: Grid, model_hash: str) -> DetectSettings:
-    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
-    return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path),
-                          f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}", group)
+def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str) -> DetectSettings:
+    group = resolve_version_group(cfg.mosaic, cfg.version)
+    return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path), grid.key, group)
 
 
 def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tuple[list[dict[str, Any]], list[Window]]:
@@ -336,7 +334,7 @@ def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, mode
     return finish_schema(gdf, grid, [*INVENTORY_COLUMNS[:-1], "scale", "geometry"])
 
 
-def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> dict[str, str]:
+def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid) -> dict[str, str]:
     out = Path(cfg.out)
     written: dict[str, str] = {}
     stem = out.with_suffix("")
@@ -354,7 +352,7 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, ds: Any, grid: Grid) -> 
     if cfg.outputs.quicklook and "://" not in cfg.mosaic:
         from ..quicklook import quicklook
         png = Path(f"{stem}.png")
-        group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
+        group = resolve_version_group(cfg.mosaic, cfg.version)
         quicklook(Path(cfg.mosaic) / group if group else cfg.mosaic, png, inventory=out)  # a version is a whole store
         written["quicklook"] = str(png)
     return written

@@ -34,7 +34,7 @@ import shapely
 
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
-from ..mosaic import grid_of, open_basin, version_group
+from ..mosaic import grid_of, open_basin, resolve_version_group
 from .config import AreaOfInterest, RunConfig
 from .io import read_level
 from .scales import level_shape
@@ -230,7 +230,7 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     in ``run`` (each worker reads its own cores from Zarr); in a local thread pool by default.
     """
     ds = open_basin(cfg.mosaic, cfg.version)
-    group = version_group(cfg.mosaic, cfg.version) if cfg.version else None
+    group = resolve_version_group(cfg.mosaic, cfg.version)
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = cfg.tracks or names

@@ -148,7 +148,7 @@ def update(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None]
     key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
     ds = open_basin(cfg.mosaic, label if newest["group"] else None)
     grid = grid_of(ds)
-    grid_key = f"{grid.crs}|{tuple(grid.transform)[:6]}|{grid.shape}"
+    grid_key = grid.key
     known = gpd.GeoDataFrame()
     if state is None:
         echo(f"no previous update in {hdir}: a full run over version {label}")
@@ -183,7 +183,7 @@ def update(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None]
     write_inventory(rows, cfg.out, metadata=meta, overwrite=True)
     if cfg.outputs.quicklook or cfg.outputs.slide_id_raster or cfg.outputs.geopackage:
         from .pipeline import write_extras
-        write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds, grid)
+        write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds=ds, grid=grid)
     new_state = {"versions": meta["versions"], "model_hash": model_hash, "settings": key, "grid": grid_key}
     with atomic_path(hdir / "state.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(new_state, indent=1))

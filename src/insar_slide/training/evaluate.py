@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..atomic import atomic_path
-from ..model.checkpoint import load_checkpoint
+from ..model.checkpoint import load_checkpoint, resolve_score_threshold
 from ..model.device import pick_device
 from .metrics import COCO_NAMES, ignored_flags, match_flags
 from .train import Chip, evaluate_predictions, predict_chips, read_chip, read_split
@@ -57,7 +57,7 @@ def best_f1(recall: np.ndarray, precision: np.ndarray, score: np.ndarray) -> dic
             "best_f1_precision": float(precision[k]), "best_f1_recall": float(recall[k])}
 
 
-def evaluate(checkpoints: list[str], chips_dir: str, out: str, *, split: str = "val", device: str = "auto",
+def evaluate(checkpoints: list[str], chips_dir: str, *, out: str, split: str = "val", device: str = "auto",
              score_threshold: float | None = None, overwrite: bool = True) -> pd.DataFrame:
     """Evaluate checkpoints on a chip split; write metrics.json, table2.{md,csv}, table3.md, pr_curve.png."""
     chips, coco = read_split(chips_dir, split)
@@ -66,8 +66,7 @@ def evaluate(checkpoints: list[str], chips_dir: str, out: str, *, split: str = "
     table3 = ""
     for ck in checkpoints:
         model, mcfg, meta = load_checkpoint(ck, device=dev)
-        thr = score_threshold if score_threshold is not None else float(
-            meta.get("score_threshold", meta.get("training_config", {}).get("score_threshold", 0.5)))
+        thr = resolve_score_threshold(score_threshold, meta)
         preds = predict_chips(model, chips, mcfg.encoding, dev)
         m = evaluate_predictions(chips, coco, preds, thr)
         rec, prec, sc = pr_curve(chips, preds)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..model.checkpoint import load_checkpoint, save_checkpoint
+from ..model.checkpoint import load_checkpoint, resolve_score_threshold, save_checkpoint
 from ..version import __version__
 
 MAX_MB = 80.0
@@ -31,8 +31,7 @@ def export_model(src: str | Path, out: str | Path, *, eval_json: str | Path | No
         "command": command,
         "note": note,
         "epoch": meta.get("epoch"),
-        "score_threshold": score_threshold if score_threshold is not None
-        else meta.get("training_config", {}).get("score_threshold", 0.5),
+        "score_threshold": resolve_score_threshold(score_threshold, meta, use_model_value=False),
         "training_config": meta.get("training_config"),
         "data": {"chip_manifest": {k: manifest.get(k) for k in ("chips", "windows", "train", "val", "boxes_train", "boxes_val")},
                  "sources": [s.get("mosaic") for s in manifest.get("config", {}).get("sources", [])],
