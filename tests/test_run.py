@@ -32,7 +32,7 @@ from insar_slide.errors import ConfigError, InputError
 from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
-from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
+from insar_slide.run.detect import file_hash, fingerprint, result_path, write_detections
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
 from tests.conftest import dask_processes
@@ -88,8 +88,8 @@ def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int,
             if rr1 - rr0 >= 4 and cc1 - cc0 >= 4:
                 found.append((cc0, rr0, cc1, rr1))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        _write_detections(result_path(s.run_dir, w), arr, np.full(len(arr), 0.9),
-                          {"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
+        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+                         meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
 def _truth_boxes() -> dict[str, list[tuple[int, int, int, int]]]:

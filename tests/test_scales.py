@@ -27,7 +27,7 @@ from insar_slide.errors import ConfigError
 from insar_slide.grid import Grid, PixelWindow
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
-from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
+from insar_slide.run.detect import file_hash, fingerprint, result_path, write_detections
 from insar_slide.run.io import read_level
 from insar_slide.run.merge import Block, MergeSettings, merge_boxes, split_closed
 from insar_slide.run.pipeline import detect_settings, run
@@ -97,8 +97,8 @@ def _inject(cfg_path: Path) -> int:
             if seen is not None:
                 found.append((seen[1], seen[0], seen[3], seen[2]))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        _write_detections(result_path(s.run_dir, w), arr, np.full(len(arr), 0.9),
-                          {"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
+        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+                         meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
     return len(plan.to_run())
 
 

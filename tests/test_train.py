@@ -148,21 +148,21 @@ def test_coco_metrics_leave_out_detections_in_crowd_regions():
 
 
 def test_crops_turn_boxes_they_cut_off_into_ignore_regions():
-    from insar_slide.training.train import _crop
+    from insar_slide.training.train import random_crop
 
     rate = np.zeros((128, 128), np.float32)
     boxes = np.array([[10, 10, 30, 30], [60, 60, 120, 120]], float)
     ignore = np.array([[0, 100, 20, 120]], float)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        out, b, ig = _crop(rate, boxes, 64, rng, ignore)
+        out, b, ig = random_crop(rate, boxes, size=64, rng=rng, ignore=ignore)
         assert out.shape == (64, 64)
         assert ((b >= 0) & (b <= 64)).all() and ((ig >= 0) & (ig <= 64)).all()
         assert (ig[:, 2] > ig[:, 0]).all() and (ig[:, 3] > ig[:, 1]).all()
     # a crop at the origin keeps the first box, cuts the second to a 4 x 4 corner (dropped: ignored)
     rng = np.random.default_rng(1)
     while True:
-        out, b, ig = _crop(rate, boxes, 64, rng, ignore)
+        out, b, ig = random_crop(rate, boxes, size=64, rng=rng, ignore=ignore)
         if len(b) == 1 and np.allclose(b[0], [10, 10, 30, 30]) and len(ig) == 1:
             assert np.allclose(ig[0], [60, 60, 64, 64])
             break

@@ -26,7 +26,13 @@ from insar_slide.errors import InputError, StoreError
 from insar_slide.model import save_checkpoint
 from insar_slide.mosaic import list_versions, open_basin, resolve_version_group
 from insar_slide.run.config import load_run_config
-from insar_slide.run.detect import _write_detections, file_hash, fingerprint, result_path
+from insar_slide.run.detect import (
+    file_hash,
+    fingerprint,
+    loaded_models,
+    result_path,
+    write_detections,
+)
 from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
@@ -86,8 +92,8 @@ def _inject(cfg_path: Path, version: str | None) -> None:
             if cc1 - cc0 >= 4 and rr1 - rr0 >= 4:
                 found.append((cc0, rr0, cc1, rr1))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        _write_detections(result_path(s.run_dir, w), arr, np.full(len(arr), 0.9),
-                          {"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
+        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+                         meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
 def test_versions_stay_readable_and_grids_must_match(basin, tmp_path):
@@ -118,14 +124,7 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     # first update: only the base version exists in this config's eyes
     _inject(cfg_path, None)
     cfg1 = load_run_config(cfg_path)
-    import insar_slide.run.update as upd
-    from insar_slide.mosaic import list_versions as lv
-    orig = upd.list_versions
-    upd.list_versions = lambda p: lv(p)[:1]  # the basin as it was before the second version arrived
-    try:
-        update(cfg1, progress=False, echo=lambda s: None)
-    finally:
-        upd.list_versions = orig
+    update(cfg1, version="base", progress=False, echo=lambda s: None)  # the basin before the second version arrived
     inv1 = gpd.read_parquet(tmp_path / "inv.parquet")
     assert (inv1["status"] == "new").all() and (inv1["first_seen"] == "base").all()
     # second update: the newest version
@@ -152,6 +151,13 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     before = {p: p.read_bytes() for p in [tmp_path / "inv.parquet", *history_dir(cfg1).rglob("*.parquet")]}
     assert update(cfg1, progress=False, echo=lambda s: None)["up_to_date"]
     assert all(p.read_bytes() == b for p, b in before.items())
+    # an explicit version is one of the store's, and the history only moves forward
+    with pytest.raises(StoreError, match="no version 'nope'"):
+        update(cfg1, version="nope", progress=False, echo=lambda s: None)
+    with pytest.raises(InputError, match="only moves forward"):
+        update(cfg1, version="base", progress=False, echo=lambda s: None)
+    assert update(cfg1, version="latest", progress=False, echo=lambda s: None)["up_to_date"]
+    assert all(p.read_bytes() == b for p, b in before.items())
     # history, overall and for one slide
     runner = CliRunner()
     res = runner.invoke(main, ["history", str(cfg_path)])
@@ -164,10 +170,8 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
 def test_interrupted_update_keeps_the_previous_inventory_and_resumes(basin, tmp_path, model_file, monkeypatch):
     cfg = load_run_config(_config(tmp_path, basin, model_file))
     import insar_slide.run.update as upd
-    monkeypatch.setattr(upd, "list_versions", lambda p: list_versions(p)[:1])
     _inject(_config(tmp_path, basin, model_file), None)
-    update(cfg, progress=False, echo=lambda s: None)
-    monkeypatch.setattr(upd, "list_versions", list_versions)
+    update(cfg, version="base", progress=False, echo=lambda s: None)
     _inject(_config(tmp_path, basin, model_file), "2018-2021")
     inv_before = (tmp_path / "inv.parquet").read_bytes()
     state_before = (history_dir(cfg) / "state.json").read_bytes()
@@ -206,13 +210,7 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     cfg_path = _config(tmp_path, quiet_basin, model_file, score_threshold=0.3, reduce_block=1)
     cfg = load_run_config(cfg_path)
     messages: list[str] = []
-    import insar_slide.run.update as upd
-    orig = upd.list_versions
-    upd.list_versions = lambda p: list_versions(p)[:1]
-    try:
-        first = update(cfg, progress=False, echo=messages.append)
-    finally:
-        upd.list_versions = orig
+    first = update(cfg, version="base", progress=False, echo=messages.append)
     assert any("no previous update" in m for m in messages)  # a missing previous run falls back to a full run
     assert first["windows"]["reused"] == 0
     plan1 = make_plan(cfg.model_copy(update={"version": None}))
@@ -286,7 +284,7 @@ def test_update_cycle_on_a_kept_up_cluster(basin, tmp_path, model_file):
         assert "no previous update" in res.stdout and "| 2018-2021 |" in res.stdout
         from distributed import Client
         with Client(address, timeout="30s") as c:
-            held = c.run(lambda: len(__import__("insar_slide.run.detect", fromlist=["_MODELS"])._MODELS))
+            held = c.run(loaded_models)
         assert len(held) == 2 and set(held.values()) <= {0, 1} and sum(held.values()) >= 1  # the model stays loaded
         again = subprocess.run(["bash", str(script), str(cfg_path)], capture_output=True, text=True, env=env, timeout=900)
         assert again.returncode == 0 and "nothing to do" in again.stdout

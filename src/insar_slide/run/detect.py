@@ -102,7 +102,9 @@ def read_detections(path: Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas()
 
 
-def _write_detections(path: Path, boxes: np.ndarray, scores: np.ndarray, meta: dict[str, Any]) -> None:
+def write_detections(path: Path, boxes: np.ndarray, *, scores: np.ndarray, meta: dict[str, Any]) -> None:
+    """Store one window's detections: ``boxes`` (n, 4) x0, y0, x1, y1 in native mosaic pixels,
+    ``scores`` (n,), and ``meta`` (its ``fingerprint``, window key, model hash) in the footer."""
     table = pa.table({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
                       "score": scores.astype(np.float64)})
     table = table.replace_schema_metadata({FP_KEY: json.dumps(meta).encode()})
@@ -142,6 +144,11 @@ def tune_malloc() -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 64 << 20))
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
+
+
+def loaded_models() -> int:
+    """How many models this process holds (0 or 1): a kept-up worker keeps its model between runs."""
+    return len(_MODELS)
 
 
 def worker_model(s: DetectSettings) -> tuple[torch.nn.Module, Any, threading.Lock]:
@@ -189,6 +196,6 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
                 boxes *= win.scale  # the level's pixel frame → the native one
                 meta["scale"] = win.scale
             scores = det["scores"].detach().float().cpu().numpy()
-            _write_detections(result_path(s.run_dir, win), boxes, scores, meta)
+            write_detections(result_path(s.run_dir, win), boxes, scores=scores, meta=meta)
             out.append({"key": win.key, "fp": fp, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
     return out

@@ -40,7 +40,7 @@ import pandas as pd
 import shapely
 
 from ..atomic import atomic_path
-from ..errors import GridError, InputError
+from ..errors import GridError, InputError, StoreError
 from ..inventory import COLUMNS, polygon_rate_stats, write_inventory
 from ..mosaic import grid_of, list_versions, open_basin
 from .config import RunConfig
@@ -138,12 +138,30 @@ def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: An
     return out.sort_values("slide_id", kind="stable").reset_index(drop=True)
 
 
-def update(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = print, client: Any = None) -> dict[str, Any]:
-    versions = list_versions(cfg.mosaic)
-    newest = versions[-1]
+def pick_version(mosaic: str, version: str | None) -> dict[str, Any]:
+    """The version ``version`` names among the store's (:func:`~insar_slide.mosaic.list_versions`):
+    a label, or None / ``"latest"`` for the newest."""
+    versions = list_versions(mosaic)
+    if version is None or version == "latest":
+        return versions[-1]
+    for v in versions:
+        if v["label"] == version:
+            return v
+    raise StoreError(f"{mosaic} has no version {version!r}; it has {[v['label'] for v in versions]}")
+
+
+def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+           client: Any = None) -> dict[str, Any]:
+    """Bring the inventory at ``cfg.out`` up to ``version`` of the mosaic (a label; default, or
+    ``"latest"``: the newest) and record it in the history. An explicit version must not come
+    before the last one committed: the history only moves forward."""
+    newest = pick_version(cfg.mosaic, version)
     label = newest["label"]
     hdir = history_dir(cfg)
     state = read_state(hdir)
+    if version is not None and state is not None and label in state["versions"][:-1]:
+        raise InputError(f"version {label} is already in the history at {hdir}, before {state['versions'][-1]}; "
+                         "an update only moves forward: pass a later version, or none for the newest")
     model_hash = file_hash(cfg.model_path) if cfg.model_path.is_file() else ""
     key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
     ds = open_basin(cfg.mosaic, label if newest["group"] else None)

@@ -139,8 +139,8 @@ def read_chip(path: Path) -> np.ndarray:
             return src.read(1).astype("float32")
 
 
-def _crop(rate: np.ndarray, boxes: np.ndarray, size: int, rng: np.random.Generator,
-          ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def random_crop(rate: np.ndarray, boxes: np.ndarray, *, size: int, rng: np.random.Generator,
+                ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random ``size`` crop, its boxes (the sliver rule of the chips: ≥ 30 % of the box and
     ≥ 4 px a side inside) and its ignore regions (``ignore`` and the boxes that rule drops)."""
     h, w = rate.shape
@@ -177,7 +177,7 @@ def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch:
         for j in order[i:i + cfg.batch_size]:
             rate, boxes, ignore = read_chip(chips[j].path), chips[j].boxes, chips[j].ignore
             if cfg.crop_size:
-                rate, boxes, ignore = _crop(rate, boxes, cfg.crop_size, rng, ignore)
+                rate, boxes, ignore = random_crop(rate, boxes, size=cfg.crop_size, rng=rng, ignore=ignore)
             imgs.append(encoding.encode(rate))
             target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                       "labels": torch.ones(len(boxes), dtype=torch.int64)}
