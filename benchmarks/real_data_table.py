@@ -164,8 +164,8 @@ def crop_png(rate, grid, d: dict, target: Path, title: str) -> None:
     c0, c1 = (x0 - grid.x0) / grid.dx, (x1 - grid.x0) / grid.dx
     r0, r1 = (y1 - grid.y0) / grid.dy, (y0 - grid.y0) / grid.dy
     pad = max(25.0, 1.0 * max(c1 - c0, r1 - r0))
-    ca, cb = max(0, int(c0 - pad)), min(grid.width, int(math.ceil(c1 + pad)))
-    ra, rb = max(0, int(r0 - pad)), min(grid.height, int(math.ceil(r1 + pad)))
+    ca, cb = max(0, int(c0 - pad)), min(grid.width, math.ceil(c1 + pad))
+    ra, rb = max(0, int(r0 - pad)), min(grid.height, math.ceil(r1 + pad))
     sub = rate[ra:rb, ca:cb]
     fin = np.abs(sub[np.isfinite(sub)])
     vmax = max(10.0, float(np.percentile(fin, 99))) if fin.size else 10.0
