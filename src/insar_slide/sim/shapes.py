@@ -237,8 +237,3 @@ def object_polygon(scene: Scene, objs: Objects, i: int, *, lobes: bool = True) -
                           lobes=lobes) for p in objs.geom[i]]))
     return _lobe_polygon(scene, int(objs.kid[i]), (objs.row[i], objs.col[i]), (objs.a[i], objs.b[i]),
                          (objs.ue[i], objs.ur[i]), lobes=lobes)
-
-
-def slide_polygon(scene: Scene, i: int, n: int = 96) -> shapely.Geometry:
-    """The outline of landslide ``i`` in map coordinates (the edge of its shape function)."""
-    return object_polygon(scene, scene.slides, i)
