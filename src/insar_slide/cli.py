@@ -20,17 +20,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _friendly(fn: F) -> F:
-    """Turn expected errors into one line on stderr and the error's exit code."""
+    """Turn expected errors into one line on stderr (one per problem) and the error's exit code."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except InsarSlideError as exc:
-            click.echo(f"error: {exc}", err=True)
+            for line in str(exc).splitlines() or [""]:  # a config with several problems: one line each
+                click.echo(f"error: {line}", err=True)
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _refuse_optimize() -> None:
+    """Under ``python -O`` (or PYTHONOPTIMIZE) zarr 3.1 cannot open a v3 group: its
+    ``GroupMetadata.from_dict`` pops ``node_type`` inside an ``assert``. Say so in one line,
+    instead of a TypeError deep inside the first store read."""
+    from zarr.core.group import GroupMetadata
+
+    try:
+        GroupMetadata.from_dict({"zarr_format": 3, "node_type": "group", "attributes": {}})
+    except TypeError:
+        click.echo("error: this zarr cannot open stores under python -O / PYTHONOPTIMIZE (it relies on an assert); "
+                   "run insar-slide without -O and unset PYTHONOPTIMIZE", err=True)
+        sys.exit(2)
 
 
 @click.group()
@@ -38,6 +53,8 @@ def _friendly(fn: F) -> F:
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Find slow-moving landslides in InSAR deformation-rate mosaics."""
+    if not __debug__:
+        _refuse_optimize()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
@@ -278,9 +295,10 @@ def plan_cmd(config: str, as_json: bool) -> None:
 def run_cmd(config: str, out: str | None, model: str | None, address: str | None, workers: int | None, no_progress: bool) -> None:
     """Detect landslides over a basin on a Dask cluster → dissolved GeoParquet inventory."""
     from .run.config import load_run_config
+
+    cfg = load_run_config(config, out=out, model=model)  # a typo is reported before torch or Dask load
     from .run.pipeline import run
 
-    cfg = load_run_config(config, out=out, model=model)
     if address or workers:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
                                                                              {"address": address, "workers": workers}.items() if v})})
@@ -295,9 +313,10 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
 def update_cmd(config: str, address: str | None, no_progress: bool) -> None:
     """Update the inventory with the mosaic's newest version: changed windows only, slide lifecycles."""
     from .run.config import load_run_config
+
+    cfg = load_run_config(config)  # a typo is reported before torch or Dask load
     from .run.update import update
 
-    cfg = load_run_config(config)
     if address:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": address})})
     update(cfg, progress=not no_progress, echo=click.echo)

@@ -38,22 +38,23 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(fields) if fields else []
 
 
-def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    first = err.errors()[0]
-    loc = tuple(first["loc"])
+def _problem(e: Any, model: type[BaseModel]) -> str:
+    loc = tuple(e["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
+    if e["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, loc)
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        msg = f"{source}: unknown key '{key}'{hint}"
-    elif first["type"] == "missing":
-        msg = f"{source}: missing required key '{key}'"
-    else:
-        msg = f"{source}: invalid value for '{key}': {first.get('input')!r} — {first['msg']}"
-    more = len(err.errors()) - 1
-    if more:
-        msg += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return msg
+        return f"unknown key '{key}'{hint}"
+    if e["type"] == "missing":
+        return f"missing required key '{key}'"
+    if not loc:  # a rule across keys (a model validator): its message names them
+        return str(e["msg"]).removeprefix("Value error, ")
+    return f"invalid value for '{key}': {e.get('input')!r} — {str(e['msg']).removeprefix('Value error, ')}"
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str) -> str:
+    """Every problem of a config, one line each, each line naming the file (one line for one)."""
+    return "\n".join(f"{source}: {_problem(e, model)}" for e in err.errors())
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

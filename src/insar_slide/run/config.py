@@ -19,7 +19,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
-from ..errors import ConfigError
 from .scales import DEFAULT_SCALES
 
 #: The shipped reference model (see models/*.json for its card).
@@ -118,6 +117,16 @@ class RunConfig(StrictModel):
             raise ValueError(f"must include 1 (the native level, which finds the small slides), got {v}")
         return sorted(v)
 
+    @model_validator(mode="after")
+    def _halo_fits(self) -> RunConfig:
+        # The planner takes a window's halo from its eight neighbours' cores only, and the
+        # merger's closing margin assumes a box reaches at most one core into the next.
+        if self.halo > self.window:
+            raise ValueError(f"halo {self.halo} is larger than window {self.window}: a window reads its halo from its "
+                             f"eight neighbours, so halo must be at most window; make the window larger (e.g. window "
+                             f"{max(4 * self.halo, 256)}) or the halo smaller (a slide is seen whole up to 2 x halo px)")
+        return self
+
     @property
     def read_size(self) -> int:
         return self.window + 2 * self.halo
@@ -161,11 +170,7 @@ def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
     if cfg.aoi is not None:
         upd["aoi"] = cfg.aoi.model_copy(update={k: resolve_path(getattr(cfg.aoi, k), base)
                                                 for k in ("river", "polygons") if getattr(cfg.aoi, k)})
-    cfg = cfg.model_copy(update=upd)
-    if cfg.halo * 2 >= cfg.window * 4:
-        raise ConfigError(f"{p}: halo {cfg.halo} is out of proportion to window {cfg.window}; "
-                          "the halo should be a small share of each window (e.g. window 1024, halo 64)")
-    return cfg
+    return cfg.model_copy(update=upd)
 
 
 def demo_run_config(out_dir: str | Path) -> RunConfig:

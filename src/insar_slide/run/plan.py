@@ -187,7 +187,9 @@ def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate
 
 def read_sources(cores: list[PixelWindow], reads: list[PixelWindow], window: int) -> list[list[tuple[int, PixelWindow]]]:
     """For each read area, the cores it takes pixels from and the piece of each (core-local
-    coordinates). A halo is narrower than a window, so only the eight neighbours can contribute."""
+    coordinates). A halo is at most a window (``RunConfig`` checks it), so only the eight
+    neighbours can contribute; a read area they do not tile is a ``ValueError`` (a window's
+    input hash would miss pixels and stale results could be reused)."""
     at = {(c.row0 // window, c.col0 // window): i for i, c in enumerate(cores)}
     out = []
     for core, read in zip(cores, reads, strict=True):
@@ -201,7 +203,9 @@ def read_sources(cores: list[PixelWindow], reads: list[PixelWindow], window: int
                 part = read.intersection(cores[j])
                 if part is not None:
                     src.append((j, part.shift(-cores[j].row0, -cores[j].col0)))
-        assert sum(p.rows * p.cols for _, p in src) == read.rows * read.cols, "the pieces tile the read area"
+        if sum(p.rows * p.cols for _, p in src) != read.rows * read.cols:
+            raise ValueError(f"the cores around {core} do not tile its read area {read} (is the halo larger than the "
+                             f"window {window}?)")
         out.append(src)
     return out
 
@@ -294,7 +298,8 @@ def _plan_level(cfg: RunConfig, grid: Grid, tracks: list[str], group: str | None
     windows: list[Window] = []
     for tr in tracks:
         for i, (core, read) in enumerate(zip(cores, reads, strict=True)):
-            assert read is not None
+            if read is None:  # cannot happen: every core lies inside the level
+                raise ValueError(f"core {core} lies outside the level {shape}")
             index = (core.row0 // cfg.window, core.col0 // cfg.window)
             if not inside[i]:
                 windows.append(Window(tr, index, core, read, "outside_aoi", scale=factor))

@@ -23,7 +23,8 @@ from ..grid import Grid, PixelWindow
 def _burn(block_info: dict[Any, Any] | None, geoms: np.ndarray, nums: np.ndarray, tree: shapely.STRtree, grid: Grid) -> np.ndarray:
     from rasterio import features
 
-    assert block_info is not None
+    if block_info is None:  # dask.array.map_blocks always passes it
+        raise ValueError("_burn needs dask's block_info")
     (r0, r1), (c0, c1) = block_info[None]["array-location"]
     win = PixelWindow(r0, c0, r1 - r0, c1 - c0)
     wg = grid.window_grid(win)

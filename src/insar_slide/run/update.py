@@ -224,7 +224,9 @@ def history_report(cfg: RunConfig, slide: str | None = None) -> str:
             lines.append(f"| {r['version']} | {r['status']} | {r['score']:.3f} | {r['rate_mean']:.1f} | {r['rate_p95_abs']:.1f} | {r['area_m2']:.0f} |")
         return "\n".join(lines)
     state = read_state(history_dir(cfg))
-    assert state is not None
+    if state is None:
+        raise InputError(f"{history_dir(cfg)} has history partitions but no state.json; restore it, or move the history folder "
+                         "away to start a new one")
     lines = ["| version | slides | new | persisting | not detected now |", "| --- | ---: | ---: | ---: | ---: |"]
     for v in state["versions"]:
         c = hist[hist["version"] == v]["status"].value_counts()
