@@ -88,14 +88,14 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
            reproject: bool, target_crs: str | None, resolution: float | None, chunk: int, version: str | None,
            overwrite: bool) -> None:
     """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
-    from .atomic import check_target
     from .ingest import ingest as do_ingest
     from .readers import ReadOptions, open_source
+    from .storage import check_target
 
     if tracks and len(tracks) not in (1, len(sources)):
         raise ConfigError(f"--track given {len(tracks)} times for {len(sources)} sources; give it once, or once per source")
     if version is None:
-        check_target(Path(out), overwrite=overwrite)
+        check_target(out, overwrite=overwrite)  # a path or a URL (s3://…: AWS_* variables)
     opened = []
     for i, src in enumerate(sources):
         name = tracks[0] if len(tracks) == 1 else tracks[i] if tracks else None
@@ -344,17 +344,19 @@ def baseline_cmd(method: str, config: str, out: str | None) -> None:
     from .baselines import baseline_inventory
     from .inventory import write_inventory
     from .mosaic import open_basin
-    from .run.config import load_run_config
+    from .run.config import config_record, load_run_config
     from .run.plan import aoi_geometry
+    from .storage import use_options, with_suffix
 
     cfg = load_run_config(config)
-    target = Path(out) if out else Path(cfg.out).with_suffix(f".{method}.parquet")
+    target = out or with_suffix(cfg.out, f".{method}.parquet")
+    use_options(cfg.storage_options, cfg.mosaic, target)
     ds = open_basin(cfg.mosaic)
     aoi = aoi_geometry(cfg.aoi, ds.rio.crs.to_string()) if cfg.aoi else None
     t0 = time.perf_counter()
     gdf, notes = baseline_inventory(ds, method, cfg=cfg.baseline, tracks=cfg.tracks, aoi=aoi, run_id=f"{method}-baseline")  # type: ignore[arg-type]
     params = cfg.baseline.model_dump()
-    write_inventory(gdf, target, metadata={"method": method, "config": json.loads(cfg.model_dump_json()), "parameters": params,
+    write_inventory(gdf, target, metadata={"method": method, "config": config_record(cfg), "parameters": params,
                                            "notes": notes, "code_version": __version__}, overwrite=True)
     click.echo(f"{method}: {len(gdf)} regions in {time.perf_counter() - t0:.1f} s → {target}")
     for t, n in notes.items():

@@ -215,7 +215,7 @@ def ingest(
     chunk: int = 1024,
     overwrite: bool = False,
     version: str | None = None,
-) -> Path:
+) -> str | Path:
     """Write ``sources`` as one basin mosaic at ``out`` (all or nothing).
 
     ``version``: add them as a new version (label) of the existing basin ``out`` instead; the
@@ -235,4 +235,4 @@ def ingest(
     if version is None:
         return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite)
     write_version(ds, out, version, chunk=chunk, overwrite=overwrite)
-    return Path(out)
+    return out

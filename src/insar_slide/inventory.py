@@ -18,10 +18,10 @@ import pandas as pd
 import shapely
 import xarray as xr
 
-from .atomic import atomic_path
 from .errors import InputError
 from .grid import Grid, PixelWindow
 from .mosaic import RATE, grid_of
+from .storage import filesystem, is_url, staged
 
 COLUMNS = ["slide_id", "method", "score", "tracks", "area_m2", "rate_mean", "rate_p95_abs",
            "valid_fraction", "rate_track", "run_id", "model_id", "geometry"]
@@ -240,16 +240,17 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
 
 
 def write_inventory(gdf: gpd.GeoDataFrame, path: str | Path, *, metadata: Mapping[str, Any] | None = None,
-                    overwrite: bool = False) -> Path:
-    """Write an inventory as GeoParquet, atomically, with file-level JSON metadata."""
+                    overwrite: bool = False) -> str | Path:
+    """Write an inventory as GeoParquet, atomically, with file-level JSON metadata (``path``
+    may be a URL: :func:`insar_slide.storage.staged`)."""
     missing = [c for c in COLUMNS if c not in gdf.columns]
     if missing:
         raise ValueError(f"inventory lacks columns {missing}")
     bad = set(gdf["method"].dropna()) - set(METHODS)
     if bad:
         raise ValueError(f"unknown method(s) {sorted(bad)}; allowed: {METHODS}")
-    target = Path(path)
-    with atomic_path(target, overwrite=overwrite) as tmp:
+    target = path if is_url(path) else Path(path)
+    with staged(target, overwrite=overwrite) as tmp:
         import pyarrow.parquet as pq
         gdf.to_parquet(tmp, index=False)
         table = pq.read_table(tmp)
@@ -261,6 +262,11 @@ def write_inventory(gdf: gpd.GeoDataFrame, path: str | Path, *, metadata: Mappin
 
 def read_inventory(path: str | Path) -> gpd.GeoDataFrame:
     """Read any inventory: GeoParquet, or any vector file geopandas reads."""
+    if is_url(path):
+        try:
+            return gpd.read_parquet(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: cannot read as a GeoParquet inventory ({exc})") from exc
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such inventory file")
@@ -274,6 +280,11 @@ def read_inventory(path: str | Path) -> gpd.GeoDataFrame:
 
 def inventory_metadata(path: str | Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
-    meta = pq.read_schema(path).metadata or {}
+    if is_url(path):
+        fs, inner = filesystem(path)
+        with fs.open(inner, "rb") as f:
+            meta = pq.read_schema(f).metadata or {}
+    else:
+        meta = pq.read_schema(path).metadata or {}
     raw = meta.get(META_KEY)
     return json.loads(raw) if raw else {}

@@ -23,9 +23,9 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 import zarr
 
-from .atomic import atomic_path
 from .errors import StoreError
 from .grid import Grid
+from .storage import exists, filesystem, is_url, join, staged
 from .version import __version__
 
 log = logging.getLogger(__name__)
@@ -89,13 +89,14 @@ def build_dataset(
     return ds
 
 
-def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: bool = False) -> Path:
-    """Write ``ds`` as a consolidated Zarr v3 store, all or nothing, with overviews.
+def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: bool = False) -> str | Path:
+    """Write ``ds`` as a consolidated Zarr v3 store, all or nothing, with overviews (``path``
+    may be a URL: written locally, then uploaded root metadata last, :func:`.storage.staged`).
 
     ``ds`` may be lazy (Dask): it is computed chunk by chunk while writing, so memory is
     bounded by a few chunks per thread whatever the mosaic's size.
     """
-    target = Path(path)
+    target = path if is_url(path) else Path(path)
     ds = ds.copy()
     for var in list(ds.data_vars):
         chunks = {d: (1 if d == "track" else chunk) for d in ds[var].dims}
@@ -105,7 +106,7 @@ def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: boo
         # gives ``ds.los_rate.rio.crs`` (CF encoding would otherwise drop it).
         coords = [str(c) for c in ds[var].coords if c not in ds[var].dims]
         ds[var].encoding["coordinates"] = " ".join(sorted(coords))
-    with atomic_path(target, overwrite=overwrite) as tmp, warnings.catch_warnings():
+    with staged(target, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
         ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
         _write_overviews(tmp)
@@ -152,8 +153,17 @@ def open_basin(path: str | Path, version: str | None = None) -> xr.Dataset:
     (see :func:`list_versions`).
     """
     p = str(path)
-    if "://" not in p and not Path(p).exists():
+    if not is_url(p) and not Path(p).exists():
         raise StoreError(f"no basin mosaic at {p}; create one with `insar-slide ingest` or `insar-slide simulate`")
+    if is_url(p):
+        try:
+            found = exists(join(p, "zarr.json"))
+        except Exception as exc:  # botocore, aiohttp and OS errors: the endpoint does not answer as a store
+            raise StoreError(f"cannot reach {p} ({type(exc).__name__}: {exc}); check the endpoint and credentials "
+                             "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, … or storage_options)") from exc
+        if not found:
+            raise StoreError(f"no basin mosaic at {p} (no zarr.json there: missing, or an upload cut short); "
+                             "write it again with `insar-slide ingest --out`")
     group = version_group(p, version) if version is not None else None
     try:
         # a version group is opened on its own (its consolidated metadata), not through the root's
@@ -178,22 +188,30 @@ VERSIONS_GROUP = "versions"
 
 def list_versions(path: str | Path) -> list[dict[str, Any]]:
     """The store's versions, oldest first: ``label``, ``group`` (None = root), ``time_span``."""
-    p = Path(path)
-    root = zarr.open_group(str(p), mode="r")
+    root = zarr.open_group(str(path), mode="r")
     first = {"label": str(root.attrs.get("version_label", "base")), "group": None,
              "time_span": root.attrs.get("time_span", ""), "added": root.attrs.get("version_added", "")}
     out = [first]
-    vdir = p / VERSIONS_GROUP
-    if vdir.is_dir():
-        later = []
-        for child in vdir.iterdir():
-            if child.name.startswith(".") or not (child / "zarr.json").exists():
-                continue
-            attrs = zarr.open_group(str(child), mode="r").attrs
-            later.append({"label": child.name, "group": f"{VERSIONS_GROUP}/{child.name}",
-                          "time_span": attrs.get("time_span", ""), "added": attrs.get("version_added", "")})
-        out += sorted(later, key=lambda v: (str(v["added"]), v["label"]))
+    later = []
+    for name in _version_names(path):  # what is stored, not only what the root's metadata lists
+        attrs = zarr.open_group(str(join(path, VERSIONS_GROUP, name)), mode="r").attrs
+        later.append({"label": name, "group": f"{VERSIONS_GROUP}/{name}",
+                      "time_span": attrs.get("time_span", ""), "added": attrs.get("version_added", "")})
+    out += sorted(later, key=lambda v: (str(v["added"]), v["label"]))
     return out
+
+
+def _version_names(path: str | Path) -> list[str]:
+    """Labels of the complete version groups stored under ``versions/`` (a folder or prefix)."""
+    if not is_url(path):
+        vdir = Path(path) / VERSIONS_GROUP
+        return [c.name for c in vdir.iterdir() if not c.name.startswith(".") and (c / "zarr.json").exists()] \
+            if vdir.is_dir() else []
+    fs, inner = filesystem(join(path, VERSIONS_GROUP))
+    if not fs.exists(inner):
+        return []
+    names = [str(e).rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(inner, detail=False)]
+    return [n for n in names if not n.startswith(".") and n != "zarr.json" and fs.exists(f"{inner}/{n}/zarr.json")]
 
 
 def version_group(path: str | Path, version: str) -> str | None:
@@ -212,18 +230,18 @@ def resolve_version_group(path: str | Path, version: str | None) -> str | None:
     return version_group(path, version) if version else None
 
 
-def version_path(path: str | Path, label: str) -> Path:
+def version_path(path: str | Path, label: str) -> str | Path:
     """Where a new version labelled ``label`` is written (checked against the root's grid)."""
     if not label or "/" in label or label.startswith(".") or label in ("latest", "base"):
         raise StoreError(f"version label {label!r} is not usable; use e.g. the time span, '2018-2021'")
-    return Path(path) / VERSIONS_GROUP / label
+    return join(path, VERSIONS_GROUP, label)
 
 
-def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, overwrite: bool = False) -> Path:
+def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, overwrite: bool = False) -> str | Path:
     """Add ``ds`` as version ``label`` of the basin at ``path`` (same grid, CRS and tracks)."""
     from datetime import UTC, datetime
 
-    if not Path(path).exists():
+    if not exists(path):
         raise StoreError(f"no basin at {path} to add version {label!r} to; write the first version without a label")
     target = version_path(path, label)
     check_same_grid(ds, path)
@@ -241,7 +259,7 @@ def register_version(path: str | Path) -> None:
     (it lists ``versions/`` on disk)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-        zarr.open_group(str(Path(path) / VERSIONS_GROUP), mode="a", zarr_format=3)  # a group, not a bare folder
+        zarr.open_group(str(join(path, VERSIONS_GROUP)), mode="a", zarr_format=3)  # a group, not a bare folder
         zarr.consolidate_metadata(str(path))
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import xarray as xr
 from pyproj import CRS
 
-from .atomic import atomic_path
 from .inventory import read_inventory
 from .mosaic import RATE, grid_of, open_basin, open_overview, overview_factors
+from .storage import is_url, staged
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _nice_length(span: float) -> float:
 
 
 def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None = None, clip: float | None = None,
-              max_side: int = 1600, overwrite: bool = True) -> Path:
+              max_side: int = 1600, overwrite: bool = True) -> str | Path:
     """Render each track's rate (diverging colormap, symmetric clip) with polygons over it.
 
     The clip defaults to the 99th percentile of |rate| over the shown pixels (at least 5 mm/yr).
@@ -99,8 +99,8 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None
             ax.text(x0 + L / 2, y0 + 0.015 * (extent[3] - extent[2]), f"{L:g} km", ha="center", va="bottom", fontsize=9)
     assert im is not None
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="LOS rate (mm/yr, + toward satellite)")
-    target = Path(out)
-    with atomic_path(target, overwrite=overwrite) as tmp:
+    target = out if is_url(out) else Path(out)
+    with staged(target, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return target

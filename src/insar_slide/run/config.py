@@ -1,6 +1,9 @@
 """``basin.yaml``: everything ``insar-slide run`` / ``plan`` need, validated once at the edge.
 
-Paths are relative to the config file; ``mosaic`` may also be an fsspec URL (``s3://…``).
+Paths are relative to the config file; ``mosaic`` and ``out`` may also be URLs (``s3://…``,
+see :mod:`insar_slide.storage`), with ``storage_options`` for the store (or the standard AWS
+variables and no key at all). ``run_dir`` is a path on a file system every worker sees; with
+a URL ``out`` it defaults to a folder under ``~/.cache/insar-slide/runs`` (``INSAR_SLIDE_CACHE``).
 ``window`` is the side of each window's *core* (the tiling step, pixels); the model sees the
 core plus ``halo`` pixels on every side. A slide is seen whole by the window whose core holds
 its centre when ``halo`` ≥ half the slide's extent (64 px = 1.9 km at 30 m).
@@ -12,9 +15,10 @@ sections of the file, so that reading a config never imports the baselines' Dask
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -82,7 +86,10 @@ class Outputs(StrictModel):
 
 class RunConfig(StrictModel):
     mosaic: str = Field(description="basin mosaic (.zarr path or fsspec URL)")
-    out: str = Field(description="inventory GeoParquet")
+    out: str = Field(description="inventory GeoParquet (path or fsspec URL)")
+    storage_options: dict[str, Any] | None = Field(
+        None, description="fsspec options for URL mosaic/out, e.g. {endpoint_url: http://…, anon: true, profile: …}; "
+                          "default: the AWS_* environment variables")
     version: str | None = Field(None, description="mosaic version: a label, 'latest', or null for the store's root")
     tracks: list[str] | None = Field(None, description="tracks to run (default: all)")
     model: str | None = Field(None, description="checkpoint (default: the shipped reference model)")
@@ -117,6 +124,14 @@ class RunConfig(StrictModel):
             raise ValueError(f"must include 1 (the native level, which finds the small slides), got {v}")
         return sorted(v)
 
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_local(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            raise ValueError(f"{v} is a URL; run_dir holds thousands of small per-window files that every worker "
+                             "writes, so it must be a file-system path shared by the workers (mosaic and out may be URLs)")
+        return v
+
     @model_validator(mode="after")
     def _halo_fits(self) -> RunConfig:
         # The planner takes a window's halo from its eight neighbours' cores only, and the
@@ -137,15 +152,26 @@ class RunConfig(StrictModel):
 
     @property
     def run_path(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else Path(str(self.out) + ".run")
+        if self.run_dir:
+            return Path(self.run_dir)
+        if "://" in self.out:  # a local working folder per output URL (resumes on this machine)
+            from ..storage import local_copy_dir
+            return local_copy_dir() / "runs" / hashlib.sha256(self.out.encode()).hexdigest()[:16]
+        return Path(str(self.out) + ".run")
 
 
 def config_record(cfg: RunConfig) -> dict[str, object]:
     """The config as JSON data for hashes and file metadata. ``scales: [1]`` is left out: a
     single-scale run is the run from before ``scales`` existed, with the same ids and keys."""
+    from ..storage import redact
+
     data: dict[str, object] = cfg.model_dump(mode="json")
     if data["scales"] == [1]:
         del data["scales"]
+    if data["storage_options"] is None:  # as before the key existed
+        del data["storage_options"]
+    else:
+        data["storage_options"] = redact(cfg.storage_options)
     return data
 
 

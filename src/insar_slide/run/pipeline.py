@@ -24,14 +24,22 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..atomic import atomic_path, check_target
 from ..errors import InputError, InsarSlideError
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
 from ..model.device import pick_device
 from ..mosaic import grid_of, open_basin, resolve_version_group
+from ..storage import (
+    check_target,
+    is_url,
+    join,
+    staged,
+    use_options,
+    with_suffix,
+)
 from ..version import __version__
 from .config import RunConfig, config_record
 from .detect import (
@@ -62,6 +70,19 @@ class RunResult:
 
 class WindowsFailed(InsarSlideError):
     exit_code = 1
+
+
+class StorageOptions(WorkerPlugin):
+    """Installs a config's ``storage_options`` on every worker, also on one that joins later
+    (a replacement for a lost worker): :func:`insar_slide.storage.use_options`."""
+
+    name = "insar-slide-storage-options"
+
+    def __init__(self, options: dict[str, Any], urls: list[str]) -> None:
+        self.options, self.urls = dict(options), list(urls)
+
+    def setup(self, worker: Any) -> None:
+        use_options(self.options, *self.urls)
 
 
 @contextlib.contextmanager
@@ -100,7 +121,8 @@ def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any,
 
 def settings_hash(cfg: RunConfig, model_hash: str) -> str:
     """What makes two runs' inventories comparable: the config's detection settings and the model."""
-    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline"})
+    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline",
+                                "storage_options"})
     if keep["scales"] == [1]:  # single-scale runs keep the ids and history keys they had before scales
         del keep["scales"]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
@@ -134,7 +156,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     meta = read_metadata(model_path)  # refuses non-safetensors files before anything starts
     model_hash = file_hash(model_path)
     thr = resolve_score_threshold(cfg.score_threshold, meta)
-    out = Path(cfg.out)
+    use_options(cfg.storage_options, cfg.mosaic, cfg.out)
+    out = cfg.out
     check_target(out, overwrite=cfg.overwrite)
     ds = open_basin(cfg.mosaic, cfg.version)
     group = resolve_version_group(cfg.mosaic, cfg.version)
@@ -152,6 +175,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     t0 = time.perf_counter()
     with contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
         t_cluster = time.perf_counter() - t0
+        if cfg.storage_options:  # every worker, also one that joins later, opens URLs with them
+            client.register_plugin(StorageOptions(cfg.storage_options, [cfg.mosaic, cfg.out]))
         link = getattr(client, "dashboard_link", None)
         if link and cfg.cluster.dashboard:
             echo(f"Dask dashboard: {link}")
@@ -336,26 +361,26 @@ def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, mode
 
 
 def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid) -> dict[str, str]:
-    out = Path(cfg.out)
+    out = cfg.out
     written: dict[str, str] = {}
-    stem = out.with_suffix("")
+    stem = str(with_suffix(out, ""))
     if cfg.outputs.geopackage:
-        gpkg = out.with_suffix(".gpkg")
-        with atomic_path(gpkg, overwrite=True) as tmp:
+        gpkg = with_suffix(out, ".gpkg")
+        with staged(gpkg, overwrite=True) as tmp:
             plain = gdf.drop(columns=[c for c in gdf.columns if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
             plain.to_file(tmp, driver="GPKG", layer="landslides")
         written["geopackage"] = str(gpkg)
     if cfg.outputs.slide_id_raster:
         from .raster import write_slide_raster
-        path = Path(f"{stem}.slide_id.zarr")
-        write_slide_raster(gdf, ds, grid, path)
-        written["slide_id_raster"] = str(path)
-    if cfg.outputs.quicklook and "://" not in cfg.mosaic:
+        path = f"{stem}.slide_id.zarr"
+        write_slide_raster(gdf, ds, grid, path if is_url(path) else Path(path))
+        written["slide_id_raster"] = path
+    if cfg.outputs.quicklook:
         from ..quicklook import quicklook
-        png = Path(f"{stem}.png")
+        png = f"{stem}.png"
         group = resolve_version_group(cfg.mosaic, cfg.version)
-        quicklook(Path(cfg.mosaic) / group if group else cfg.mosaic, png, inventory=out)  # a version is a whole store
-        written["quicklook"] = str(png)
+        quicklook(join(cfg.mosaic, group) if group else cfg.mosaic, png, inventory=out)  # a version is a whole store
+        written["quicklook"] = png
     return written
 
 

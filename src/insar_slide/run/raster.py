@@ -16,8 +16,8 @@ import numpy as np
 import shapely
 import xarray as xr
 
-from ..atomic import atomic_path
 from ..grid import Grid, PixelWindow
+from ..storage import is_url, staged
 
 
 def _burn(block_info: dict[Any, Any] | None, geoms: np.ndarray, nums: np.ndarray, tree: shapely.STRtree, grid: Grid) -> np.ndarray:
@@ -35,7 +35,7 @@ def _burn(block_info: dict[Any, Any] | None, geoms: np.ndarray, nums: np.ndarray
                               transform=wg.transform, fill=0, dtype="int32")
 
 
-def write_slide_raster(gdf: gpd.GeoDataFrame, ds: xr.Dataset, grid: Grid, path: str | Path, *, chunk: int | None = None) -> Path:
+def write_slide_raster(gdf: gpd.GeoDataFrame, ds: xr.Dataset, grid: Grid, path: str | Path, *, chunk: int | None = None) -> str | Path:
     geoms = np.asarray(gdf.geometry, dtype=object)
     nums = gdf["slide_num"].to_numpy()
     tree = shapely.STRtree(geoms)
@@ -50,7 +50,7 @@ def write_slide_raster(gdf: gpd.GeoDataFrame, ds: xr.Dataset, grid: Grid, path: 
                          attrs={"long_name": "slide number (inventory column slide_num); 0 = none"})
     out = layer.to_dataset(name="slide_id").rio.write_crs(grid.crs).rio.write_transform(grid.transform).set_coords("spatial_ref")
     out["slide_id"].encoding["coordinates"] = "spatial_ref"
-    target = Path(path)
-    with atomic_path(target, overwrite=True) as tmp:
+    target = path if is_url(path) else Path(path)
+    with staged(target, overwrite=True) as tmp:
         out.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True)
     return target

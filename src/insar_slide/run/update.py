@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from ..atomic import atomic_path
 from ..errors import GridError, InputError, StoreError
 from ..inventory import COLUMNS, polygon_rate_stats, write_inventory
 from ..mosaic import grid_of, list_versions, open_basin
+from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
 from .pipeline import run, settings_hash
@@ -51,29 +51,30 @@ IDENTITY_OVERLAP = 0.5
 LIFECYCLE = ["first_seen", "last_seen", "status", "version"]
 
 
-def history_dir(cfg: RunConfig) -> Path:
-    return Path(str(cfg.out) + ".history")
+def history_dir(cfg: RunConfig) -> str | Path:
+    """``<out>.history`` (beside the inventory: a folder, or a prefix of the same store)."""
+    return join(str(cfg.out) + ".history") if "://" in cfg.out else Path(str(cfg.out) + ".history")
 
 
-def partition_path(hdir: Path, label: str) -> Path:
-    return hdir / "versions" / f"version={label}" / "part.parquet"
+def partition_path(hdir: str | Path, label: str) -> str | Path:
+    return join(hdir, "versions", f"version={label}", "part.parquet")
 
 
-def read_state(hdir: Path) -> dict[str, Any] | None:
-    p = hdir / "state.json"
-    if not p.exists():
+def read_state(hdir: str | Path) -> dict[str, Any] | None:
+    p = join(hdir, "state.json")
+    if not exists(p):
         return None
     try:
-        return json.loads(p.read_text())
+        return json.loads(read_text(p))
     except (OSError, ValueError) as exc:
         raise InputError(f"{p} cannot be read ({exc}); it is left as it is — repair it or move the history "
                          "folder away to start a new one") from exc
 
 
-def read_partition(hdir: Path, label: str) -> gpd.GeoDataFrame:
+def read_partition(hdir: str | Path, label: str) -> gpd.GeoDataFrame:
     p = partition_path(hdir, label)
     try:
-        return gpd.read_parquet(p)
+        return gpd.read_parquet(str(p))
     except Exception as exc:
         raise InputError(f"the history partition {p} cannot be read ({exc}); refusing to write over the history — "
                          "restore it from a backup or move the history folder away") from exc
@@ -155,6 +156,7 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
     """Bring the inventory at ``cfg.out`` up to ``version`` of the mosaic (a label; default, or
     ``"latest"``: the newest) and record it in the history. An explicit version must not come
     before the last one committed: the history only moves forward."""
+    use_options(cfg.storage_options, cfg.mosaic, cfg.out)
     newest = pick_version(cfg.mosaic, version)
     label = newest["label"]
     hdir = history_dir(cfg)
@@ -184,7 +186,7 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
             known = read_partition(hdir, prev_label)
         echo(f"updating from version {prev_label} to {label}")
     run_cfg = cfg.model_copy(update={
-        "version": label if newest["group"] else None, "out": str(hdir / "detections" / f"{label}.parquet"),
+        "version": label if newest["group"] else None, "out": str(join(hdir, "detections", f"{label}.parquet")),
         "run_dir": str(cfg.run_path), "outputs": cfg.outputs.model_copy(update={"quicklook": False, "slide_id_raster": False}),
         "overwrite": True})
     result = run(run_cfg, progress=progress, echo=echo, client=client)
@@ -193,7 +195,7 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
                      label, ds)
     rows["slide_num"] = np.arange(1, len(rows) + 1, dtype=np.int32)  # the value in the slide_id raster
     part = partition_path(hdir, label)
-    with atomic_path(part, overwrite=True) as tmp:
+    with staged(part, overwrite=True) as tmp:
         rows.to_parquet(tmp, index=False)
     counts = rows["status"].value_counts().to_dict()
     meta = {"version": label, "versions": [*(state["versions"] if state else []), label] if not state or state["versions"][-1] != label
@@ -203,7 +205,7 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
         from .pipeline import write_extras
         write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds=ds, grid=grid)
     new_state = {"versions": meta["versions"], "model_hash": model_hash, "settings": key, "grid": grid_key}
-    with atomic_path(hdir / "state.json", overwrite=True) as tmp:
+    with staged(join(hdir, "state.json"), overwrite=True) as tmp:
         tmp.write_text(json.dumps(new_state, indent=1))
     w = result.summary["windows"]
     echo(f"version {label}: {counts.get('new', 0)} new, {counts.get('persisting', 0)} persisting, "
