@@ -93,9 +93,12 @@ def model_file(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def dask_processes(tmp: Path, workers: int = 2) -> Iterator[str]:
+def dask_processes(tmp: Path, workers: int = 2, *, procs_out: list[subprocess.Popen[bytes]] | None = None,
+                   nanny: bool = True) -> Iterator[str]:
     """``dask scheduler`` and ``workers`` × ``dask worker`` (1 thread) as real processes on
-    127.0.0.1; yields the scheduler address once every worker has joined."""
+    127.0.0.1; yields the scheduler address once every worker has joined. ``procs_out`` receives
+    the processes (scheduler first) for tests that kill one; ``nanny=False`` starts the workers
+    without a nanny, so that a SIGKILLed worker process is the worker's death."""
     sched_file = tmp / "scheduler.json"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     procs = [subprocess.Popen([sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -110,11 +113,13 @@ def dask_processes(tmp: Path, workers: int = 2) -> Iterator[str]:
         assert address.startswith("tcp://127.0.0.1:")
         for k in range(workers):
             procs.append(subprocess.Popen([sys.executable, "-m", "dask", "worker", address, "--nthreads", "1",
-                                           "--no-dashboard", "--name", f"w{k}"],
+                                           "--no-dashboard", "--name", f"w{k}", *([] if nanny else ["--no-nanny"])],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
         from distributed import Client
         with Client(address, timeout="30s") as c:
             c.wait_for_workers(workers, timeout=60)
+        if procs_out is not None:
+            procs_out += procs
         yield address
     finally:
         for p in procs[::-1]:

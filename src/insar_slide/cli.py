@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -19,6 +20,18 @@ from .version import __version__
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: OSErrors that are the output disk's, not a bug: no space, over quota, read-only, no permission.
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
+def _quiet_client_log() -> None:
+    """Without -v: a lost scheduler is reported in one line by ``run``, not also as the Dask
+    client's reconnect traceback. (Set after ``distributed`` is imported: it configures its own
+    loggers on import.)"""
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+
+
 def _friendly(fn: F) -> F:
     """Turn expected errors into one line on stderr (one per problem) and the error's exit code."""
 
@@ -30,6 +43,15 @@ def _friendly(fn: F) -> F:
             for line in str(exc).splitlines() or [""]:  # a config with several problems: one line each
                 click.echo(f"error: {line}", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            click.echo(f"error: cannot write {exc.filename or 'an output'}: {exc.strerror}; free space or choose a "
+                       "writable location, then rerun the same command (finished work is kept)", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; rerun the same command to resume", err=True)
+            sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
@@ -60,6 +82,8 @@ def main(verbose: int) -> None:
     logging.captureWarnings(True)
     import warnings
     warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
+    # A second run on this machine: distributed moves its HTTP server to a free port by itself.
+    warnings.filterwarnings("ignore", message=r"Port \d+ is already in use")
     warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
     # rasterio warns when it wraps a bare array whose transform it is given separately.
     warnings.filterwarnings("ignore", message="Dataset has no geotransform", module="rasterio")
@@ -299,6 +323,7 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
     cfg = load_run_config(config, out=out, model=model)  # a typo is reported before torch or Dask load
     from .run.pipeline import run
 
+    _quiet_client_log()
     if address or workers:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
                                                                              {"address": address, "workers": workers}.items() if v})})
@@ -317,6 +342,7 @@ def update_cmd(config: str, address: str | None, no_progress: bool) -> None:
     cfg = load_run_config(config)  # a typo is reported before torch or Dask load
     from .run.update import update
 
+    _quiet_client_log()
     if address:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": address})})
     update(cfg, progress=not no_progress, echo=click.echo)

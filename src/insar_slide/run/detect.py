@@ -35,9 +35,10 @@ import pyarrow.parquet as pq
 import torch
 
 from ..atomic import replace_file
+from ..errors import InputError
 from ..model.checkpoint import load_checkpoint
 from ..model.device import pick_device
-from .io import read_level
+from .io import read_level, read_problem
 from .plan import Window
 
 FP_KEY = b"insar_slide_window"
@@ -58,6 +59,7 @@ class DetectSettings:
     grid_key: str  # CRS and transform: a window's detections are only valid on the same grid
     group: str | None = None  # the mosaic version's group (None: the root)
     threads: int | None = None
+    stop_event: str | None = None  # a distributed.Event: once set, tasks not yet started skip their windows
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -167,10 +169,20 @@ def worker_model(s: DetectSettings) -> tuple[torch.nn.Module, Any, threading.Loc
         return _MODELS[key]
 
 
+def _stopped(name: str) -> bool:
+    try:
+        from distributed import Event
+        return bool(Event(name).is_set())
+    except (ImportError, ValueError):  # not on a cluster
+        return False
+
+
 def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any]]:
     """Detections for ``windows`` (one track), written to the run directory; a summary per window."""
     out: list[dict[str, Any]] = []
     todo: list[tuple[Window, np.ndarray, str, float]] = []
+    if s.stop_event and _stopped(s.stop_event):  # the run gave up (see pipeline._detect): do not start
+        return [{"key": w.key, "skipped": True} for w in windows]
     for win in windows:
         fp = fingerprint(win, s)
         stored = stored_result(result_path(s.run_dir, win))
@@ -178,7 +190,11 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
             out.append(reused(win, fp, stored[1]))
             continue
         t0 = time.perf_counter()
-        data = read_level(s.mosaic, win.track, win.read, s.group, win.scale)
+        try:
+            data = read_level(s.mosaic, win.track, win.read, s.group, win.scale)
+        except Exception as exc:  # one line naming the store, the chunk and this window
+            what, fix = read_problem(s.mosaic, win.track, win.read, s.group, win.scale, exc)
+            raise InputError(f"{what}, needed by window {win.key}; {fix}") from exc
         todo.append((win, data, fp, time.perf_counter() - t0))
     if todo:
         model, mcfg, lock = worker_model(s)

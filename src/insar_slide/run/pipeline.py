@@ -15,8 +15,9 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,10 @@ from .scales import first_block, pixel_advice
 log = logging.getLogger(__name__)
 
 INVENTORY_COLUMNS = [*COLUMNS[:-1], "slide_num", "n_boxes", "geometry"]
+#: Extra tries of a detection task that raised (see ``_detect``).
+DETECT_RETRIES = 1
+#: After this many detection tasks in a row failed, the rest are cancelled and the run stops.
+FAIL_FAST = 4
 
 
 @dataclass
@@ -70,6 +75,52 @@ class RunResult:
 
 class WindowsFailed(InsarSlideError):
     exit_code = 1
+
+
+class OutputError(InsarSlideError):
+    """An output could not be written (disk full, read-only, no permission)."""
+
+
+class Interrupted(InsarSlideError):
+    """Ctrl-C (SIGINT): the finished windows are saved; the same command resumes."""
+
+    exit_code = 130
+
+
+class SchedulerLost(InsarSlideError):
+    """The client lost its Dask scheduler mid-run."""
+
+
+def _saved(state: dict[str, Any]) -> str:
+    plan, s = state.get("plan"), state.get("settings")
+    if plan is None:
+        return "before any window ran"
+    saved, _ = unchanged(plan.to_run(), s)
+    return f"{len(saved)} of {len(plan.to_run())} windows saved in {s.run_dir}"
+
+
+@contextlib.contextmanager
+def on_interrupt(state: dict[str, Any], run_dir: Path) -> Iterator[None]:
+    """Turn Ctrl-C into :class:`Interrupted`, and a lost scheduler (the client no longer
+    running, whatever error surfaced first) into :class:`SchedulerLost`, each one line counting
+    the windows saved so far."""
+    import asyncio
+
+    from distributed.client import FutureCancelledError
+    from distributed.comm import CommClosedError
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: {_saved(state)}; rerun the same command to resume") from None
+    except (CommClosedError, FutureCancelledError, asyncio.CancelledError, TimeoutError) as exc:
+        raise lost_scheduler(state, exc) from exc
+
+
+def lost_scheduler(state: dict[str, Any], exc: BaseException) -> SchedulerLost:
+    return SchedulerLost(f"lost the Dask scheduler at {state.get('address') or '?'} ({type(exc).__name__}): "
+                         f"{_saved(state)}; restart the scheduler (or remove cluster.address for an embedded "
+                         "cluster) and rerun the same command to resume")
 
 
 class StorageOptions(WorkerPlugin):
@@ -102,14 +153,36 @@ def cluster_client(cfg: RunConfig) -> Iterator[Any]:
         return
     import os
     if logging.getLogger().getEffectiveLevel() > logging.INFO:  # the scheduler runs in this process
-        for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny", "distributed.http"):
+        for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        # a worker stuck in storage retries when the run stops is killed at close: not news
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     cores = os.cpu_count() or 1
     workers = c.workers or max(1, cores // c.threads_per_worker)
-    with LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
-                      memory_limit=c.memory_limit, dashboard_address=":0" if c.dashboard else None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
+                               memory_limit=c.memory_limit, dashboard_address=":0" if c.dashboard else None,
+                               silence_logs=logging.CRITICAL)  # a failed task is reported by the run itself
+    with cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start the embedded workers with SIGINT ignored (an ignored signal stays ignored across
+    exec), so that Ctrl-C in a terminal — sent to the whole process group — reaches only this
+    process, which stops the run cleanly, and not the workers, which would print tracebacks."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]:
@@ -173,8 +246,10 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
     run_id = "run-" + key[:12]
 
     t0 = time.perf_counter()
-    with contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
+    state: dict[str, Any] = {}  # what an interruption can count (the plan, once made)
+    with on_interrupt(state, run_dir), contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
         t_cluster = time.perf_counter() - t0
+        state.update(client=client, address=getattr(getattr(client, "scheduler", None), "address", cfg.cluster.address))
         if cfg.storage_options:  # every worker, also one that joins later, opens URLs with them
             client.register_plugin(StorageOptions(cfg.storage_options, [cfg.mosaic, cfg.out]))
         link = getattr(client, "dashboard_link", None)
@@ -186,7 +261,8 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
         echo(plan.format())
         (run_dir / "plan.json").write_text(json.dumps(plan.summary(), indent=1))
 
-        settings = detect_settings(cfg, grid, model_hash=model_hash)
+        settings = replace(detect_settings(cfg, grid, model_hash=model_hash), stop_event=f"insar-slide-stop-{uuid.uuid4().hex}")
+        state.update(plan=plan, settings=settings)
         todo = plan.to_run()
         t0 = time.perf_counter()
         done, compute = unchanged(todo, settings)
@@ -205,13 +281,21 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
             batches += [mine[i:i + batch] for i in range(0, len(mine), batch)]
         t0 = time.perf_counter()
         computed, failed = _detect(client, batches, settings, progress)
+        if failed and client.status != "running":  # its futures were cancelled: the scheduler is gone
+            raise lost_scheduler(state, RuntimeError("client stopped"))
         done += computed
         t_detect = time.perf_counter() - t0 + t_check
+        failed.update({w.key: w.error for w in plan.unreadable()})
         if failed:
             (run_dir / "failed.json").write_text(json.dumps(failed, indent=1))
-            raise WindowsFailed(f"{len(failed)} window(s) failed (first: {next(iter(failed))}: "
-                                f"{next(iter(failed.values()))}); see {run_dir / 'failed.json'}. "
-                                "Finished windows are kept: run the same command again to resume.")
+            if len(failed) == len(plan.unreadable()):  # only corrupt chunks: name them, with the fix
+                raise WindowsFailed(f"{plan.unreadable()[0].error} — {len(done)} windows done and kept; "
+                                    f"{len(failed)} need unreadable chunks, listed in {run_dir / 'failed.json'}")
+            key0, why = next(iter(failed.items()))
+            why = " ".join(why.split())[:400]  # one line, whatever the storage client said
+            raise WindowsFailed(f"{len(failed)} window(s) failed (first: {key0}: {why}); {len(done)} of {len(todo)} "
+                                f"windows saved in {run_dir} (every failure in failed.json); fix the cause and rerun "
+                                "the same command to resume")
 
         t0 = time.perf_counter()
         merge_settings = MergeSettings(cfg.mosaic, str(run_dir), grid, cfg.halo, tuple(plan.tracks), thr,
@@ -233,9 +317,16 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
                 "code_version": __version__, "run_id": run_id, "windows": counts, "score_threshold": thr}
     if len(cfg.scales) > 1:
         metadata["windows_by_scale"] = plan.scale_counts()
-    write_inventory(gdf, out, metadata=metadata, overwrite=cfg.overwrite)
-    outputs = {"inventory": str(out)}
-    outputs.update(write_extras(gdf, cfg, ds=ds, grid=grid))
+    outputs: dict[str, str] = {}
+    try:
+        write_inventory(gdf, out, metadata=metadata, overwrite=cfg.overwrite)
+        outputs["inventory"] = str(out)
+        write_extras(gdf, cfg, ds=ds, grid=grid, written=outputs)
+    except OSError as exc:  # a full or read-only disk: say what was written and that nothing is lost
+        done_ = ", ".join(f"{k} ({v})" for k, v in outputs.items()) or "nothing (the previous inventory is untouched)"
+        raise OutputError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; written before the failure: "
+                          f"{done_}; free space or choose another out, then rerun the same command "
+                          f"(the {len(done)} windows' detections are kept in {run_dir})") from exc
     t_write = time.perf_counter() - t0
     total = time.perf_counter() - t_start
     model_s = float(sum(d["model_s"] for d in computed))
@@ -277,16 +368,24 @@ def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tup
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progress: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    from distributed import as_completed
+    from distributed import Event, as_completed
     from tqdm import tqdm
 
     done: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     if not batches:
         return done, failed
-    futures = {client.submit(detect_batch, b, s, pure=False, key=f"detect-{b[0].key.replace('/', '-')}-{i}"): b
+    # retries: a task that raises (a storage hiccup: an S3 timeout, an NFS stall) is tried once
+    # more before its windows count as failed — the storage client has retried each request
+    # already (s3fs: 5 times with backoff), so more task retries mostly multiply the wait; a
+    # worker's death is not a task error: the scheduler reassigns its tasks by itself
+    # (distributed.scheduler.allowed-failures, 3).
+    futures = {client.submit(detect_batch, b, s, pure=False, retries=DETECT_RETRIES,
+                             key=f"detect-{b[0].key.replace('/', '-')}-{i}"): b
                for i, b in enumerate(batches)}
     total = sum(len(b) for b in batches)
+    in_a_row = 0
+    stop = Event(s.stop_event, client=client) if s.stop_event else None
     with tqdm(total=total, unit="window", disable=not progress, desc="detect") as bar:
         for fut in as_completed(futures):
             try:
@@ -295,7 +394,22 @@ def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progres
                 for w in futures[fut]:
                     failed[w.key] = f"{type(exc).__name__}: {exc}"
                 bar.update(len(futures[fut]))
+                in_a_row += 1
+                if client.status != "running":  # the scheduler is gone: every other future fails too
+                    break
+                if in_a_row == FAIL_FAST and stop is not None:
+                    # The cause is not one window's (a dead endpoint, a full disk): tasks not yet
+                    # started skip their windows, the running ones end, and the run stops. (Not
+                    # cancelled: a worker closed mid-read would leave its storage client's
+                    # pending requests to print at exit.)
+                    stop.set()
                 continue
+            if any(r.get("skipped") for r in res):
+                for r in res:
+                    failed[r["key"]] = f"not attempted: the run stopped after {FAIL_FAST} failed tasks in a row"
+                bar.update(len(res))
+                continue
+            in_a_row = 0
             done += res
             bar.update(len(res))
             bar.set_postfix(reused=sum(1 for d in done if d["reused"]))
@@ -360,27 +474,39 @@ def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, mode
     return finish_schema(gdf, grid, [*INVENTORY_COLUMNS[:-1], "scale", "geometry"])
 
 
-def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid) -> dict[str, str]:
+def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
+                 written: dict[str, str] | None = None) -> dict[str, str]:
+    """The optional outputs beside the inventory; ``written`` (name → path) fills as each lands.
+    An OSError names the output it was writing."""
     out = cfg.out
-    written: dict[str, str] = {}
+    written = {} if written is None else written
     stem = str(with_suffix(out, ""))
+    todo: list[tuple[str, str | Path, Callable[[], object]]] = []
     if cfg.outputs.geopackage:
         gpkg = with_suffix(out, ".gpkg")
-        with staged(gpkg, overwrite=True) as tmp:
-            plain = gdf.drop(columns=[c for c in gdf.columns if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
-            plain.to_file(tmp, driver="GPKG", layer="landslides")
-        written["geopackage"] = str(gpkg)
+
+        def _gpkg() -> None:
+            with staged(gpkg, overwrite=True) as tmp:
+                plain = gdf.drop(columns=[c for c in gdf.columns
+                                          if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
+                plain.to_file(tmp, driver="GPKG", layer="landslides")
+        todo.append(("geopackage", gpkg, _gpkg))
     if cfg.outputs.slide_id_raster:
         from .raster import write_slide_raster
         path = f"{stem}.slide_id.zarr"
-        write_slide_raster(gdf, ds, grid, path if is_url(path) else Path(path))
-        written["slide_id_raster"] = path
+        todo.append(("slide_id_raster", path, lambda: write_slide_raster(gdf, ds, grid, path if is_url(path) else Path(path))))
     if cfg.outputs.quicklook:
         from ..quicklook import quicklook
         png = f"{stem}.png"
         group = resolve_version_group(cfg.mosaic, cfg.version)
-        quicklook(join(cfg.mosaic, group) if group else cfg.mosaic, png, inventory=out)  # a version is a whole store
-        written["quicklook"] = png
+        # a version is a whole store
+        todo.append(("quicklook", png, lambda: quicklook(join(cfg.mosaic, group) if group else cfg.mosaic, png, inventory=out)))
+    for name, target, write in todo:
+        try:
+            write()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        written[name] = str(target)
     return written
 
 

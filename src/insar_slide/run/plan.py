@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..mosaic import grid_of, open_basin, resolve_version_group
 from .config import AreaOfInterest, RunConfig
-from .io import read_level
+from .io import read_level, read_problem
 from .scales import level_shape
 
 REASONS = ("outside_aoi", "no_data", "stable")
@@ -50,11 +50,12 @@ class Window:
     index: tuple[int, int]  # (row, col) of the core in the tiling
     core: PixelWindow
     read: PixelWindow
-    status: str  # "run" or one of REASONS
+    status: str  # "run", one of REASONS, or "unreadable" (a chunk under it does not decode: ``error``)
     n_valid: int = -1
     n_hot: int = -1
     input_hash: str = ""  # of the bytes ``read`` covers (module docstring); "" when not read
     scale: int = 1  # block-mean factor of its level; core, read and index are in that level's pixels
+    error: str = ""  # why an "unreadable" window cannot be read (one line, with the fix)
 
     @property
     def key(self) -> str:
@@ -87,11 +88,18 @@ class WindowPlan:
     def to_run(self) -> list[Window]:
         return [w for w in self.windows if w.status == "run"]
 
+    def unreadable(self) -> list[Window]:
+        """Windows whose input does not read (a corrupt chunk): the run does the others, then fails."""
+        return [w for w in self.windows if w.status == "unreadable"]
+
     def counts(self, scale: int | None = None) -> dict[str, int]:
         """Windows by status, over every scale (or of one)."""
         ws = [w for w in self.windows if scale is None or w.scale == scale]
         c = Counter(w.status for w in ws)
-        return {"planned": len(ws), "run": c.get("run", 0), **{f"skipped_{r}": c.get(r, 0) for r in REASONS}}
+        out = {"planned": len(ws), "run": c.get("run", 0), **{f"skipped_{r}": c.get(r, 0) for r in REASONS}}
+        if c.get("unreadable"):
+            out["unreadable"] = c["unreadable"]
+        return out
 
     def scale_counts(self) -> dict[str, dict[str, int]]:
         """Per scale (``"x2"``…; ``"x1"`` is native): :meth:`counts`; empty for a single-scale plan."""
@@ -137,9 +145,9 @@ class WindowPlan:
             if f is not None:
                 lines.append(f" scale x{f} ({'native pixel' if f == 1 else f'block mean of {f} x {f} px'}): "
                              f"{d_level['tiling']} cores per track")
-            for status in ("run", *REASONS):
+            for status in ("run", *REASONS, *(["unreadable"] if "unreadable" in d_level["by_status"] else [])):
                 d = d_level["by_status"].get(status, {"windows": 0, "km2": 0.0})
-                label = "run" if status == "run" else f"skip: {status}"
+                label = status if status in ("run", "unreadable") else f"skip: {status}"
                 area = f"{d['km2']:10.1f} km²" if np.isfinite(px) else ""
                 lines.append(f"  {label:<18} {d['windows']:6d} windows {area}")
         lines.append(f"  planned            {s['planned']:6d} windows; the model reads "
@@ -173,15 +181,19 @@ def piece_hash(a: np.ndarray) -> str:
 
 def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float,
                  group: str | None = None, pieces: list[list[PixelWindow]] | None = None, factor: int = 1,
-                 ) -> list[tuple[int, int, list[str]]]:
+                 ) -> list[tuple[int, int, list[str], str]]:
     """Per core of the level at ``factor``, read straight from Zarr: (valid pixels, pixels with
     |rate| ≥ min_abs_rate, the hash of each of its ``pieces`` — rectangles in the core's own
-    pixel coordinates)."""
+    pixel coordinates, "" ) — or, for a core that does not read, (-1, -1, [], the problem)."""
     out = []
     for k, w in enumerate(cores):
-        a = read_level(mosaic, track, w, group, factor)
+        try:
+            a = read_level(mosaic, track, w, group, factor)
+        except Exception as exc:  # a corrupt chunk: the plan marks the windows that need it
+            out.append((-1, -1, [], "; ".join(read_problem(mosaic, track, w, group, factor, exc))))
+            continue
         hashes = [piece_hash(a[p.slices()]) for p in (pieces[k] if pieces else [])]
-        out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum()), hashes))
+        out.append((int(np.isfinite(a).sum()), int((np.abs(a) >= min_abs_rate).sum()), hashes, ""))
     return out
 
 
@@ -283,9 +295,13 @@ def _plan_level(cfg: RunConfig, grid: Grid, tracks: list[str], group: str | None
     results = mapper(window_stats, args) if args else []
     stats: dict[tuple[str, int], tuple[int, int]] = {}
     hashes: dict[tuple[str, int, PixelWindow], str] = {}
+    broken: dict[tuple[str, int], str] = {}  # cores that do not read: every window reading them is unreadable
     for (tr, ii), res in zip(jobs, results, strict=True):
-        for i, (n_valid, n_hot, hh) in zip(ii, res, strict=True):
+        for i, (n_valid, n_hot, hh, problem) in zip(ii, res, strict=True):
             stats[(tr, i)] = (n_valid, n_hot)
+            if problem:
+                broken[(tr, i)] = problem
+                continue
             hashes.update({(tr, i, piece): h for piece, h in zip(pieces[i], hh, strict=True)})
 
     def input_hash(tr: str, i: int) -> str:
@@ -305,6 +321,12 @@ def _plan_level(cfg: RunConfig, grid: Grid, tracks: list[str], group: str | None
                 windows.append(Window(tr, index, core, read, "outside_aoi", scale=factor))
                 continue
             n_valid, n_hot = stats[(tr, i)]
+            problem = next((broken[(tr, j)] for j, _ in sources[i] if (tr, j) in broken), "")
+            if problem:
+                w = Window(tr, index, core, read, "unreadable", scale=factor)
+                what, fix = problem.split("; ", 1)
+                windows.append(replace(w, error=f"{what}, needed by window {w.key}; {fix}"))
+                continue
             if n_valid < rules.min_valid_fraction * core.rows * core.cols or n_valid == 0:
                 status = "no_data"
             elif n_hot < rules.min_hot_pixels:

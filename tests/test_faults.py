@@ -1,0 +1,330 @@
+"""The fault matrix (issue 18), each fault with real processes: a worker, the client or the
+scheduler killed, Ctrl-C, a full or read-only output disk, a corrupt chunk, an S3 endpoint that
+stops answering. Each ends in one clear line (or a completed run) and a rerun that resumes to
+the inventory of an undisturbed run. The README's fault table lists the measured outcomes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from insar_slide.grid import Grid
+from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
+from insar_slide.run.config import load_run_config
+from insar_slide.run.pipeline import run
+
+from .conftest import dask_processes, new_bucket
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).with_name("insar-slide"))
+GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 512, 640)
+SLIDES = [(60, 60), (200, 330), (400, 120), (420, 560), (250, 250), (120, 500)]
+
+
+def _rates() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    r = rng.normal(0, 3, (1, *GRID.shape)).astype("float32")
+    yy, xx = np.mgrid[0:GRID.height, 0:GRID.width]
+    for cy, cx in SLIDES:
+        r[0][((yy - cy) / 28) ** 2 + ((xx - cx) / 18) ** 2 <= 1] = -40.0
+    return r
+
+
+def _write_basin(path: Path | str) -> None:
+    write_mosaic(build_dataset(da.from_array(_rates(), chunks=(1, 128, 128)), GRID,
+                               [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("test",))]), path, chunk=128,
+                 overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def basin(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("faults") / "basin.zarr"
+    _write_basin(path)
+    return path
+
+
+def _config(tmp: Path, basin: Path | str, model: Path, **kw: object) -> Path:
+    """Every window runs (20 of them, 128-px cores): enough work to be interrupted."""
+    cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 128, "halo": 32,
+           "batch_size": 1, "skip": {"min_abs_rate": 0.0, "min_hot_pixels": 1, "min_valid_fraction": 0.0},
+           "cluster": {"workers": 1, "dashboard": False}, "outputs": {"quicklook": False, "slide_id_raster": False}, **kw}
+    p = tmp / "basin.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory, basin, model_file) -> gpd.GeoDataFrame:
+    tmp = tmp_path_factory.mktemp("undisturbed")
+    run(load_run_config(_config(tmp, basin, model_file)), progress=False, echo=lambda s: None)
+    return gpd.read_parquet(tmp / "inv.parquet")
+
+
+def _same(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
+    """Row for row; the run id is left out (it hashes the mosaic's location, which some tests move)."""
+    assert len(a) == len(b) > 0
+    drop = ["geometry", "outline", "run_id"]
+    pd.testing.assert_frame_equal(pd.DataFrame(a.drop(columns=drop)), pd.DataFrame(b.drop(columns=drop)))
+    assert list(a.geometry.to_wkb()) == list(b.geometry.to_wkb())
+
+
+def _results(tmp: Path, run_dir: str = "inv.parquet.run") -> dict[str, int]:
+    """Stored window results → their mtime (ns)."""
+    return {p.name: p.stat().st_mtime_ns for p in (tmp / run_dir / "windows").glob("*/*.parquet")}
+
+
+def _wait_for(cond, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    t0 = time.time()
+    while not cond():
+        if time.time() - t0 > timeout:
+            raise TimeoutError("the condition never held")
+        time.sleep(0.05)
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+def _start(cfg: Path, *args: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen([CLI, "run", str(cfg), "--no-progress", *args], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    _STARTED.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs() -> Iterator[None]:
+    """A failed test leaves no run behind (its process group is killed)."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+# ---------------------------------------------------------------------------- the cluster
+
+
+def test_a_worker_killed_mid_detection_the_run_completes_identically(tmp_path, basin, model_file, undisturbed):
+    procs: list[subprocess.Popen[bytes]] = []
+    with dask_processes(tmp_path, workers=2, procs_out=procs, nanny=False) as address:
+        cfg = _config(tmp_path, basin, model_file)
+        p = _start(cfg, "--address", address)
+        _wait_for(lambda: len(_results(tmp_path)) >= 3 or p.poll() is not None)
+        assert p.poll() is None, "the run ended before a worker could be killed"
+        t_kill = time.time()
+        procs[1].send_signal(signal.SIGKILL)  # one of the two workers, mid-detection
+        _, err = p.communicate(timeout=300)
+        recovered = time.time() - t_kill
+    assert p.returncode == 0, err
+    _same(undisturbed, gpd.read_parquet(tmp_path / "inv.parquet"))
+    print(f"\nworker SIGKILL: run completed {recovered:.1f} s after the kill, inventory identical")
+
+
+def test_the_client_killed_a_rerun_recomputes_almost_nothing(tmp_path, basin, model_file, undisturbed):
+    with dask_processes(tmp_path, workers=2) as address:
+        cfg = _config(tmp_path, basin, model_file)
+        p = _start(cfg, "--address", address)
+        _wait_for(lambda: len(_results(tmp_path)) >= 6 or p.poll() is not None)
+        assert p.poll() is None, "the run ended before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        before = _results(tmp_path)
+        time.sleep(1.0)  # tasks already on the workers may finish after the client is gone
+        t0 = time.time()
+        res = subprocess.run([CLI, "run", str(cfg), "--no-progress", "--address", address], capture_output=True, text=True)
+        rerun_s = time.time() - t0
+    assert res.returncode == 0, res.stderr
+    after = _results(tmp_path)
+    recomputed = [k for k, t in before.items() if after[k] != t]
+    assert len(recomputed) <= 0.1 * len(before), recomputed
+    _same(undisturbed, gpd.read_parquet(tmp_path / "inv.parquet"))
+    print(f"\nclient SIGKILL: {len(before)} windows saved before the kill, {len(recomputed)} of them recomputed; "
+          f"rerun {rerun_s:.1f} s")
+
+
+def test_the_scheduler_killed_is_one_line_naming_it_and_a_rerun_resumes(tmp_path, basin, model_file, undisturbed):
+    procs: list[subprocess.Popen[bytes]] = []
+    with dask_processes(tmp_path, workers=1, procs_out=procs) as address:
+        cfg = _config(tmp_path, basin, model_file)
+        p = _start(cfg, "--address", address)
+        _wait_for(lambda: len(_results(tmp_path)) >= 3 or p.poll() is not None)
+        assert p.poll() is None
+        procs[0].send_signal(signal.SIGKILL)
+        t_kill = time.time()
+        _, err = p.communicate(timeout=120)
+        failed_after = time.time() - t_kill
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert p.returncode == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: lost the Dask scheduler at {address}") and "rerun the same command" in lines[0]
+    saved = len(_results(tmp_path))
+    res = run(load_run_config(cfg), progress=False, echo=lambda s: None)  # an embedded cluster this time
+    assert res.summary["windows"]["reused"] >= saved - 1  # (a result written as the scheduler died may lack its footer)
+    _same(undisturbed, res.inventory)
+    print(f"\nscheduler SIGKILL: one-line error {failed_after:.1f} s after the kill; rerun reused "
+          f"{res.summary['windows']['reused']} of {res.summary['windows']['run']} windows")
+
+
+def test_ctrl_c_in_a_terminal_saves_and_says_how_to_resume(tmp_path, basin, model_file, undisturbed):
+    cfg = _config(tmp_path, basin, model_file)
+    p = _start(cfg)  # embedded LocalCluster: its workers share the process group, as in a terminal
+    _wait_for(lambda: len(_results(tmp_path)) >= 3 or p.poll() is not None)
+    assert p.poll() is None
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert err.startswith("error: interrupted: ") and "windows saved" in err and "rerun the same command" in err
+    saved = len(_results(tmp_path))
+    res = run(load_run_config(cfg), progress=False, echo=lambda s: None)
+    assert res.summary["windows"]["reused"] >= saved - 1
+    _same(undisturbed, res.inventory)
+
+
+# ---------------------------------------------------------------------------- the output disk
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'}): the full-disk case needs one")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_output_disk_keeps_the_previous_inventory_and_the_windows(tmp_path, basin, model_file, undisturbed):
+    with _tmpfs(tmp_path / "small", "4m") as disk:
+        cfg = _config(tmp_path, basin, model_file, out=str(disk / "inv.parquet"), run_dir=str(tmp_path / "run"),
+                      outputs={"quicklook": True, "slide_id_raster": False})
+        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        previous = (disk / "inv.parquet").read_bytes()
+        free = shutil.disk_usage(disk).free
+        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # room for less than one inventory
+        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and len(lines) == 1, res.stderr
+        assert "No space left on device" in lines[0] and "written before the failure: nothing" in lines[0], lines[0]
+        assert (disk / "inv.parquet").read_bytes() == previous
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "inv.parquet", "inv.png"]  # no temporaries
+        (disk / "filler").unlink()
+        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+        assert res.returncode == 0 and "(0 computed, 20 reused" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_read_only_output_is_one_line(tmp_path, basin, model_file):
+    with _tmpfs(tmp_path / "ro", "1m") as disk:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        cfg = _config(tmp_path, basin, model_file, out=str(disk / "inv.parquet"))
+        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and "Read-only file system" in lines[0], res.stderr
+
+
+# ---------------------------------------------------------------------------- the mosaic
+
+
+def test_a_corrupt_chunk_names_store_variable_chunk_and_window(tmp_path, basin, model_file, undisturbed):
+    store = tmp_path / "basin.zarr"
+    shutil.copytree(basin, store)
+    chunk = store / "los_rate" / "c" / "0" / "2" / "3"
+    good = chunk.read_bytes()
+    chunk.write_bytes(b"not zstd at all")
+    cfg = _config(tmp_path, store, model_file)
+    res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stderr
+    assert f"{store}: chunk los_rate/c/0/2/3 cannot be read" in lines[0] and "needed by window asc/r0000" in lines[0]
+    assert "re-ingest" in lines[0] and "windows done and kept" in lines[0]
+    kept = len(_results(tmp_path))
+    assert kept == 20 - 9  # the windows that do not read the chunk (it lies under 9 windows' reads)
+    chunk.write_bytes(good)
+    r = run(load_run_config(cfg), progress=False, echo=lambda s: None)
+    assert r.summary["windows"]["reused"] == kept and r.summary["windows"]["computed"] == 9
+    _same(undisturbed, r.inventory)
+
+
+class _Proxy:
+    """A TCP forwarder to ``target``; with ``refuse`` set it drops every connection at once (an
+    S3 endpoint that stops answering)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.refuse = target, False
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.refuse:
+                conn.close()
+                continue
+            up = socket.create_connection(self.target)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while not self.refuse and (data := a.recv(65536)):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def test_an_s3_endpoint_that_stops_answering_is_retried_then_one_line_and_resumes(tmp_path, s3_endpoint, model_file,
+                                                                                 undisturbed):
+    url = f"{new_bucket('flaky')}/basin.zarr"
+    _write_basin(url)
+    host, port = s3_endpoint.removeprefix("http://").split(":")
+    proxy = _Proxy((host, int(port)))
+    opts = {"endpoint_url": proxy.url, "config_kwargs": {"connect_timeout": 2, "read_timeout": 5,
+                                                          "retries": {"max_attempts": 2}}}
+    cfg = _config(tmp_path, url, model_file, storage_options=opts)
+    p = _start(cfg)
+    _wait_for(lambda: len(_results(tmp_path)) >= 3 or p.poll() is not None)
+    assert p.poll() is None
+    proxy.refuse = True
+    t0 = time.time()
+    _, err = p.communicate(timeout=300)
+    failed_after = time.time() - t0
+    lines = err.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and "window(s) failed" in lines[0] and "resume" in lines[0], err
+    saved = len(_results(tmp_path))
+    proxy.refuse = False
+    r = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+    assert r.returncode == 0 and f"{saved} of 20 windows unchanged" in r.stdout, r.stdout + r.stderr
+    _same(undisturbed, gpd.read_parquet(tmp_path / "inv.parquet"))
+    print(f"\nS3 endpoint down: one-line error {failed_after:.1f} s after it stopped answering; "
+          f"rerun reused {saved} of 20 windows")
