@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from insar_slide.cli import main
@@ -152,3 +153,106 @@ def test_the_planning_checks_hold_under_python_O(tmp_path):
     res = subprocess.run([sys.executable, "-O", "-m", "insar_slide.cli", "info", str(tmp_path / "m.zarr")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "python -O" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------------------- merge rules
+
+
+def _features(rects: list[tuple[int, int, int, int, float, int]]) -> pd.DataFrame:
+    import shapely
+
+    return pd.DataFrame({"geometry": [shapely.box(x, y, x + w, y + h) for x, y, w, h, _, _ in rects],
+                         "score": [s for *_, s, _ in rects], "tracks": [("asc", "desc")[t] for *_, t in rects],
+                         "n_boxes": 1})
+
+
+HALF = st.integers(0, 120).map(lambda k: k / 2)  # half-pixel steps find more overlap cases than integers
+RECTS = st.lists(st.tuples(HALF, HALF, st.integers(2, 60).map(lambda k: k / 2), st.integers(2, 60).map(lambda k: k / 2),
+                           st.floats(0.5, 1.0), st.integers(0, 1)), max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rects=RECTS, overlap=st.sampled_from([0.05, 0.15, 0.2, 0.5]))
+@example(rects=[(0, 0, 10, 10, 0.9, 0), (8, 0, 10, 10, 0.8, 0), (4, 9.2, 10, 4.8, 0.7, 0)], overlap=0.15)
+def test_dissolve_is_idempotent(rects, overlap):
+    """The third box shares 10 % with each of the first two but 16.7 % with their union: one pass
+    left it apart, a second merged it (fixed: dissolve runs to a fixpoint)."""
+    from insar_slide.core.features import dissolve
+
+    once = dissolve(_features(rects), overlap)
+    twice = dissolve(once, overlap)
+    assert len(once) == len(twice)
+    assert all(a.equals(b) for a, b in zip(once["geometry"], twice["geometry"], strict=True))
+    assert list(once["n_boxes"]) == list(twice["n_boxes"]) and list(once["tracks"]) == list(twice["tracks"])
+
+
+@settings(max_examples=100, deadline=None)
+@given(rects=RECTS)
+def test_nms_is_idempotent(rects):
+    from insar_slide.grid import Grid
+    from insar_slide.run.merge import MergeSettings, nms
+
+    s = MergeSettings(mosaic="", run_dir="", grid=Grid("EPSG:32647", 0.0, 0.0, 1.0, -1.0, 100, 100), halo=8,
+                      tracks=("asc", "desc"), score_threshold=0.5, nms_iou=0.5, dissolve_overlap=0.2, outline=False,
+                      outline_min_abs_rate=10.0)
+    boxes = pd.DataFrame([{"minx": x, "miny": y, "maxx": x + w, "maxy": y + h, "score": sc, "track": ("asc", "desc")[t],
+                           "scale": 1} for x, y, w, h, sc, t in rects], columns=["minx", "miny", "maxx", "maxy", "score",
+                                                                                 "track", "scale"])
+    once = nms(boxes, s)
+    pd.testing.assert_frame_equal(nms(once, s), once)
+
+
+# ---------------------------------------------------------------------------- stores and checkpoints
+
+
+def test_a_missing_chunk_is_found_by_verify_and_refused_by_plan(tmp_path):
+    import dask.array as da
+
+    from insar_slide.errors import StoreError
+    from insar_slide.grid import Grid
+    from insar_slide.mosaic import TrackInfo, build_dataset, missing_chunks, write_mosaic
+    from insar_slide.run.plan import make_plan
+
+    grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 256, 384)
+    rates = np.random.default_rng(1).normal(0, 20, (1, 256, 384)).astype("float32")
+    rates[0, :128, :128] = np.nan  # an all-NaN chunk: zarr stores nothing for it, and that is no loss
+    store = tmp_path / "m.zarr"
+    write_mosaic(build_dataset(da.from_array(rates, chunks=(1, 128, 128)), grid,
+                               [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("t",))]), store, chunk=128)
+    assert missing_chunks(store) == []
+    res = CliRunner().invoke(main, ["info", "--verify", str(store)])
+    assert res.exit_code == 0 and "every chunk written at ingest is present" in res.output
+    (store / "los_rate" / "c" / "0" / "1" / "2").unlink()
+    assert missing_chunks(store) == ["los_rate/c/0/1/2"]
+    res = CliRunner().invoke(main, ["info", "--verify", str(store)])
+    assert res.exit_code == 1 and "missing los_rate/c/0/1/2" in res.output and "1 chunk(s)" in res.output
+    with pytest.raises(StoreError, match=r"1 chunk\(s\) written at ingest are missing \(first: los_rate/c/0/1/2\)"):
+        make_plan(load_run_config(_write(tmp_path, mosaic=str(store), window=128, halo=16)))
+
+
+def test_import_weights_makes_a_foreign_state_dict_load_and_refuses_another_network(tmp_path):
+    import torch
+    import torchvision
+
+    from insar_slide.errors import InputError
+    from insar_slide.model import ModelConfig, build_model
+    from insar_slide.model.checkpoint import load_checkpoint, read_metadata
+
+    torch.manual_seed(3)
+    net = build_model(ModelConfig(variant="r34_fpn"))
+    pth = tmp_path / "trained.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in net.state_dict().items()}, "epoch": 7}, pth)
+    with pytest.raises(InputError, match="import-weights") as e:
+        read_metadata(pth)  # the advice names the command that works …
+    assert "--variant" in str(e.value)
+    out = tmp_path / "imported.safetensors"
+    res = CliRunner().invoke(main, ["import-weights", str(pth), "--variant", "r34_fpn", "--out", str(out),
+                                    "--score-threshold", "0.6"])
+    assert res.exit_code == 0, res.output  # … and following it gives a checkpoint that loads
+    model, cfg, meta = load_checkpoint(out)
+    assert cfg.variant == "r34_fpn" and meta["score_threshold"] == 0.6 and meta["imported_from"] == "trained.pth"
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
+    other = tmp_path / "resnet.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), other)
+    res = CliRunner().invoke(main, ["import-weights", str(other), "--variant", "r34_fpn", "--out", str(tmp_path / "x.st")])
+    assert res.exit_code == 1 and "do not fit a r34_fpn model" in res.output and not (tmp_path / "x.st").exists()

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import ConfigError, InsarSlideError
+from .errors import ConfigError, InsarSlideError, StoreError
 from .version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,12 +159,26 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, version
 @main.command()
 @click.argument("mosaic", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--verify", is_flag=True, help="Check every chunk written at ingest is still there (exit 1 if not).")
 @_friendly
-def info(mosaic: str, as_json: bool) -> None:
+def info(mosaic: str, as_json: bool, verify: bool) -> None:
     """Describe a basin mosaic: tracks, grid, CRS, extent, valid fraction, rate percentiles, chunks."""
-    from .mosaic import describe, open_basin
+    from .mosaic import describe, missing_chunks, open_basin
 
-    d = describe(open_basin(mosaic))
+    ds = open_basin(mosaic)
+    if verify:
+        lost = missing_chunks(mosaic)
+        if lost is None:
+            click.echo(f"{mosaic} has no chunk manifest (written before insar-slide recorded one); re-ingest to add it")
+        elif lost:
+            for key in lost:
+                click.echo(f"missing {key}")
+            raise StoreError(f"{mosaic}: {len(lost)} chunk(s) written at ingest are missing (listed above); "
+                             "restore them from a copy or re-ingest")
+        else:
+            click.echo(f"{mosaic}: every chunk written at ingest is present")
+        return
+    d = describe(ds)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -277,6 +291,27 @@ def pseudo_label_cmd(checkpoint: str, chips_dir: str, split: str, out: str, scor
 
     s = pseudo_label(checkpoint, chips_dir, out, split=split, score_threshold=score_threshold, device=device, overwrite=overwrite)
     click.echo(f"labelled {s['chips']} chips with {s['boxes']} boxes (score >= {s['score_threshold']}) in {out}")
+
+
+@main.command("import-weights")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The insar-slide checkpoint to write.")
+@click.option("--variant", type=click.Choice(["r34", "r34_fpn", "r34_fpn_cbam"]), default="r34_fpn_cbam", show_default=True,
+              help="The architecture the weights were trained as.")
+@click.option("--clip-mm-yr", type=float, default=60.0, show_default=True, help="The input encoding's clip (mm/yr).")
+@click.option("--tile-size", type=int, default=512, show_default=True)
+@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="The operating threshold to record.")
+@click.option("--pixel-size", type=float, default=30.0, show_default=True, help="The training pixel (m) to record.")
+@_friendly
+def import_weights_cmd(source: str, out: str, variant: str, clip_mm_yr: float, tile_size: int, score_threshold: float,
+                       pixel_size: float) -> None:
+    """Turn a state dict (torch.save .pth, read tensors-only; or bare safetensors) into a checkpoint."""
+    from .model import InputEncoding, ModelConfig
+    from .model.checkpoint import import_weights
+
+    cfg = ModelConfig(variant=variant, tile_size=tile_size, encoding=InputEncoding(clip_mm_yr=clip_mm_yr))
+    path = import_weights(source, out, cfg, score_threshold=score_threshold, pixel_size_m=pixel_size)
+    click.echo(f"wrote {path} ({variant}, clip {clip_mm_yr:g} mm/yr, threshold {score_threshold:g}, pixel {pixel_size:g} m)")
 
 
 @main.command("export-model")

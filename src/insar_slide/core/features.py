@@ -34,6 +34,10 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
     track known to be disjoint, like connected regions, whose exact tests can be costly).
     A merged feature's score is the highest, ``tracks`` every track, ``n_boxes`` the sum
     (``scale``, when present, the largest). The result is in :func:`order_features` order.
+
+    The rule is applied until nothing merges: a union can share enough with a third feature
+    that each of its parts alone did not (found by a property test), so one pass would not be
+    idempotent and the reduction tree's result would depend on its blocks.
     """
     features = order_features(features)
     n = len(features)
@@ -54,6 +58,8 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
         ok = inter >= overlap * small
         a, b = a[ok], b[ok]
     _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    if len(a) == 0:
+        return features
     rows = []
     for k in np.unique(label):
         members = np.where(label == k)[0]
@@ -67,4 +73,5 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
         if "scale" in sub:
             row["scale"] = int(sub["scale"].max())
         rows.append(row)
-    return order_features(pd.DataFrame(rows, columns=columns))
+    merged = order_features(pd.DataFrame(rows, columns=columns))
+    return dissolve(merged, overlap, across_tracks_only=across_tracks_only) if len(merged) > 1 else merged

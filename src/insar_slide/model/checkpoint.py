@@ -62,8 +62,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not looks_safetensors and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise InputError(
             f"{p}: this is a pickle (torch.save) file, not a safetensors checkpoint; insar-slide never "
-            "unpickles checkpoints because a pickle can run code. Convert trusted weights with "
-            "safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')"
+            "unpickles checkpoints because a pickle can run code. If it holds weights of an insar-slide "
+            f"architecture, `insar-slide import-weights {p} --variant r34_fpn_cbam --out model.safetensors` "
+            "reads only its tensors (torch's weights_only loader) and writes a checkpoint that loads"
         )
     if len(head) < 9:
         raise InputError(f"{p}: {size} bytes is too short for a checkpoint; the file is truncated")
@@ -76,7 +77,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     except Exception as exc:
         raise InputError(f"{p}: cannot read the checkpoint ({exc}); the file is truncated or corrupt") from exc
     if raw is None:
-        raise InputError(f"{p}: a safetensors file without insar-slide metadata; it was not written by insar-slide")
+        raise InputError(f"{p}: a safetensors file without insar-slide metadata; it was not written by insar-slide. "
+                         f"If it holds weights of an insar-slide architecture, `insar-slide import-weights {p} "
+                         "--variant r34_fpn_cbam --out model.safetensors` adds the metadata")
     meta = json.loads(raw)
     if meta.get("format") != FORMAT:
         raise InputError(f"{p}: checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -137,3 +140,42 @@ def resolve_score_threshold(config_value: float | None, model_metadata: dict[str
         return float(config_value)
     training = model_metadata.get("training_config", {}).get("score_threshold", 0.5)
     return float(model_metadata.get("score_threshold", training) if use_model_value else training)
+
+
+def import_weights(src: str | Path, out: str | Path, config: ModelConfig, *, score_threshold: float = 0.5,
+                   pixel_size_m: float = LEGACY_PIXEL_M) -> Path:
+    """Weights from elsewhere (a ``torch.save`` state dict, read with torch's ``weights_only``
+    loader, which restores tensors and never runs code; or a bare safetensors file) → an
+    insar-slide checkpoint of ``config``'s architecture. Every tensor must fit: a state dict of
+    another network is refused, naming the keys that do not."""
+    p = Path(src)
+    if not p.is_file():
+        raise InputError(f"{p} does not exist; pass a .pth/.pt state dict or a .safetensors file")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    try:
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        else:
+            from safetensors.torch import load_file
+            obj = load_file(str(p))
+    except Exception as exc:
+        raise InputError(f"{p}: cannot read tensors from it ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                         "it must be a state dict of tensors (no pickled objects)") from exc
+    for key in ("model", "state_dict", "model_state_dict"):  # common wrappers of training scripts
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"{p}: not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel's prefix
+    model = build_model(config)
+    own = model.state_dict()
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    shape = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        raise InputError(f"{p}: its weights do not fit a {config.variant} model ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(shape)} of another shape, e.g. "
+                         f"{sorted(missing | unexpected | set(shape))[:3]}); pick the --variant it was trained as")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return save_checkpoint(model, config, out, extra={"imported_from": p.name, "score_threshold": score_threshold,
+                                                      "pixel_size_m": pixel_size_m})

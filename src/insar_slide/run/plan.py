@@ -34,7 +34,7 @@ import shapely
 
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
-from ..mosaic import grid_of, open_basin, resolve_version_group
+from ..mosaic import check_chunks, grid_of, open_basin, resolve_version_group
 from .config import AreaOfInterest, RunConfig
 from .io import read_level, read_problem
 from .scales import level_shape
@@ -247,6 +247,7 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     """
     ds = open_basin(cfg.mosaic, cfg.version)
     group = resolve_version_group(cfg.mosaic, cfg.version)
+    check_chunks(cfg.mosaic, group)  # a chunk lost since ingest would read as no data
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = cfg.tracks or names
