@@ -256,3 +256,13 @@ def test_import_weights_makes_a_foreign_state_dict_load_and_refuses_another_netw
     torch.save(torchvision.models.resnet18().state_dict(), other)
     res = CliRunner().invoke(main, ["import-weights", str(other), "--variant", "r34_fpn", "--out", str(tmp_path / "x.st")])
     assert res.exit_code == 1 and "do not fit a r34_fpn model" in res.output and not (tmp_path / "x.st").exists()
+
+
+def test_paths_given_as_flags_are_relative_to_where_they_are_typed(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    p = tmp_path / "cfg" / "basin.yaml"
+    p.write_text(yaml.safe_dump({"mosaic": "m.zarr", "out": "inv.parquet", "model": "model.safetensors"}))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_run_config(p, out="runs/inv.parquet", model="models/m.safetensors")
+    assert cfg.mosaic == str(tmp_path / "cfg" / "m.zarr")  # from the file: beside the file
+    assert cfg.out == str(tmp_path / "runs" / "inv.parquet") and cfg.model == str(tmp_path / "models" / "m.safetensors")

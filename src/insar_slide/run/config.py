@@ -180,11 +180,19 @@ def default_model() -> Path:
     return Path(env) if env else REFERENCE_MODEL
 
 
+#: Top-level keys that hold paths (resolved against the config's folder, or the cwd for flags).
+PATH_KEYS = ("mosaic", "out", "model", "run_dir")
+
+
 def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
-    """Read and validate ``basin.yaml``; ``overrides`` replace top-level keys (CLI flags)."""
+    """Read and validate ``basin.yaml``; ``overrides`` replace top-level keys (CLI flags). Paths
+    in the file are relative to the file; paths given as overrides to the current directory
+    (where the user typed them)."""
     p = Path(path)
     data = load_yaml(p)
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    cwd = Path.cwd()
+    data.update({k: (resolve_path(v, cwd) if k in PATH_KEYS and isinstance(v, str) else v)
+                 for k, v in overrides.items() if v is not None})
     cfg = parse_config(RunConfig, data, source=str(p))
     base = p.parent
     upd: dict[str, object] = {"out": resolve_path(cfg.out, base)}
