@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                "training.voc"]),
     ("simulation", ["sim.objects", "sim.terrain", "sim.kinds", "sim.shapes", "sim.scene", "sim.render",
                     "sim.truth", "sim.basin"]),
-    ("run, baselines and comparison", ["run.plan", "run.detect", "run.merge", "run.pipeline", "run.update",
+    ("run, baselines and comparison", ["run.plan", "run.detect", "run.merge", "run.cluster", "run.pipeline", "run.update",
                                        "baselines", "compare", "scoring"]),
     ("training", ["training.metrics", "training.train", "training.chips", "training.evaluate", "training.export"]),
     ("interface", ["cli", ""]),

@@ -215,3 +215,21 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
             write_detections(result_path(s.run_dir, win), boxes, scores=scores, meta=meta)
             out.append({"key": win.key, "fp": fp, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
     return out
+
+
+def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tuple[list[dict[str, Any]], list[Window]]:
+    """(reused results, windows to compute): a window is reused when its stored result's
+    fingerprint matches — checked here from the plan's input hashes and the result files'
+    footers, so unchanged windows are neither read nor scheduled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fps = [fingerprint(w, s) for w in windows]
+    with ThreadPoolExecutor(threads) as pool:
+        stored = list(pool.map(lambda w: stored_result(result_path(s.run_dir, w)), windows))
+    done, todo = [], []
+    for w, fp, st in zip(windows, fps, stored, strict=True):
+        if st is not None and st[0] == fp:
+            done.append(reused(w, fp, st[1]))
+        else:
+            todo.append(w)
+    return done, todo

@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..errors import InputError, InsarSlideError
+from ..errors import InputError
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema, write_inventory
 from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
@@ -42,15 +41,21 @@ from ..storage import (
     with_suffix,
 )
 from ..version import __version__
+from .cluster import (
+    OutputError,
+    StorageOptions,
+    WindowsFailed,
+    client_map,
+    cluster_client,
+    lost_scheduler,
+    on_interrupt,
+)
 from .config import RunConfig, config_record
 from .detect import (
     DetectSettings,
     detect_batch,
     file_hash,
-    fingerprint,
-    result_path,
-    reused,
-    stored_result,
+    unchanged,
 )
 from .merge import Block, MergeSettings, block_key, part_path, reduce_leaf, reduce_node, slide_ids
 from .plan import Window, WindowPlan, aoi_geometry, check_levels, make_plan
@@ -71,125 +76,6 @@ class RunResult:
     summary: dict[str, Any]
     plan: WindowPlan
     outputs: dict[str, str] = field(default_factory=dict)
-
-
-class WindowsFailed(InsarSlideError):
-    exit_code = 1
-
-
-class OutputError(InsarSlideError):
-    """An output could not be written (disk full, read-only, no permission)."""
-
-
-class Interrupted(InsarSlideError):
-    """Ctrl-C (SIGINT): the finished windows are saved; the same command resumes."""
-
-    exit_code = 130
-
-
-class SchedulerLost(InsarSlideError):
-    """The client lost its Dask scheduler mid-run."""
-
-
-def _saved(state: dict[str, Any]) -> str:
-    plan, s = state.get("plan"), state.get("settings")
-    if plan is None:
-        return "before any window ran"
-    saved, _ = unchanged(plan.to_run(), s)
-    return f"{len(saved)} of {len(plan.to_run())} windows saved in {s.run_dir}"
-
-
-@contextlib.contextmanager
-def on_interrupt(state: dict[str, Any], run_dir: Path) -> Iterator[None]:
-    """Turn Ctrl-C into :class:`Interrupted`, and a lost scheduler (the client no longer
-    running, whatever error surfaced first) into :class:`SchedulerLost`, each one line counting
-    the windows saved so far."""
-    import asyncio
-
-    from distributed.client import FutureCancelledError
-    from distributed.comm import CommClosedError
-
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: {_saved(state)}; rerun the same command to resume") from None
-    except (CommClosedError, FutureCancelledError, asyncio.CancelledError, TimeoutError) as exc:
-        raise lost_scheduler(state, exc) from exc
-
-
-def lost_scheduler(state: dict[str, Any], exc: BaseException) -> SchedulerLost:
-    return SchedulerLost(f"lost the Dask scheduler at {state.get('address') or '?'} ({type(exc).__name__}): "
-                         f"{_saved(state)}; restart the scheduler (or remove cluster.address for an embedded "
-                         "cluster) and rerun the same command to resume")
-
-
-class StorageOptions(WorkerPlugin):
-    """Installs a config's ``storage_options`` on every worker, also on one that joins later
-    (a replacement for a lost worker): :func:`insar_slide.storage.use_options`."""
-
-    name = "insar-slide-storage-options"
-
-    def __init__(self, options: dict[str, Any], urls: list[str]) -> None:
-        self.options, self.urls = dict(options), list(urls)
-
-    def setup(self, worker: Any) -> None:
-        use_options(self.options, *self.urls)
-
-
-@contextlib.contextmanager
-def cluster_client(cfg: RunConfig) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``cluster.address``, or to an embedded ``LocalCluster``."""
-    from distributed import Client, LocalCluster
-
-    c = cfg.cluster
-    if c.address:
-        try:
-            client = Client(c.address, timeout="20s")
-        except OSError as exc:
-            raise InputError(f"cluster.address {c.address}: no Dask scheduler answers there ({exc}); "
-                             "start one with `dask scheduler`, or remove cluster.address to use an embedded cluster") from exc
-        with client:
-            yield client
-        return
-    import os
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # the scheduler runs in this process
-        for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # a worker stuck in storage retries when the run stops is killed at close: not news
-        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-    cores = os.cpu_count() or 1
-    workers = c.workers or max(1, cores // c.threads_per_worker)
-    with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
-                               memory_limit=c.memory_limit, dashboard_address=":0" if c.dashboard else None,
-                               silence_logs=logging.CRITICAL)  # a failed task is reported by the run itself
-    with cluster, Client(cluster) as client:
-        yield client
-
-
-@contextlib.contextmanager
-def _workers_ignore_sigint() -> Iterator[None]:
-    """Start the embedded workers with SIGINT ignored (an ignored signal stays ignored across
-    exec), so that Ctrl-C in a terminal — sent to the whole process group — reaches only this
-    process, which stops the run cleanly, and not the workers, which would print tracebacks."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, old)
-
-
-def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]:
-    def run(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        futures = [client.submit(fn, *a, pure=False) for a in args]
-        return list(client.gather(futures))
-    return run
 
 
 def settings_hash(cfg: RunConfig, model_hash: str) -> str:
@@ -347,24 +233,6 @@ def run(cfg: RunConfig, *, progress: bool = True, echo: Callable[[str], None] = 
 def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str) -> DetectSettings:
     group = resolve_version_group(cfg.mosaic, cfg.version)
     return DetectSettings(cfg.mosaic, str(cfg.model_path), model_hash, cfg.device, str(cfg.run_path), grid.key, group)
-
-
-def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tuple[list[dict[str, Any]], list[Window]]:
-    """(reused results, windows to compute): a window is reused when its stored result's
-    fingerprint matches — checked here from the plan's input hashes and the result files'
-    footers, so unchanged windows are neither read nor scheduled."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    fps = [fingerprint(w, s) for w in windows]
-    with ThreadPoolExecutor(threads) as pool:
-        stored = list(pool.map(lambda w: stored_result(result_path(s.run_dir, w)), windows))
-    done, todo = [], []
-    for w, fp, st in zip(windows, fps, stored, strict=True):
-        if st is not None and st[0] == fp:
-            done.append(reused(w, fp, st[1]))
-        else:
-            todo.append(w)
-    return done, todo
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings, progress: bool) -> tuple[list[dict[str, Any]], dict[str, str]]:
