@@ -7,11 +7,9 @@ import math
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
+from matplotlib.figure import Figure
 from pyproj import CRS
 
 from .inventory import read_inventory
@@ -76,8 +74,10 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None
             inv = inv.to_crs(grid.crs)
     n = rate.sizes["track"]
     aspect = (ymax - ymin) / (xmax - xmin)
-    fig, axes = plt.subplots(1, n, figsize=(6.0 * n + 1.2, 6.0 * aspect + 1.0), squeeze=False, constrained_layout=True)
-    cmap = plt.get_cmap("RdBu").copy()
+    # A bare Figure (its own Agg canvas): no pyplot state, no process-wide backend switch.
+    fig = Figure(figsize=(6.0 * n + 1.2, 6.0 * aspect + 1.0), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)
+    cmap = matplotlib.colormaps["RdBu"].copy()
     cmap = cmap.with_extremes(bad="#bdbdbd")
     im = None
     for t, ax in enumerate(axes[0]):
@@ -102,5 +102,4 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | None
     target = out if is_url(out) else Path(out)
     with staged(target, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
     return target

@@ -123,10 +123,12 @@ def _upload(local: Path, target: str) -> None:
     if local.is_dir():
         if fs.exists(path):
             fs.rm(path, recursive=True)
-        files = sorted(p for p in local.rglob("*") if p.is_file())
         root_meta = local / "zarr.json"
-        for p in [f for f in files if f != root_meta] + ([root_meta] if root_meta.exists() else []):
-            fs.put_file(str(p), f"{path}/{p.relative_to(local).as_posix()}")
+        files = sorted(p for p in local.rglob("*") if p.is_file() and p != root_meta)
+        if files:  # concurrently (fsspec's async batch), then the root metadata alone, last
+            fs.put([str(p) for p in files], [f"{path}/{p.relative_to(local).as_posix()}" for p in files])
+        if root_meta.exists():
+            fs.put_file(str(root_meta), f"{path}/zarr.json")
     else:
         fs.put_file(str(local), path)
 
