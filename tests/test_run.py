@@ -26,6 +26,8 @@ import pytest
 import shapely
 import yaml
 from click.testing import CliRunner
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from insar_slide.cli import main
 from insar_slide.errors import ConfigError, InputError
@@ -189,14 +191,37 @@ def test_seam_and_corner_slides_are_reported_once(tmp_path, basin, model_file):
     assert (inv["rate_p95_abs"] > 35).all() and inv.crs == GRID.crs
 
 
-def test_two_window_choices_give_the_same_inventory(tmp_path, basin, model_file):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a = _run_injected(tmp_path / "a", basin, model_file, window=256, halo=64)
-    b = _run_injected(tmp_path / "b", basin, model_file, window=320, halo=48, reduce_block=1)
+@pytest.fixture(scope="module")
+def thread_client():
+    """An in-process Dask client (threads): cheap enough to run many merge configurations."""
+    from distributed import Client
+
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+        yield c
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(window=st.sampled_from([96, 128, 200, 256, 320]), halo=st.sampled_from([32, 48, 64]),
+       reduce_block=st.integers(1, 4))
+@example(window=320, halo=48, reduce_block=1)
+def test_the_inventory_does_not_depend_on_window_halo_or_reduction_block(tmp_path, basin, model_file, thread_client,
+                                                                          window, halo, reduce_block):
+    """Any window and halo that see the slides whole (their extent ≤ 64 px ≤ 2 × halo), any
+    reduction block: the same inventory, slide for slide."""
+    import tempfile
+
+    def once(**kw: object) -> gpd.GeoDataFrame:
+        tmp = Path(tempfile.mkdtemp(dir=tmp_path))
+        cfg_path = _config(tmp, basin, model_file, **kw)
+        _inject(cfg_path, _truth_boxes())
+        run(load_run_config(cfg_path), progress=False, echo=lambda s: None, client=thread_client)
+        return gpd.read_parquet(tmp / "inv.parquet")
+
+    ref = once(window=256, halo=64)
+    got = once(window=window, halo=halo, reduce_block=reduce_block)
     cols = ["slide_id", "tracks", "score", "area_m2", "rate_mean", "rate_p95_abs", "valid_fraction"]
-    pd.testing.assert_frame_equal(a[cols], b[cols])
-    assert all(x.equals_exact(y, 1e-6) for x, y in zip(a.geometry, b.geometry, strict=True))
+    pd.testing.assert_frame_equal(ref[cols], got[cols])
+    assert all(x.equals_exact(y, 1e-6) for x, y in zip(ref.geometry, got.geometry, strict=True))
 
 
 # ---------------------------------------------------------------------------- execution
