@@ -214,24 +214,32 @@ def _tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def test_a_full_output_disk_keeps_the_previous_inventory_and_the_windows(tmp_path, basin, model_file, undisturbed):
+def test_a_full_output_disk_keeps_the_previous_inventory_history_and_windows(tmp_path, basin, model_file):
+    """`update` onto a small tmpfs: the first version fits; with the disk full, the next version
+    fails in one line and leaves the inventory and its history byte for byte as they were."""
+    from insar_slide.mosaic import write_version
+
+    store = tmp_path / "basin.zarr"
+    shutil.copytree(basin, store)
     with _tmpfs(tmp_path / "small", "4m") as disk:
-        cfg = _config(tmp_path, basin, model_file, out=str(disk / "inv.parquet"), run_dir=str(tmp_path / "run"),
-                      outputs={"quicklook": True, "slide_id_raster": False})
-        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+        cfg = _config(tmp_path, store, model_file, out=str(disk / "inv.parquet"), run_dir=str(tmp_path / "run"))
+        res = subprocess.run([CLI, "update", str(cfg), "--no-progress"], capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
-        previous = (disk / "inv.parquet").read_bytes()
-        free = shutil.disk_usage(disk).free
-        (disk / "filler").write_bytes(b"\0" * (free - 8192))  # room for less than one inventory
-        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
+        write_version(build_dataset(da.from_array(_rates(), chunks=(1, 128, 128)), GRID,
+                                    [TrackInfo("asc", -12.0, 40.0, "2021-01-01", "2022-01-01", ("test",))]),
+                      store, "v2", chunk=128)
+        before = {p: p.read_bytes() for p in disk.rglob("*") if p.is_file()}
+        assert disk / "inv.parquet.history" / "state.json" in before
+        (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - 8192))  # less than one inventory
+        res = subprocess.run([CLI, "update", str(cfg), "--no-progress"], capture_output=True, text=True)
         lines = res.stderr.strip().splitlines()
-        assert res.returncode == 1 and len(lines) == 1, res.stderr
-        assert "No space left on device" in lines[0] and "written before the failure: nothing" in lines[0], lines[0]
-        assert (disk / "inv.parquet").read_bytes() == previous
-        assert sorted(p.name for p in disk.iterdir()) == ["filler", "inv.parquet", "inv.png"]  # no temporaries
+        assert res.returncode == 1 and len(lines) == 1 and "No space left on device" in lines[0], res.stderr
         (disk / "filler").unlink()
-        res = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
-        assert res.returncode == 0 and "(0 computed, 20 reused" in res.stdout, res.stdout + res.stderr
+        after = {p: p.read_bytes() for p in disk.rglob("*") if p.is_file()}
+        assert after == before  # the inventory and its history untouched, no temporaries left
+        res = subprocess.run([CLI, "update", str(cfg), "--no-progress"], capture_output=True, text=True)
+        assert res.returncode == 0 and "20 reused" in res.stdout, res.stdout + res.stderr
+        assert '"v2"' in (disk / "inv.parquet.history" / "state.json").read_text()
 
 
 def test_a_read_only_output_is_one_line(tmp_path, basin, model_file):
