@@ -44,7 +44,8 @@ def _quiet_failed_read_leftovers() -> None:
     """When one chunk request of a read fails, zarr's other requests of that read are left
     pending and, when collected, print "Task was destroyed but it is pending!" and an ignored
     coroutine exception each — dozens of lines per window on a failing store, after the read
-    already raised (and was reported in one line). Silence exactly those, once per process."""
+    already raised (and was reported in one line). Silence exactly those (tasks and coroutines
+    of zarr, fsspec, s3fs, aiobotocore), once per process."""
     if _QUIET:
         return
     import logging
@@ -52,16 +53,22 @@ def _quiet_failed_read_leftovers() -> None:
 
     _QUIET.append(True)
 
+    libs = ("/zarr/", "/fsspec/", "/s3fs/", "/aiobotocore/")
+    leftovers = ("Task was destroyed but it is pending", "Future exception was never retrieved",
+                 "Task exception was never retrieved")
+    marks = (*libs, "aiohttp", "ServerDisconnected", "ClientConnector", "ClientOSError", "EndpointConnectionError")
+
     class _DropPending(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             msg = record.getMessage()
-            return not ("Task was destroyed but it is pending" in msg and "concurrent_map" in msg)
+            return not (msg.startswith(leftovers) and any(m in msg for m in marks))
 
     logging.getLogger("asyncio").addFilter(_DropPending())
     previous = sys.unraisablehook
 
     def hook(u: Any) -> None:
-        if "concurrent_map" in repr(getattr(u, "object", None)):
+        code = getattr(getattr(u, "object", None), "cr_code", None)  # a storage library's abandoned coroutine
+        if code is not None and any(p in code.co_filename for p in libs):
             return
         previous(u)
 

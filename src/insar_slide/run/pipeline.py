@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 INVENTORY_COLUMNS = [*COLUMNS[:-1], "slide_num", "n_boxes", "geometry"]
 #: Extra tries of a detection task that raised (see ``_detect``).
 DETECT_RETRIES = 1
-#: After this many detection tasks in a row failed, the rest are cancelled and the run stops.
+#: After this many detection tasks in a row failed, tasks not yet started skip their windows and the run stops.
 FAIL_FAST = 4
 
 
