@@ -56,27 +56,11 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _refuse_optimize() -> None:
-    """Under ``python -O`` (or PYTHONOPTIMIZE) zarr 3.1 cannot open a v3 group: its
-    ``GroupMetadata.from_dict`` pops ``node_type`` inside an ``assert``. Say so in one line,
-    instead of a TypeError deep inside the first store read."""
-    from zarr.core.group import GroupMetadata
-
-    try:
-        GroupMetadata.from_dict({"zarr_format": 3, "node_type": "group", "attributes": {}})
-    except TypeError:
-        click.echo("error: this zarr cannot open stores under python -O / PYTHONOPTIMIZE (it relies on an assert); "
-                   "run insar-slide without -O and unset PYTHONOPTIMIZE", err=True)
-        sys.exit(2)
-
-
 @click.group()
 @click.version_option(__version__, prog_name="insar-slide")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Find slow-moving landslides in InSAR deformation-rate mosaics."""
-    if not __debug__:
-        _refuse_optimize()
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
