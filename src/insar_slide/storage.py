@@ -6,8 +6,8 @@ a path would be. Credentials and endpoint come from the standard AWS variables
 botocore reads with no config at all, or from a config's ``storage_options`` (``endpoint_url``,
 ``anon``, ``profile``, ``key``/``secret``…), which :func:`use_options` installs as fsspec's
 per-protocol defaults (``fsspec.config.conf``) in every process that reads or writes — the
-client, and each Dask worker through a worker plugin (``run.pipeline.StorageOptions``). :func:`redact` keeps secrets
-out of logs, hashes and file metadata.
+client, and each Dask worker through a worker plugin (``run.cluster.StorageOptions``).
+:func:`redact` keeps secrets out of logs, hashes and file metadata.
 
 **Writing is staged**: an output is written to a local temporary first, exactly as for a local
 target, and only then sent to the store (:func:`staged`) — a file in one PUT (an object appears
