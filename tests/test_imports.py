@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run, baselines and comparison", ["run.plan", "run.detect", "run.merge", "run.cluster", "run.pipeline", "run.update",
                                        "baselines", "compare", "scoring"]),
     ("training", ["training.metrics", "training.train", "training.chips", "training.evaluate", "training.export"]),
-    ("interface", ["cli", ""]),
+    ("interface", ["cli_common", "cli_training", "cli", ""]),
 ]
 
 #: What the core layer must not import: no Dask, no xarray, no file formats.

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import sys
 import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from .errors import ConfigError, InsarSlideError, StoreError
+from .cli_common import _friendly
+from .cli_training import TRAINING_COMMANDS
+from .errors import ConfigError, StoreError
 from .version import __version__
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-#: OSErrors that are the output disk's, not a bug: no space, over quota, read-only, no permission.
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 def _quiet_client_log() -> None:
@@ -32,28 +24,6 @@ def _quiet_client_log() -> None:
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
 
-def _friendly(fn: F) -> F:
-    """Turn expected errors into one line on stderr (one per problem) and the error's exit code."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except InsarSlideError as exc:
-            for line in str(exc).splitlines() or [""]:  # a config with several problems: one line each
-                click.echo(f"error: {line}", err=True)
-            sys.exit(exc.exit_code)
-        except OSError as exc:
-            if exc.errno not in DISK_ERRORS:
-                raise
-            click.echo(f"error: cannot write {exc.filename or 'an output'}: {exc.strerror}; free space or choose a "
-                       "writable location, then rerun the same command (finished work is kept)", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; rerun the same command to resume", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group()
@@ -195,123 +165,6 @@ def quicklook(mosaic: str, out: str, inventory: str | None, clip: float | None, 
 
     path = do_quicklook(mosaic, out, inventory=inventory, clip=clip, max_side=max_side)
     click.echo(f"wrote {path}")
-
-
-@main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-@_friendly
-def chips(config: str) -> None:
-    """Cut training chips (512 px, filtered, split by blocks, rotated) with VOC and COCO labels."""
-    from .training.chips import make_chips
-    from .training.config import load_chips_config
-
-    cfg = load_chips_config(config)
-    t0 = time.perf_counter()
-    s = make_chips(cfg)
-    click.echo(f"wrote {s['chips']} chips from {s['windows']} windows to {cfg.out} in {time.perf_counter() - t0:.1f} s: "
-               f"train {s['train']} chips / {s['boxes_train']} boxes, val {s['val']} chips / {s['boxes_val']} boxes")
-
-
-@main.command("train")
-@click.argument("config", type=click.Path(dir_okay=False))
-@click.option("--resume", is_flag=True, help="Continue the run in the config's out folder after its last epoch.")
-@_friendly
-def train_cmd(config: str, resume: bool) -> None:
-    """Train the detector on a chip set (configs/train_paper.yaml, configs/train_cpu.yaml)."""
-    from tqdm import tqdm
-
-    from .training.train import load_train_config, train
-
-    cfg = load_train_config(config)
-    bar: list[tqdm] = []
-
-    def on_step(step: int, n: int, loss: float) -> None:
-        if step == 1:
-            if bar:
-                bar.pop().close()
-            bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
-        bar[-1].set_postfix(loss=f"{loss:.3f}")
-        bar[-1].update(1)
-
-    row = train(cfg, resume=resume, on_step=on_step)
-    for b in bar:
-        b.close()
-    click.echo(f"trained to epoch {row['epoch']}: loss {row['loss']:.3f}, val AP50 {row['AP50']:.3f}, "
-               f"F1 {row['f1']:.3f}; run folder {cfg.out}")
-
-
-@main.command("evaluate")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--chips", "chips_dir", required=True, type=click.Path(file_okay=False), help="Chip folder (from `insar-slide chips`).")
-@click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
-@click.option("--out", required=True, type=click.Path(), help="Output folder for tables and the PR curve.")
-@click.option("--score-threshold", type=float, help="For P/R/F1 (default: the one the model was trained with).")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-@_friendly
-def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: str, score_threshold: float | None, device: str) -> None:
-    """COCO metrics, P/R/F1 at IoU 0.5, a PR curve, and Table 2 (ablation) for several checkpoints."""
-    from .training.evaluate import evaluate
-
-    df = evaluate(list(checkpoints), chips_dir, out=out, split=split, device=device, score_threshold=score_threshold)
-    click.echo((Path(out) / "table2.md").read_text())
-    for r in df.to_dict("records"):
-        click.echo(f"{r['checkpoint']}: best F1 on this split {r['best_f1']:.3f} at score ≥ {r['best_f1_threshold']:.3f} "
-                   f"(P {r['best_f1_precision']:.3f}, R {r['best_f1_recall']:.3f})")
-    click.echo(f"wrote {out}/metrics.json, table2.md/.csv, table3.md, pr_curve.png ({len(df)} checkpoint(s))")
-
-
-@main.command("pseudo-label")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--chips", "chips_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "val"]))
-@click.option("--out", required=True, type=click.Path(), help="Output folder (voc/ + COCO JSON).")
-@click.option("--score-threshold", default=0.8, show_default=True, type=float)
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
-@click.option("--overwrite", is_flag=True)
-@_friendly
-def pseudo_label_cmd(checkpoint: str, chips_dir: str, split: str, out: str, score_threshold: float, device: str, overwrite: bool) -> None:
-    """Label chips with a trained model's boxes (VOC for LabelImg review, COCO for training)."""
-    from .training.evaluate import pseudo_label
-
-    s = pseudo_label(checkpoint, chips_dir, out, split=split, score_threshold=score_threshold, device=device, overwrite=overwrite)
-    click.echo(f"labelled {s['chips']} chips with {s['boxes']} boxes (score >= {s['score_threshold']}) in {out}")
-
-
-@main.command("import-weights")
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The insar-slide checkpoint to write.")
-@click.option("--variant", type=click.Choice(["r34", "r34_fpn", "r34_fpn_cbam"]), default="r34_fpn_cbam", show_default=True,
-              help="The architecture the weights were trained as.")
-@click.option("--clip-mm-yr", type=float, default=60.0, show_default=True, help="The input encoding's clip (mm/yr).")
-@click.option("--tile-size", type=int, default=512, show_default=True)
-@click.option("--score-threshold", type=float, default=0.5, show_default=True, help="The operating threshold to record.")
-@click.option("--pixel-size", type=float, default=30.0, show_default=True, help="The training pixel (m) to record.")
-@_friendly
-def import_weights_cmd(source: str, out: str, variant: str, clip_mm_yr: float, tile_size: int, score_threshold: float,
-                       pixel_size: float) -> None:
-    """Turn a state dict (torch.save .pth, read tensors-only; or bare safetensors) into a checkpoint."""
-    from .model import InputEncoding, ModelConfig
-    from .model.checkpoint import import_weights
-
-    cfg = ModelConfig(variant=variant, tile_size=tile_size, encoding=InputEncoding(clip_mm_yr=clip_mm_yr))
-    path = import_weights(source, out, cfg, score_threshold=score_threshold, pixel_size_m=pixel_size)
-    click.echo(f"wrote {path} ({variant}, clip {clip_mm_yr:g} mm/yr, threshold {score_threshold:g}, pixel {pixel_size:g} m)")
-
-
-@main.command("export-model")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="e.g. models/insar_slide_r34_fpn_cbam.safetensors")
-@click.option("--eval", "eval_json", type=click.Path(dir_okay=False), help="metrics.json of `insar-slide evaluate` on held-out chips.")
-@click.option("--command", default="", help="The command that rebuilds it (recorded in the card).")
-@click.option("--note", default="")
-@click.option("--score-threshold", type=float, help="Operating threshold `run` uses by default (pick it on the validation split).")
-@_friendly
-def export_model_cmd(checkpoint: str, out: str, eval_json: str | None, command: str, note: str, score_threshold: float | None) -> None:
-    """Export a checkpoint as an fp16 reference model with its JSON card."""
-    from .training.export import export_model
-
-    card = export_model(checkpoint, out, eval_json=eval_json, command=command, note=note, score_threshold=score_threshold)
-    click.echo(f"wrote {out} ({card['size_mb']} MB) and {Path(out).with_suffix('.json')}")
 
 
 @main.command("plan")
@@ -539,6 +392,9 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
                f"precision {c['precision']:.2f} ({c['precision_all']:.2f} counting those as false), "
                f"recall {c['recall']:.2f}, F1 {c['f1']:.2f}")
 
+
+for _cmd in TRAINING_COMMANDS:  # chips, train, evaluate, pseudo-label, import-weights, export-model
+    main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
