@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_path
+from .atomic import check_target as atomic_check_target
 from .errors import InsarSlideError
 
 #: storage_options keys whose values are never logged or stored.
@@ -114,7 +115,10 @@ def stamp(target: str | Path) -> str:
 
 
 def check_target(target: str | Path, *, overwrite: bool) -> None:
-    if not overwrite and exists(target):
+    """:func:`insar_slide.atomic.check_target`, for a path or a URL."""
+    if not is_url(target):
+        atomic_check_target(Path(target), overwrite=overwrite)
+    elif not overwrite and exists(target):
         raise InsarSlideError(f"{target} already exists; pass --overwrite to replace it, or choose another --out")
 
 

@@ -112,13 +112,21 @@ def load_checkpoint(path: str | Path, *, expect: ModelConfig | None = None,
                 state[k] = f.get_tensor(k)
     except Exception as exc:
         raise InputError(f"{path}: cannot read the weights ({exc}); the file is truncated or corrupt") from exc
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    if missing or unexpected:
-        raise InputError(f"{path}: weights do not fit a {config.variant} model "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected, e.g. {sorted(missing | unexpected)[:3]})")
+    check_fit(own, state, config, path)
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     model.to(device).eval()
     return model, config, meta
+
+
+def check_fit(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], config: ModelConfig, path: str | Path,
+              hint: str = "") -> None:
+    """Refuse ``state`` unless it has exactly the model's tensors, each of its shape."""
+    missing, unexpected = set(own) - set(state), set(state) - set(own)
+    shape = {k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)}
+    if missing or unexpected or shape:
+        raise InputError(f"{path}: weights do not fit a {config.variant} model ({len(missing)} missing, "
+                         f"{len(unexpected)} unexpected, {len(shape)} of another shape, e.g. "
+                         f"{sorted(missing | unexpected | shape)[:3]}){hint}")
 
 
 def training_pixel_m(meta: dict[str, Any]) -> float:
@@ -170,12 +178,7 @@ def import_weights(src: str | Path, out: str | Path, config: ModelConfig, *, sco
     state = {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel's prefix
     model = build_model(config)
     own = model.state_dict()
-    missing, unexpected = set(own) - set(state), set(state) - set(own)
-    shape = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shape:
-        raise InputError(f"{p}: its weights do not fit a {config.variant} model ({len(missing)} missing, "
-                         f"{len(unexpected)} unexpected, {len(shape)} of another shape, e.g. "
-                         f"{sorted(missing | unexpected | set(shape))[:3]}); pick the --variant it was trained as")
+    check_fit(own, state, config, p, hint="; pick the --variant it was trained as")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return save_checkpoint(model, config, out, extra={"imported_from": p.name, "score_threshold": score_threshold,
                                                       "pixel_size_m": pixel_size_m})

@@ -53,7 +53,7 @@ LIFECYCLE = ["first_seen", "last_seen", "status", "version"]
 
 def history_dir(cfg: RunConfig) -> str | Path:
     """``<out>.history`` (beside the inventory: a folder, or a prefix of the same store)."""
-    return join(str(cfg.out) + ".history") if "://" in cfg.out else Path(str(cfg.out) + ".history")
+    return f"{cfg.out}.history" if "://" in cfg.out else Path(f"{cfg.out}.history")
 
 
 def partition_path(hdir: str | Path, label: str) -> str | Path:
