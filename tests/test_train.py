@@ -306,3 +306,64 @@ def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
     assert card["command"] == "x" and card["data"]["chip_manifest"]["chips"] > 0 and card["parameters"] > 30e6
     assert card["score_threshold"] == 0.7  # the operating point run and evaluate default to
     assert (tmp_path / "ref.safetensors").stat().st_size < 80 * 2**20
+
+
+def test_hard_negatives_are_confident_detections_on_no_slide():
+    from insar_slide.training.mining import HardNegatives, false_alarms
+
+    truth = np.array([[10, 10, 50, 50]], float)
+    ignore = np.array([[100, 100, 140, 140]], float)
+    det = np.array([[12, 12, 48, 52],      # on the slide: a hit, not a false alarm
+                    [10, 10, 80, 80],      # a loose box on the slide (IoU 0.33 > match_iou 0.3)
+                    [60, 60, 90, 90],      # on nothing: hard negative
+                    [105, 105, 135, 135],  # in an ignore region
+                    [200, 200, 230, 230]])  # on nothing, but not confident
+    fa = false_alarms(det, np.array([0.9, 0.9, 0.8, 0.9, 0.3]), truth, ignore, HardNegatives())
+    assert fa.tolist() == [[60, 60, 90, 90]]
+
+
+def test_mined_boxes_turn_with_the_rotated_twins(chipset):
+    from insar_slide.training.boxes import rotate_cw
+    from insar_slide.training.mining import HardNegatives, mine
+    from insar_slide.training.train import read_split
+
+    chips, _ = read_split(chipset, "train")
+    runs = []
+
+    def predict(cs):
+        runs.append([c.path.stem for c in cs])
+        return [(np.array([[3.0, 5.0, 20.0, 9.0]]), np.array([0.95])) for _ in cs]
+
+    cfg = HardNegatives(match_iou=0.99)
+    found = mine(predict, chips, chipset, cfg)
+    assert runs and all(n.endswith("_r0") for n in runs[0])  # one forward pass per place
+    twins = [n for n in found if n.endswith("_r90")]
+    assert twins
+    for n in twins:
+        base = n[:-4] + "_r0"
+        if base in found:
+            _, turned = rotate_cw(np.zeros((128, 128)), np.asarray(found[base]), 1)
+            assert np.allclose(found[n], turned)
+
+
+def test_hard_negatives_are_oversampled_and_kept_for_resume(chipset, tmp_path, monkeypatch):
+    from insar_slide.training import mining
+    from insar_slide.training.train import Chip, epoch_items, random_crop
+
+    cfg = _cfg(chipset, tmp_path / "run", epochs=1, hard_negatives={"min_score": 0.01, "oversample": 3, "focus": 1.0})
+    chips = [Chip(tmp_path / "a.tif", np.zeros((0, 4))), Chip(tmp_path / "b.tif", np.zeros((0, 4)), hard=np.array([[1, 1, 5, 5.0]]))]
+    assert sorted(epoch_items(chips, cfg).tolist()) == [0, 1, 1, 1]
+    rate = np.arange(512 * 512, dtype="float32").reshape(512, 512)
+    out, _, _ = random_crop(rate, np.zeros((0, 4)), size=64, rng=np.random.default_rng(0),
+                            hard=np.array([[400, 420, 410, 430.0]]), focus=1.0)
+    r0, c0 = divmod(int(out[0, 0]), 512)
+    assert r0 <= 425 < r0 + 64 and c0 <= 405 < c0 + 64  # the false alarm is in the crop
+    # A training run mines once, writes the list, and a resumed run reads it back instead.
+    monkeypatch.setattr(mining, "false_alarms", lambda bx, sc, t, i, c: np.array([[2.0, 2.0, 30.0, 30.0]]))
+    train(cfg)
+    doc = json.loads((tmp_path / "run" / mining.FILE).read_text())
+    assert doc["chips"] and doc["model"] == "random init"
+    from insar_slide.training import train as train_module
+
+    monkeypatch.setattr(train_module, "mine", lambda *a: pytest.fail("mined again on resume"))
+    train(cfg.model_copy(update={"epochs": 2}), resume=True)

@@ -17,7 +17,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +37,7 @@ from ..model.detector import ModelConfig, build_model, load_pretrained
 from ..model.device import pick_device
 from ..model.encoding import InputEncoding
 from .metrics import coco_metrics, prf1
+from .mining import HardNegatives, load_or_mine, mine
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class TrainConfig(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)
+    hard_negatives: HardNegatives | None = Field(None, description="mine the starting model's confident false alarms on "
+                                                  "the training chips and oversample them (training/mining.py)")
     ignore_regions: bool = Field(False, description="anchors and proposals inside the chips' ignore regions (slides "
                                  "not labelled, slides the chip or crop edge cuts off) are not sampled as background")
 
@@ -110,6 +113,7 @@ class Chip:
     path: Path
     boxes: np.ndarray  # (n, 4) x1, y1, x2, y2
     ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (k, 4) regions not scored (COCO iscrowd)
+    hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (h, 4) mined hard negatives (training/mining.py)
 
 
 def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, Any]]:
@@ -140,16 +144,24 @@ def read_chip(path: Path) -> np.ndarray:
 
 
 def random_crop(rate: np.ndarray, boxes: np.ndarray, *, size: int, rng: np.random.Generator,
-                ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                ignore: np.ndarray | None = None, hard: np.ndarray | None = None,
+                focus: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random ``size`` crop, its boxes (the sliver rule of the chips: ≥ 30 % of the box and
-    ≥ 4 px a side inside) and its ignore regions (``ignore`` and the boxes that rule drops)."""
+    ≥ 4 px a side inside) and its ignore regions (``ignore`` and the boxes that rule drops).
+    With ``hard`` boxes (mined false alarms), the crop is centred near one of them with
+    probability ``focus``."""
     h, w = rate.shape
     ign = np.zeros((0, 4)) if ignore is None else np.asarray(ignore, dtype=np.float64).reshape(-1, 4)
     if size >= h and size >= w:
         return rate, boxes, ign
-    # Half of the crops are centred near an object, so small crops still see slides.
-    if len(boxes) and rng.random() < 0.5:
-        b = boxes[rng.integers(len(boxes))]
+    # Half of the other crops are centred near an object, so small crops still see slides.
+    target = None
+    if hard is not None and len(hard) and rng.random() < focus:
+        target = hard[rng.integers(len(hard))]
+    elif len(boxes) and rng.random() < 0.5:
+        target = boxes[rng.integers(len(boxes))]
+    if target is not None:
+        b = target
         cy, cx = (b[1] + b[3]) / 2, (b[0] + b[2]) / 2
         r0 = int(np.clip(cy - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, h - size))
         c0 = int(np.clip(cx - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, w - size))
@@ -169,15 +181,25 @@ def random_crop(rate: np.ndarray, boxes: np.ndarray, *, size: int, rng: np.rando
     return out, clipped[keep], np.concatenate([ig, clipped[~keep & (carea > 0)]])
 
 
+def epoch_items(chips: list[Chip], cfg: TrainConfig) -> np.ndarray:
+    """The chip indices of one epoch: each once, a chip with hard negatives ``oversample`` times."""
+    k = cfg.hard_negatives.oversample if cfg.hard_negatives else 1
+    hard = [i for i, c in enumerate(chips) if len(c.hard)]
+    return np.asarray(list(range(len(chips))) + hard * (k - 1), dtype=np.int64)
+
+
 def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch: int) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
     rng = np.random.default_rng([cfg.seed, epoch])
-    order = rng.permutation(len(chips))
+    order = rng.permutation(epoch_items(chips, cfg))
+    focus = cfg.hard_negatives.focus if cfg.hard_negatives else 0.0
     for i in range(0, len(order), cfg.batch_size):
         imgs, targets = [], []
         for j in order[i:i + cfg.batch_size]:
-            rate, boxes, ignore = read_chip(chips[j].path), chips[j].boxes, chips[j].ignore
+            c = chips[j]
+            rate, boxes, ignore = read_chip(c.path), c.boxes, c.ignore
             if cfg.crop_size:
-                rate, boxes, ignore = random_crop(rate, boxes, size=cfg.crop_size, rng=rng, ignore=ignore)
+                rate, boxes, ignore = random_crop(rate, boxes, size=cfg.crop_size, rng=rng, ignore=ignore,
+                                                  hard=c.hard, focus=focus)
             imgs.append(encoding.encode(rate))
             target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                       "labels": torch.ones(len(boxes), dtype=torch.int64)}
@@ -272,7 +294,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
         for i, p in enumerate(params):
             if f"momentum.{i}" in state:
                 opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
-    steps_per_epoch = math.ceil(len(train_chips) / cfg.batch_size)
+    if cfg.hard_negatives:
+        hn = cfg.hard_negatives
+        tag = f"{out.name} after epoch {start - 1}" if start > 1 else (Path(cfg.init_weights).name if cfg.init_weights else "random init")
+        hard = load_or_mine(out, tag, lambda: mine(lambda cs: predict_chips(model, list(cs), mcfg.encoding, device),
+                                                   train_chips, Path(cfg.chips), hn))
+        train_chips = [replace(c, hard=hard.get(c.path.stem, c.hard)) for c in train_chips]
+    steps_per_epoch = math.ceil(len(epoch_items(train_chips, cfg)) / cfg.batch_size)
     row: dict[str, Any] = {}
     for epoch in range(start, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
