@@ -73,7 +73,7 @@ def _config(tmp: Path, basin: Path | str, model: Path, **kw: object) -> Path:
 @pytest.fixture(scope="module")
 def undisturbed(tmp_path_factory, basin, model_file) -> gpd.GeoDataFrame:
     tmp = tmp_path_factory.mktemp("undisturbed")
-    run(load_run_config(_config(tmp, basin, model_file)), progress=False, echo=lambda s: None)
+    run(load_run_config(_config(tmp, basin, model_file)), echo=lambda s: None)
     return gpd.read_parquet(tmp / "inv.parquet")
 
 
@@ -176,11 +176,11 @@ def test_the_scheduler_killed_is_one_line_naming_it_and_a_rerun_resumes(tmp_path
     assert p.returncode == 1 and len(lines) == 1, err
     assert lines[0].startswith(f"error: lost the Dask scheduler at {address}") and "rerun the same command" in lines[0]
     saved = len(_results(tmp_path))
-    res = run(load_run_config(cfg), progress=False, echo=lambda s: None)  # an embedded cluster this time
-    assert res.summary["windows"]["reused"] >= saved - 1  # (a result written as the scheduler died may lack its footer)
+    res = run(load_run_config(cfg), echo=lambda s: None)  # an embedded cluster this time
+    assert res.summary.windows["reused"] >= saved - 1  # (a result written as the scheduler died may lack its footer)
     _same(undisturbed, res.inventory)
     print(f"\nscheduler SIGKILL: one-line error {failed_after:.1f} s after the kill; rerun reused "
-          f"{res.summary['windows']['reused']} of {res.summary['windows']['run']} windows")
+          f"{res.summary.windows['reused']} of {res.summary.windows['run']} windows")
 
 
 def test_ctrl_c_in_a_terminal_saves_and_says_how_to_resume(tmp_path, basin, model_file, undisturbed):
@@ -194,8 +194,8 @@ def test_ctrl_c_in_a_terminal_saves_and_says_how_to_resume(tmp_path, basin, mode
     assert err.strip().count("\n") == 0 and "Traceback" not in err, err
     assert err.startswith("error: interrupted: ") and "windows saved" in err and "rerun the same command" in err
     saved = len(_results(tmp_path))
-    res = run(load_run_config(cfg), progress=False, echo=lambda s: None)
-    assert res.summary["windows"]["reused"] >= saved - 1
+    res = run(load_run_config(cfg), echo=lambda s: None)
+    assert res.summary.windows["reused"] >= saved - 1
     _same(undisturbed, res.inventory)
 
 
@@ -269,8 +269,8 @@ def test_a_corrupt_chunk_names_store_variable_chunk_and_window(tmp_path, basin, 
     kept = len(_results(tmp_path))
     assert kept == 20 - 9  # the windows that do not read the chunk (it lies under 9 windows' reads)
     chunk.write_bytes(good)
-    r = run(load_run_config(cfg), progress=False, echo=lambda s: None)
-    assert r.summary["windows"]["reused"] == kept and r.summary["windows"]["computed"] == 9
+    r = run(load_run_config(cfg), echo=lambda s: None)
+    assert r.summary.windows["reused"] == kept and r.summary.windows["computed"] == 9
     _same(undisturbed, r.inventory)
 
 

@@ -34,7 +34,7 @@ from insar_slide.errors import ConfigError, InputError
 from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
-from insar_slide.run.detect import file_hash, fingerprint, result_path, write_detections
+from insar_slide.run.detect import file_hash, fingerprint
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
 from tests.conftest import dask_processes
@@ -90,7 +90,7 @@ def _inject(cfg_path: Path, boxes_per_track: dict[str, list[tuple[int, int, int,
             if rr1 - rr0 >= 4 and cc1 - cc0 >= 4:
                 found.append((cc0, rr0, cc1, rr1))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+        s.store.write_detections(w, arr, scores=np.full(len(arr), 0.9),
                          meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
@@ -172,8 +172,8 @@ def test_input_hashes_change_exactly_with_the_bytes_a_window_reads(tmp_path, bas
 def _run_injected(tmp: Path, basin: Path, model: Path, **kw: object) -> gpd.GeoDataFrame:
     cfg_path = _config(tmp, basin, model, **kw)
     _inject(cfg_path, _truth_boxes())
-    res = run(load_run_config(cfg_path), progress=False, echo=lambda s: None)
-    assert res.summary["windows"]["computed"] == 0  # every window came from the injected results
+    res = run(load_run_config(cfg_path), echo=lambda s: None)
+    assert res.summary.windows["computed"] == 0  # every window came from the injected results
     return gpd.read_parquet(tmp / "inv.parquet")
 
 
@@ -214,7 +214,7 @@ def test_the_inventory_does_not_depend_on_window_halo_or_reduction_block(tmp_pat
         tmp = Path(tempfile.mkdtemp(dir=tmp_path))
         cfg_path = _config(tmp, basin, model_file, **kw)
         _inject(cfg_path, _truth_boxes())
-        run(load_run_config(cfg_path), progress=False, echo=lambda s: None, client=thread_client)
+        run(load_run_config(cfg_path), echo=lambda s: None, client=thread_client)
         return gpd.read_parquet(tmp / "inv.parquet")
 
     ref = once(window=256, halo=64)
@@ -230,8 +230,8 @@ def test_the_inventory_does_not_depend_on_window_halo_or_reduction_block(tmp_pat
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory, basin, model_file) -> gpd.GeoDataFrame:
     tmp = tmp_path_factory.mktemp("embedded")
-    res = run(load_run_config(_config(tmp, basin, model_file, score_threshold=0.3)), progress=False, echo=lambda s: None)
-    assert res.summary["windows"]["computed"] == res.summary["windows"]["run"] > 0
+    res = run(load_run_config(_config(tmp, basin, model_file, score_threshold=0.3)), echo=lambda s: None)
+    assert res.summary.windows["computed"] == res.summary.windows["run"] > 0
     inv = gpd.read_parquet(tmp / "inv.parquet")
     assert len(inv) > 0  # an untrained model reports plenty of boxes around 0.5
     return inv
@@ -246,7 +246,7 @@ def _same(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
 def test_two_workers_give_the_same_inventory_as_one(tmp_path, basin, model_file, embedded):
     run(load_run_config(_config(tmp_path, basin, model_file, score_threshold=0.3,
                                 cluster={"workers": 2, "threads_per_worker": 1, "dashboard": False})),
-        progress=False, echo=lambda s: None)
+        echo=lambda s: None)
     _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
 
 
@@ -277,8 +277,8 @@ def test_sigkilled_run_resumes_to_the_same_inventory(tmp_path, basin, model_file
     assert not (tmp_path / "inv.parquet").exists()
     kept = len(list(windows.glob("*/*.parquet")))
     assert kept >= 2
-    res = run(load_run_config(cfg_path), progress=False, echo=lambda s: None)
-    assert res.summary["windows"]["reused"] == kept and not list(windows.glob("*/.*.tmp"))
+    res = run(load_run_config(cfg_path), echo=lambda s: None)
+    assert res.summary.windows["reused"] == kept and not list(windows.glob("*/.*.tmp"))
     _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
 
 
@@ -321,7 +321,7 @@ def test_bad_run_input_is_a_clear_error(tmp_path, basin, model_file):
         make_plan(load_run_config(p))
     p = _config(tmp_path, basin, model_file, cluster={"address": "tcp://127.0.0.1:9"})
     with pytest.raises(InputError, match="no Dask scheduler"):
-        run(load_run_config(p), progress=False, echo=lambda s: None)
+        run(load_run_config(p), echo=lambda s: None)
     pickle_file = tmp_path / "evil.safetensors"
     pickle_file.write_bytes(b"\x80\x04\x95" + b"\x00" * 64)
     res = runner.invoke(main, ["run", str(_config(tmp_path, basin, pickle_file))])

@@ -11,6 +11,7 @@ the slide where its edge is inside the window. The resume test runs a real (untr
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dask.array as da
@@ -23,16 +24,8 @@ import yaml
 from click.testing import CliRunner
 
 from insar_slide.cli import main
-from insar_slide.errors import ConfigError
-from insar_slide.grid import Grid, PixelWindow
-from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
-from insar_slide.run.config import load_run_config
-from insar_slide.run.detect import file_hash, fingerprint, result_path, write_detections
-from insar_slide.run.io import read_level
-from insar_slide.run.merge import Block, MergeSettings, merge_boxes, split_closed
-from insar_slide.run.pipeline import detect_settings, run
-from insar_slide.run.plan import make_plan
-from insar_slide.run.scales import (
+from insar_slide.core.merge import MergeRules, merge_boxes, split_closed
+from insar_slide.core.scales import (
     absorb_fragments,
     block_mean,
     closing_margin,
@@ -40,6 +33,15 @@ from insar_slide.run.scales import (
     min_extent_px,
     pixel_advice,
 )
+from insar_slide.core.tiling import Block
+from insar_slide.errors import ConfigError
+from insar_slide.grid import Grid, PixelWindow
+from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
+from insar_slide.run.config import load_run_config
+from insar_slide.run.detect import file_hash, fingerprint
+from insar_slide.run.io import read_level
+from insar_slide.run.pipeline import detect_settings, run
+from insar_slide.run.plan import make_plan
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 512, 640)
 BIG = (40, 300, 250, 570)    # (row0, col0, row1, col1): 210 x 270 px, 6.3 x 8.1 km; windows of 128 + 2 x 32 px
@@ -97,7 +99,7 @@ def _inject(cfg_path: Path) -> int:
             if seen is not None:
                 found.append((seen[1], seen[0], seen[3], seen[2]))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+        s.store.write_detections(w, arr, scores=np.full(len(arr), 0.9),
                          meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
     return len(plan.to_run())
 
@@ -131,8 +133,8 @@ def test_a_level_read_per_window_equals_the_whole_level(basin):
 # ---------------------------------------------------------------------------- the cross-scale rule
 
 
-S = MergeSettings(mosaic="", run_dir="", grid=GRID, halo=32, tracks=("asc", "desc"), score_threshold=0.5, nms_iou=0.5,
-                  dissolve_overlap=0.2, outline=False, outline_min_abs_rate=10.0, scales=(1, 2))
+S = MergeRules(grid=GRID, halo=32, tracks=("asc", "desc"), score_threshold=0.5, nms_iou=0.5, dissolve_overlap=0.2,
+               scales=(1, 2), window=128)
 
 
 def _boxes(*rows: tuple[tuple[int, int, int, int], float, str, int]) -> pd.DataFrame:
@@ -164,7 +166,7 @@ def test_a_small_coarse_box_gives_way_to_the_native_detection():
     assert feats["scale"].iloc[0] == 1 and feats.geometry.iloc[0].equals(_map_box(382, 61, 419, 99))
     # the same two boxes at one scale are two boxes of one slide, dissolved
     one = merge_boxes(_boxes((SMALL, 0.95, "asc", 1), ((382, 61, 419, 99), 0.8, "asc", 1)),
-                      MergeSettings(**{**S.__dict__, "scales": (1,)}))
+                      replace(S, scales=(1,)))
     assert len(one) == 1 and one["n_boxes"].iloc[0] == 1  # NMS: IoU 0.88
 
 
@@ -187,9 +189,9 @@ def test_closing_accounts_for_the_coarse_halo():
     # box owned by the neighbouring block may still reach it (up to 2 x 32 px)
     feats = merge_boxes(_boxes(((20, 170, 60, 216), 0.9, "asc", 1)), S)
     block = Block(1, 0, 0, 2, 2)
-    closed, open_ = split_closed(feats, block, S, 128, (4, 5))
+    closed, open_ = split_closed(feats, block, S, (4, 5))
     assert len(open_) == 1 and len(closed) == 0
-    closed, open_ = split_closed(feats, block, MergeSettings(**{**S.__dict__, "scales": (1,)}), 128, (4, 5))
+    closed, open_ = split_closed(feats, block, replace(S, scales=(1,)), (4, 5))
     assert len(open_) == 0 and len(closed) == 1
 
 
@@ -228,14 +230,14 @@ def test_a_slide_larger_than_the_window_is_reported_once(tmp_path, basin, model_
     (tmp_path / "one").mkdir()
     single = _config(tmp_path / "one", basin, model_file, reduce_block=reduce_block)
     _inject(single)
-    run(load_run_config(single), progress=False, echo=lambda s: None)
+    run(load_run_config(single), echo=lambda s: None)
     frags = gpd.read_parquet(tmp_path / "one" / "inv.parquet")
     assert "scale" not in frags and len(frags[frags.intersects(_map_box(*BIG))]) >= 4  # the problem: fragments
 
     multi = _config(tmp_path, basin, model_file, scales=[1, 2], reduce_block=reduce_block)
     n = _inject(multi)
-    res = run(load_run_config(multi), progress=False, echo=lambda s: None)
-    assert res.summary["windows"]["computed"] == 0 and res.summary["windows"]["reused"] == n
+    res = run(load_run_config(multi), echo=lambda s: None)
+    assert res.summary.windows["computed"] == 0 and res.summary.windows["reused"] == n
     inv = gpd.read_parquet(tmp_path / "inv.parquet")
     assert len(inv) == 2
     big = inv[inv.intersects(_map_box(*BIG))]
@@ -251,14 +253,14 @@ def test_a_slide_larger_than_the_window_is_reported_once(tmp_path, basin, model_
 @pytest.mark.slow
 def test_a_multi_scale_run_resumes_to_the_same_inventory(tmp_path, basin, model_file):
     cfg = load_run_config(_config(tmp_path, basin, model_file, scales=[1, 2], tracks=["asc"], score_threshold=0.3))
-    first = run(cfg, progress=False, echo=lambda s: None)
-    by = first.summary["windows_by_scale"]
-    assert by["x2"]["run"] >= 2 and first.summary["windows"]["computed"] == by["x1"]["run"] + by["x2"]["run"]
+    first = run(cfg, echo=lambda s: None)
+    by = first.summary.windows_by_scale
+    assert by["x2"]["run"] >= 2 and first.summary.windows["computed"] == by["x1"]["run"] + by["x2"]["run"]
     inv = gpd.read_parquet(tmp_path / "inv.parquet")
     assert len(inv) > 0 and set(inv["scale"]) <= {1, 2}
-    again = run(cfg, progress=False, echo=lambda s: None)
-    assert again.summary["windows"]["computed"] == 0 and again.summary["windows"]["reused"] == first.summary["windows"]["run"]
-    assert again.summary["blocks"]["reused"] == again.summary["blocks"]["total"]
+    again = run(cfg, echo=lambda s: None)
+    assert again.summary.windows["computed"] == 0 and again.summary.windows["reused"] == first.summary.windows["run"]
+    assert again.summary.blocks["reused"] == again.summary.blocks["total"]
     pd.testing.assert_frame_equal(inv, gpd.read_parquet(tmp_path / "inv.parquet"))
 
 

@@ -30,8 +30,6 @@ from insar_slide.run.detect import (
     file_hash,
     fingerprint,
     loaded_models,
-    result_path,
-    write_detections,
 )
 from insar_slide.run.io import read_window
 from insar_slide.run.pipeline import detect_settings, run
@@ -92,7 +90,7 @@ def _inject(cfg_path: Path, version: str | None) -> None:
             if cc1 - cc0 >= 4 and rr1 - rr0 >= 4:
                 found.append((cc0, rr0, cc1, rr1))
         arr = np.asarray(found, dtype=np.float64).reshape(-1, 4)
-        write_detections(result_path(s.run_dir, w), arr, scores=np.full(len(arr), 0.9),
+        s.store.write_detections(w, arr, scores=np.full(len(arr), 0.9),
                          meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
@@ -124,12 +122,12 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     # first update: only the base version exists in this config's eyes
     _inject(cfg_path, None)
     cfg1 = load_run_config(cfg_path)
-    update(cfg1, version="base", progress=False, echo=lambda s: None)  # the basin before the second version arrived
+    update(cfg1, version="base", echo=lambda s: None)  # the basin before the second version arrived
     inv1 = gpd.read_parquet(tmp_path / "inv.parquet")
     assert (inv1["status"] == "new").all() and (inv1["first_seen"] == "base").all()
     # second update: the newest version
     _inject(cfg_path, "2018-2021")
-    res = update(cfg1, progress=False, echo=lambda s: None)
+    res = update(cfg1, echo=lambda s: None)
     assert res["windows"]["computed"] == 0
     inv2 = gpd.read_parquet(tmp_path / "inv.parquet")
     t1, t2 = visible_truth(_truth(basin, None)), visible_truth(_truth(basin, "2018-2021"))
@@ -149,14 +147,14 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     assert set(hist["version"]) == {"base", "2018-2021"}
     # the same update again changes nothing
     before = {p: p.read_bytes() for p in [tmp_path / "inv.parquet", *history_dir(cfg1).rglob("*.parquet")]}
-    assert update(cfg1, progress=False, echo=lambda s: None)["up_to_date"]
+    assert update(cfg1, echo=lambda s: None)["up_to_date"]
     assert all(p.read_bytes() == b for p, b in before.items())
     # an explicit version is one of the store's, and the history only moves forward
     with pytest.raises(StoreError, match="no version 'nope'"):
-        update(cfg1, version="nope", progress=False, echo=lambda s: None)
+        update(cfg1, version="nope", echo=lambda s: None)
     with pytest.raises(InputError, match="only moves forward"):
-        update(cfg1, version="base", progress=False, echo=lambda s: None)
-    assert update(cfg1, version="latest", progress=False, echo=lambda s: None)["up_to_date"]
+        update(cfg1, version="base", echo=lambda s: None)
+    assert update(cfg1, version="latest", echo=lambda s: None)["up_to_date"]
     assert all(p.read_bytes() == b for p, b in before.items())
     # history, overall and for one slide
     runner = CliRunner()
@@ -171,7 +169,7 @@ def test_interrupted_update_keeps_the_previous_inventory_and_resumes(basin, tmp_
     cfg = load_run_config(_config(tmp_path, basin, model_file))
     import insar_slide.run.update as upd
     _inject(_config(tmp_path, basin, model_file), None)
-    update(cfg, version="base", progress=False, echo=lambda s: None)
+    update(cfg, version="base", echo=lambda s: None)
     _inject(_config(tmp_path, basin, model_file), "2018-2021")
     inv_before = (tmp_path / "inv.parquet").read_bytes()
     state_before = (history_dir(cfg) / "state.json").read_bytes()
@@ -180,11 +178,11 @@ def test_interrupted_update_keeps_the_previous_inventory_and_resumes(basin, tmp_
         raise RuntimeError("power cut")
     monkeypatch.setattr(upd, "write_inventory", boom)
     with pytest.raises(RuntimeError):
-        update(cfg, progress=False, echo=lambda s: None)
+        update(cfg, echo=lambda s: None)
     assert (tmp_path / "inv.parquet").read_bytes() == inv_before
     assert (history_dir(cfg) / "state.json").read_bytes() == state_before
     monkeypatch.undo()
-    out = update(cfg, progress=False, echo=lambda s: None)
+    out = update(cfg, echo=lambda s: None)
     assert out["version"] == "2018-2021" and not out["up_to_date"]
     assert set(gpd.read_parquet(tmp_path / "inv.parquet")["version"]) == {"2018-2021"}
 
@@ -210,7 +208,7 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     cfg_path = _config(tmp_path, quiet_basin, model_file, score_threshold=0.3, reduce_block=1)
     cfg = load_run_config(cfg_path)
     messages: list[str] = []
-    first = update(cfg, version="base", progress=False, echo=messages.append)
+    first = update(cfg, version="base", echo=messages.append)
     assert any("no previous update" in m for m in messages)  # a missing previous run falls back to a full run
     assert first["windows"]["reused"] == 0
     plan1 = make_plan(cfg.model_copy(update={"version": None}))
@@ -221,14 +219,14 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
         a = read_window(cfg.mosaic, w.track, w.read)
         b = read_window(cfg.mosaic, w.track, w.read, "versions/v2")
         changed += int(w.key not in run1 or not np.array_equal(a, b, equal_nan=True))
-    second = update(cfg, progress=False, echo=messages.append)
+    second = update(cfg, echo=messages.append)
     assert second["windows"]["computed"] == changed and second["windows"]["reused"] == len(plan2.to_run()) - changed
     assert changed == 2  # the north-west window of each track
     # The reduction blocks away from the change keep their stored results (and parts) ...
     assert 0 < second["blocks"]["reused"] < second["blocks"]["total"]
     # ... and give the inventory a full recomputation gives.
     fresh = run(cfg.model_copy(update={"version": "v2", "out": str(tmp_path / "fresh.parquet"),
-                                       "run_dir": str(tmp_path / "fresh.run")}), progress=False, echo=lambda m: None)
+                                       "run_dir": str(tmp_path / "fresh.run")}), echo=lambda m: None)
     cur = read_history(cfg)
     cur = cur[cur["version"] == "v2"]
     assert sorted(shapely.to_wkb(fresh.inventory.geometry)) == \
@@ -238,7 +236,7 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     import torch
     torch.manual_seed(1)
     save_checkpoint(eager_model(), FAST, other, extra={"training_config": {"score_threshold": 0.5}})
-    third = update(cfg.model_copy(update={"model": str(other)}), progress=False, echo=messages.append)
+    third = update(cfg.model_copy(update={"model": str(other)}), echo=messages.append)
     assert any("model differs" in m for m in messages) and third["windows"]["reused"] == 0
 
 
@@ -254,7 +252,7 @@ def test_unreadable_history_is_refused_and_left_alone(basin, tmp_path, model_fil
     (hdir / "state.json").write_text(json.dumps({"versions": ["base"], "model_hash": "x", "settings": "y",
                                                  "grid": g.key}))
     with pytest.raises(InputError, match="cannot be read"):
-        update(cfg, progress=False, echo=lambda s: None)
+        update(cfg, echo=lambda s: None)
     assert bad.read_bytes() == b"not parquet"
 
 

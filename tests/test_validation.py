@@ -20,10 +20,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from insar_slide.cli import main
+from insar_slide.core.tiling import read_sources
 from insar_slide.errors import ConfigError
 from insar_slide.grid import PixelWindow, chunk_windows
 from insar_slide.run.config import load_run_config
-from insar_slide.run.plan import read_sources
 
 from .conftest import REPO
 
@@ -114,7 +114,7 @@ def test_the_planning_checks_hold_under_python_O(tmp_path):
         from insar_slide.errors import ConfigError
         from insar_slide.grid import PixelWindow, chunk_windows
         from insar_slide.run.config import load_run_config
-        from insar_slide.run.plan import read_sources
+        from insar_slide.core.tiling import read_sources
 
         if __debug__:
             sys.exit("not running under -O")
@@ -200,12 +200,11 @@ def test_dissolve_is_idempotent(rects, overlap):
 @settings(max_examples=100, deadline=None)
 @given(rects=RECTS)
 def test_nms_is_idempotent(rects):
+    from insar_slide.core.merge import MergeRules, nms
     from insar_slide.grid import Grid
-    from insar_slide.run.merge import MergeSettings, nms
 
-    s = MergeSettings(mosaic="", run_dir="", grid=Grid("EPSG:32647", 0.0, 0.0, 1.0, -1.0, 100, 100), halo=8,
-                      tracks=("asc", "desc"), score_threshold=0.5, nms_iou=0.5, dissolve_overlap=0.2, outline=False,
-                      outline_min_abs_rate=10.0)
+    s = MergeRules(grid=Grid("EPSG:32647", 0.0, 0.0, 1.0, -1.0, 100, 100), halo=8, tracks=("asc", "desc"),
+                   score_threshold=0.5, nms_iou=0.5, dissolve_overlap=0.2)
     boxes = pd.DataFrame([{"minx": x, "miny": y, "maxx": x + w, "maxy": y + h, "score": sc, "track": ("asc", "desc")[t],
                            "scale": 1} for x, y, w, h, sc, t in rects], columns=["minx", "miny", "maxx", "maxy", "score",
                                                                                  "track", "scale"])

@@ -10,20 +10,10 @@ from typing import Any
 
 import click
 
-from .cli_common import _friendly
+from .cli_common import _friendly, progress_bars, quiet_dask_logs
 from .cli_training import TRAINING_COMMANDS
 from .errors import ConfigError, StoreError
 from .version import __version__
-
-
-def _quiet_client_log() -> None:
-    """Without -v: a lost scheduler is reported in one line by ``run``, not also as the Dask
-    client's reconnect traceback. (Set after ``distributed`` is imported: it configures its own
-    loggers on import.)"""
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:
-        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
-
-
 
 
 @click.group()
@@ -195,11 +185,12 @@ def run_cmd(config: str, out: str | None, model: str | None, address: str | None
     cfg = load_run_config(config, out=out, model=model)  # a typo is reported before torch or Dask load
     from .run.pipeline import run
 
-    _quiet_client_log()
+    quiet_dask_logs()
     if address or workers:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
                                                                              {"address": address, "workers": workers}.items() if v})})
-    run(cfg, progress=not no_progress, echo=click.echo)
+    with progress_bars(not no_progress) as progress:
+        run(cfg, progress=progress, echo=click.echo)
 
 
 @main.command("update")
@@ -214,10 +205,11 @@ def update_cmd(config: str, address: str | None, no_progress: bool) -> None:
     cfg = load_run_config(config)  # a typo is reported before torch or Dask load
     from .run.update import update
 
-    _quiet_client_log()
+    quiet_dask_logs()
     if address:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"address": address})})
-    update(cfg, progress=not no_progress, echo=click.echo)
+    with progress_bars(not no_progress) as progress:
+        update(cfg, progress=progress, echo=click.echo)
 
 
 @main.command("history")
@@ -382,7 +374,9 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     upd: dict[str, Any] = {"model": model} if model else {}
     if workers:
         upd["cluster"] = cfg.cluster.model_copy(update={"workers": workers})
-    result = run(cfg.model_copy(update=upd), progress=not no_progress, echo=click.echo)
+    quiet_dask_logs()
+    with progress_bars(not no_progress) as progress:
+        result = run(cfg.model_copy(update=upd), progress=progress, echo=click.echo)
     full = gpd.read_parquet(truth)
     ref = visible_truth(full)
     c = match(result.inventory, ref, ignore=hidden_truth(full)).counts()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -41,3 +43,42 @@ def _friendly(fn: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def quiet_dask_logs() -> None:
+    """Without -v, Dask's own INFO lines (an embedded scheduler runs in this process) are not
+    news; a lost scheduler is reported in one line by ``run``, not also as the client's
+    reconnect traceback; a worker stuck in storage retries when a run stops is killed at
+    close. Set after ``distributed`` is imported: it configures its own loggers on import."""
+    import distributed  # noqa: F401
+
+    if logging.getLogger().getEffectiveLevel() <= logging.INFO:
+        return
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A ``progress(stage, done, total)`` callback that draws one tqdm bar per stage (None when
+    not ``enabled``); the bars close on exit."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="window")
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars.values():
+            bar.close()

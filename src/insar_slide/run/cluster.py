@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -41,11 +40,11 @@ def _saved(state: dict[str, Any]) -> str:
     if plan is None:
         return "before any window ran"
     saved, _ = unchanged(plan.to_run(), s)
-    return f"{len(saved)} of {len(plan.to_run())} windows saved in {s.run_dir}"
+    return f"{len(saved)} of {len(plan.to_run())} windows saved in {s.store.root}"
 
 
 @contextlib.contextmanager
-def on_interrupt(state: dict[str, Any], run_dir: Path) -> Iterator[None]:
+def on_interrupt(state: dict[str, Any]) -> Iterator[None]:
     """Turn Ctrl-C into :class:`Interrupted`, and a lost scheduler (the client no longer
     running, whatever error surfaced first) into :class:`SchedulerLost`, each one line counting
     the windows saved so far."""
@@ -97,11 +96,6 @@ def cluster_client(cfg: RunConfig) -> Iterator[Any]:
             yield client
         return
     import os
-    if logging.getLogger().getEffectiveLevel() > logging.INFO:  # the scheduler runs in this process
-        for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.http"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        # a worker stuck in storage retries when the run stops is killed at close: not news
-        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     cores = os.cpu_count() or 1
     workers = c.workers or max(1, cores // c.threads_per_worker)
     with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C

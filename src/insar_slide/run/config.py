@@ -8,7 +8,7 @@ a URL ``out`` it defaults to a folder under ``~/.cache/insar-slide/runs`` (``INS
 core plus ``halo`` pixels on every side. A slide is seen whole by the window whose core holds
 its centre when ``halo`` ≥ half the slide's extent (64 px = 1.9 km at 30 m).
 ``scales`` adds coarser levels (block means by each factor, tiled with the same ``window`` and
-``halo`` in their own pixels) for slides larger than that; see :mod:`.scales`.
+``halo`` in their own pixels) for slides larger than that; see :mod:`..core.scales`.
 ``baseline`` holds the settings of ``insar-slide baseline`` (defined here, with the other
 sections of the file, so that reading a config never imports the baselines' Dask code).
 """
@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
-from .scales import DEFAULT_SCALES
+from ..core.scales import DEFAULT_SCALES
 
 #: The shipped reference model (see models/*.json for its card).
 REFERENCE_MODEL = Path(__file__).resolve().parents[3] / "models" / "insar_slide_r34_fpn_cbam.safetensors"

@@ -29,25 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ..atomic import replace_file
+from ..core.tiling import Window
 from ..errors import InputError
 from ..model.checkpoint import load_checkpoint
 from ..model.device import pick_device
 from .io import read_level, read_problem
-from .plan import Window
+from .store import RunStore
 
-FP_KEY = b"insar_slide_window"
 _MODELS: dict[tuple[str, str], tuple[torch.nn.Module, Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
 _THREADS_SET: list[int] = []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DetectSettings:
     """What a task needs besides its windows (small; pickled into each task)."""
 
@@ -55,23 +51,17 @@ class DetectSettings:
     model_path: str
     model_hash: str
     device: str
-    run_dir: str
+    store: RunStore
     grid_key: str  # CRS and transform: a window's detections are only valid on the same grid
     group: str | None = None  # the mosaic version's group (None: the root)
     threads: int | None = None
     stop_event: str | None = None  # a distributed.Event: once set, tasks not yet started skip their windows
 
 
-def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
+def file_hash(path: str | Path) -> str:
+    """SHA-256 of a file (``hashlib.file_digest``: the standard library's streamed read)."""
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def result_path(run_dir: str | Path, win: Window) -> Path:
-    return Path(run_dir) / "windows" / f"{win.key}.parquet"
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fingerprint(win: Window, s: DetectSettings) -> str:
@@ -84,33 +74,8 @@ def fingerprint(win: Window, s: DetectSettings) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def stored_result(path: Path) -> tuple[str, int] | None:
-    """(fingerprint, number of detections) of a window's stored result, or None."""
-    try:
-        meta = pq.read_metadata(path)
-        raw = (meta.schema.to_arrow_schema().metadata or {}).get(FP_KEY)
-        return (json.loads(raw)["fingerprint"], meta.num_rows) if raw else None
-    except Exception:  # missing, truncated or foreign: recompute
-        return None
-
-
 def reused(win: Window, fp: str, n: int) -> dict[str, Any]:
     return {"key": win.key, "fp": fp, "reused": True, "n": n, "read_s": 0.0, "model_s": 0.0}
-
-
-def read_detections(path: Path) -> pd.DataFrame:
-    """Detections of one window: x0, y0, x1, y1 (native mosaic pixel coordinates, whatever the
-    window's scale), score."""
-    return pq.read_table(path).to_pandas()
-
-
-def write_detections(path: Path, boxes: np.ndarray, *, scores: np.ndarray, meta: dict[str, Any]) -> None:
-    """Store one window's detections: ``boxes`` (n, 4) x0, y0, x1, y1 in native mosaic pixels,
-    ``scores`` (n,), and ``meta`` (its ``fingerprint``, window key, model hash) in the footer."""
-    table = pa.table({"x0": boxes[:, 0], "y0": boxes[:, 1], "x1": boxes[:, 2], "y1": boxes[:, 3],
-                      "score": scores.astype(np.float64)})
-    table = table.replace_schema_metadata({FP_KEY: json.dumps(meta).encode()})
-    replace_file(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _threads() -> int:
@@ -185,7 +150,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
         return [{"key": w.key, "skipped": True} for w in windows]
     for win in windows:
         fp = fingerprint(win, s)
-        stored = stored_result(result_path(s.run_dir, win))
+        stored = s.store.stored_result(win)
         if stored is not None and stored[0] == fp:
             out.append(reused(win, fp, stored[1]))
             continue
@@ -212,7 +177,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
                 boxes *= win.scale  # the level's pixel frame → the native one
                 meta["scale"] = win.scale
             scores = det["scores"].detach().float().cpu().numpy()
-            write_detections(result_path(s.run_dir, win), boxes, scores=scores, meta=meta)
+            s.store.write_detections(win, boxes, scores=scores, meta=meta)
             out.append({"key": win.key, "fp": fp, "reused": False, "n": len(boxes), "read_s": read_s, "model_s": model_s})
     return out
 
@@ -225,7 +190,7 @@ def unchanged(windows: list[Window], s: DetectSettings, threads: int = 8) -> tup
 
     fps = [fingerprint(w, s) for w in windows]
     with ThreadPoolExecutor(threads) as pool:
-        stored = list(pool.map(lambda w: stored_result(result_path(s.run_dir, w)), windows))
+        stored = list(pool.map(s.store.stored_result, windows))
     done, todo = [], []
     for w, fp, st in zip(windows, fps, stored, strict=True):
         if st is not None and st[0] == fp:

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..core.scales import block_mean, level_shape
 from ..grid import PixelWindow
 from ..mosaic import RATE, open_basin
-from .scales import block_mean, level_shape
 
 _STORES: dict[tuple[str, str | None, int], xr.Dataset] = {}
 _LOCK = threading.Lock()

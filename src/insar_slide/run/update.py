@@ -30,6 +30,7 @@ update of a version already committed changes nothing.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,9 @@ from ..mosaic import grid_of, list_versions, open_basin
 from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
-from .pipeline import run, settings_hash
+from .pipeline import Progress, run, settings_hash
+
+log = logging.getLogger(__name__)
 
 IDENTITY_OVERLAP = 0.5
 LIFECYCLE = ["first_seen", "last_seen", "status", "version"]
@@ -151,8 +154,8 @@ def pick_version(mosaic: str, version: str | None) -> dict[str, Any]:
     raise StoreError(f"{mosaic} has no version {version!r}; it has {[v['label'] for v in versions]}")
 
 
-def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True, echo: Callable[[str], None] = print,
-           client: Any = None) -> dict[str, Any]:
+def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, progress: Progress | None = None,
+           echo: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Bring the inventory at ``cfg.out`` up to ``version`` of the mosaic (a label; default, or
     ``"latest"``: the newest) and record it in the history. An explicit version must not come
     before the last one committed: the history only moves forward."""
@@ -189,7 +192,7 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
         "version": label if newest["group"] else None, "out": str(join(hdir, "detections", f"{label}.parquet")),
         "run_dir": str(cfg.run_path), "outputs": cfg.outputs.model_copy(update={"quicklook": False, "slide_id_raster": False}),
         "overwrite": True})
-    result = run(run_cfg, progress=progress, echo=echo, client=client)
+    result = run(run_cfg, client=client, progress=progress, echo=echo)
     new = result.inventory.copy()
     rows = lifecycle(new, known if len(known) else gpd.GeoDataFrame(columns=[*COLUMNS, *LIFECYCLE], geometry="geometry", crs=new.crs),
                      label, ds)
@@ -199,19 +202,19 @@ def update(cfg: RunConfig, *, version: str | None = None, progress: bool = True,
         rows.to_parquet(tmp, index=False)
     counts = rows["status"].value_counts().to_dict()
     meta = {"version": label, "versions": [*(state["versions"] if state else []), label] if not state or state["versions"][-1] != label
-            else state["versions"], "status_counts": counts, "windows": result.summary["windows"], "model_hash": model_hash}
+            else state["versions"], "status_counts": counts, "windows": result.summary.windows, "model_hash": model_hash}
     write_inventory(rows, cfg.out, metadata=meta, overwrite=True)
     if cfg.outputs.quicklook or cfg.outputs.slide_id_raster or cfg.outputs.geopackage:
-        from .pipeline import write_extras
+        from .outputs import write_extras
         write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds=ds, grid=grid)
     new_state = {"versions": meta["versions"], "model_hash": model_hash, "settings": key, "grid": grid_key}
     with staged(join(hdir, "state.json"), overwrite=True) as tmp:
         tmp.write_text(json.dumps(new_state, indent=1))
-    w = result.summary["windows"]
+    w = result.summary.windows
     echo(f"version {label}: {counts.get('new', 0)} new, {counts.get('persisting', 0)} persisting, "
          f"{counts.get('not_detected_now', 0)} not detected now; windows: {w['computed']} recomputed, {w['reused']} reused")
-    return {"version": label, "status_counts": counts, "windows": w, "blocks": result.summary["blocks"],
-            "seconds": result.summary["seconds"], "run_summary": result.summary, "up_to_date": False}
+    return {"version": label, "status_counts": counts, "windows": w, "blocks": result.summary.blocks,
+            "seconds": result.summary.seconds, "run_summary": result.summary.to_dict(), "up_to_date": False}
 
 
 def history_report(cfg: RunConfig, slide: str | None = None) -> str:

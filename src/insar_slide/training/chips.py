@@ -36,12 +36,12 @@ from pyproj import CRS
 from rasterio.errors import NotGeoreferencedWarning
 
 from ..atomic import atomic_path
+from ..core.scales import level_shape
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..inventory import read_inventory
 from ..mosaic import grid_of, open_basin
 from ..run.io import read_level
-from ..run.scales import level_shape
 from .boxes import SliverRule, block_split, clip_boxes, ignore_boxes, polygon_to_pixel, rotate_cw
 from .config import ChipsConfig
 from .voc import coco_dict, read_voc, voc_xml

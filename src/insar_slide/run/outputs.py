@@ -1,0 +1,85 @@
+"""Stage 5 of ``run``: a run's part files → one inventory in a deterministic order with stable
+ids, and the optional outputs beside it (GeoPackage, ``slide_id`` raster, quick look)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from ..core.merge import slide_ids
+from ..grid import Grid
+from ..inventory import COLUMNS, finish_schema
+from ..mosaic import resolve_version_group
+from ..storage import is_url, join, staged, with_suffix
+from .config import RunConfig
+from .plan import aoi_geometry
+
+INVENTORY_COLUMNS = [*COLUMNS[:-1], "slide_num", "n_boxes", "geometry"]
+
+
+def assemble(parts: list[Path], grid: Grid, cfg: RunConfig, *, run_id: str, model_id: str) -> gpd.GeoDataFrame:
+    """This run's part files → one inventory in a deterministic order with stable ids."""
+    frames = [gpd.read_parquet(p) for p in parts]
+    frames = [f for f in frames if len(f)]
+    if frames:
+        gdf = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=grid.crs)
+    else:
+        gdf = gpd.GeoDataFrame({"score": pd.Series([], dtype=float), "tracks": pd.Series([], dtype=object),
+                                "n_boxes": pd.Series([], dtype=int)}, geometry=gpd.GeoSeries([], crs=grid.crs), crs=grid.crs)
+    if cfg.aoi is not None and len(gdf):
+        aoi = aoi_geometry(cfg.aoi, grid.crs)
+        gdf = gdf[shapely.intersects(aoi, np.asarray(gdf.geometry.centroid, dtype=object))]
+    gdf["slide_id"] = slide_ids(gdf.geometry, grid)
+    b = gdf.geometry.bounds
+    order = np.lexsort((b["minx"].to_numpy(), -b["maxy"].to_numpy())) if len(gdf) else np.zeros(0, int)
+    gdf = gdf.iloc[order].reset_index(drop=True)
+    gdf["slide_num"] = np.arange(1, len(gdf) + 1, dtype=np.int32)
+    gdf["method"] = "faster_rcnn"
+    gdf["run_id"] = run_id
+    gdf["model_id"] = model_id
+    if len(cfg.scales) == 1:
+        return finish_schema(gdf, grid, INVENTORY_COLUMNS)
+    gdf["scale"] = (gdf["scale"] if "scale" in gdf else pd.Series([], dtype=float)).astype(np.int64)
+    return finish_schema(gdf, grid, [*INVENTORY_COLUMNS[:-1], "scale", "geometry"])
+
+
+def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
+                 written: dict[str, str] | None = None) -> dict[str, str]:
+    """The optional outputs beside the inventory; ``written`` (name → path) fills as each lands.
+    An OSError names the output it was writing."""
+    out = cfg.out
+    written = {} if written is None else written
+    stem = str(with_suffix(out, ""))
+    todo: list[tuple[str, str | Path, Callable[[], object]]] = []
+    if cfg.outputs.geopackage:
+        gpkg = with_suffix(out, ".gpkg")
+
+        def _gpkg() -> None:
+            with staged(gpkg, overwrite=True) as tmp:
+                plain = gdf.drop(columns=[c for c in gdf.columns
+                                          if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
+                plain.to_file(tmp, driver="GPKG", layer="landslides")
+        todo.append(("geopackage", gpkg, _gpkg))
+    if cfg.outputs.slide_id_raster:
+        from .raster import write_slide_raster
+        path = f"{stem}.slide_id.zarr"
+        todo.append(("slide_id_raster", path, lambda: write_slide_raster(gdf, ds, grid, path if is_url(path) else Path(path))))
+    if cfg.outputs.quicklook:
+        from ..quicklook import quicklook
+        png = f"{stem}.png"
+        group = resolve_version_group(cfg.mosaic, cfg.version)
+        # a version is a whole store
+        todo.append(("quicklook", png, lambda: quicklook(join(cfg.mosaic, group) if group else cfg.mosaic, png, inventory=out)))
+    for name, target, write in todo:
+        try:
+            write()
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        written[name] = str(target)
+    return written
