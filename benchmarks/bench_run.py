@@ -76,10 +76,10 @@ def timed_run(cfg: RunConfig) -> dict[str, object]:
     with LocalCluster(n_workers=c.workers, threads_per_worker=c.threads_per_worker, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         t = time.perf_counter()
-        res = pipeline.run(cfg, progress=False, echo=lambda s: None, client=client)
+        res = pipeline.run(cfg, echo=lambda s: None, client=client)
         wall = time.perf_counter() - t
         rss = worker_peak_rss(client)
-    s = res.summary
+    s = res.summary.to_dict()
     return {"wall_s": wall, "windows": s["windows"], "slides": s["slides"], "seconds": {k: s[k] for k in s if k.startswith("seconds")},
             "model_seconds_per_window_in_workers": s["model_seconds_per_window"], "worker_peak_rss_mib": rss}
 

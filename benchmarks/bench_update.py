@@ -64,7 +64,7 @@ def measure(args: argparse.Namespace, client: object) -> None:
     cfg = RunConfig(mosaic=str(store), out=str(work / "inventory.parquet"), model=args.model, window=args.window, halo=args.halo,
                     cluster={"threads_per_worker": 1, "dashboard": False}, outputs={"quicklook": False, "slide_id_raster": False})
     t = time.perf_counter()
-    first = update(cfg, progress=False, echo=lambda s: None, client=client)
+    first = update(cfg, echo=lambda s: None, client=client)
     t_full = time.perf_counter() - t
     # version 2: fast patches in the centre of a few cores (one per changed window, both tracks)
     ds = open_basin(store)
@@ -80,7 +80,7 @@ def measure(args: argparse.Namespace, client: object) -> None:
               zip(ds.track.values, ds.heading.values, ds.incidence.values, strict=True)]
     write_version(build_dataset(da.from_array(rate, chunks=(1, 1024, 1024)), grid_of(ds), tracks), store, "v2", chunk=1024)
     t = time.perf_counter()
-    second = update(cfg, progress=False, echo=lambda s: None, client=client)
+    second = update(cfg, echo=lambda s: None, client=client)
     t_update = time.perf_counter() - t
     result = {
         "cpus": os.cpu_count(), "size": args.size, "warm_cluster": args.warm_cluster, "window": args.window, "halo": args.halo, "model": args.model,

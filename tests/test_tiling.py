@@ -6,7 +6,14 @@ import time
 import pytest
 import shapely
 
-from insar_slide.core.tiling import Block, Window, WindowPlan, classify, plan_windows, reduction_tree
+from insar_slide.core.tiling import (
+    Block,
+    Window,
+    WindowPlan,
+    classify,
+    plan_windows,
+    reduction_tree,
+)
 from insar_slide.grid import Grid, PixelWindow
 
 GRID = Grid("EPSG:32647", 500_000.0, 3_300_000.0, 30.0, -30.0, 1000, 1300)
