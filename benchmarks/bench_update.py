@@ -85,9 +85,9 @@ def measure(args: argparse.Namespace, client: object) -> None:
     result = {
         "cpus": os.cpu_count(), "size": args.size, "warm_cluster": args.warm_cluster, "window": args.window, "halo": args.halo, "model": args.model,
         "cores_per_track": n * n, "cores_changed": int(k), "full_run_s": t_full, "update_s": t_update,
-        "update_over_full": t_update / t_full, "full_windows": first["windows"], "update_windows": second["windows"],
-        "status_counts": second["status_counts"], "update_blocks": second["blocks"],
-        "phases_s": {name: {k.removeprefix("seconds_"): r["run_summary"][k] for k in r["run_summary"] if k.startswith("seconds")}
+        "update_over_full": t_update / t_full, "full_windows": first.windows, "update_windows": second.windows,
+        "status_counts": second.status_counts, "update_blocks": second.blocks,
+        "phases_s": {name: {k.removeprefix("seconds_"): r.run_summary.to_dict()[k] for k in r.run_summary.to_dict() if k.startswith("seconds")}
                      for name, r in (("full", first), ("update", second))},
     }
     out = Path(__file__).parent / "results" / f"update_{args.size}{'_warm' if args.warm_cluster else ''}.json"

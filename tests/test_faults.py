@@ -139,6 +139,7 @@ def test_a_worker_killed_mid_detection_the_run_completes_identically(tmp_path, b
     print(f"\nworker SIGKILL: run completed {recovered:.1f} s after the kill, inventory identical")
 
 
+@pytest.mark.slow
 def test_the_client_killed_a_rerun_recomputes_almost_nothing(tmp_path, basin, model_file, undisturbed):
     with dask_processes(tmp_path, workers=2) as address:
         cfg = _config(tmp_path, basin, model_file)
@@ -161,6 +162,7 @@ def test_the_client_killed_a_rerun_recomputes_almost_nothing(tmp_path, basin, mo
           f"rerun {rerun_s:.1f} s")
 
 
+@pytest.mark.slow
 def test_the_scheduler_killed_is_one_line_naming_it_and_a_rerun_resumes(tmp_path, basin, model_file, undisturbed):
     procs: list[subprocess.Popen[bytes]] = []
     with dask_processes(tmp_path, workers=1, procs_out=procs) as address:
@@ -183,6 +185,7 @@ def test_the_scheduler_killed_is_one_line_naming_it_and_a_rerun_resumes(tmp_path
           f"{res.summary.windows['reused']} of {res.summary.windows['run']} windows")
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_saves_and_says_how_to_resume(tmp_path, basin, model_file, undisturbed):
     cfg = _config(tmp_path, basin, model_file)
     p = _start(cfg)  # embedded LocalCluster: its workers share the process group, as in a terminal
@@ -214,6 +217,7 @@ def _tmpfs(path: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_output_disk_keeps_the_previous_inventory_history_and_windows(tmp_path, basin, model_file):
     """`update` onto a small tmpfs: the first version fits; with the disk full, the next version
     fails in one line and leaves the inventory and its history byte for byte as they were."""
@@ -242,6 +246,7 @@ def test_a_full_output_disk_keeps_the_previous_inventory_history_and_windows(tmp
         assert '"v2"' in (disk / "inv.parquet.history" / "state.json").read_text()
 
 
+@pytest.mark.slow
 def test_a_read_only_output_is_one_line(tmp_path, basin, model_file):
     with _tmpfs(tmp_path / "ro", "1m") as disk:
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
@@ -254,6 +259,7 @@ def test_a_read_only_output_is_one_line(tmp_path, basin, model_file):
 # ---------------------------------------------------------------------------- the mosaic
 
 
+@pytest.mark.slow
 def test_a_corrupt_chunk_names_store_variable_chunk_and_window(tmp_path, basin, model_file, undisturbed):
     store = tmp_path / "basin.zarr"
     shutil.copytree(basin, store)
@@ -311,6 +317,7 @@ class _Proxy:
                     s.close()
 
 
+@pytest.mark.slow
 def test_an_s3_endpoint_that_stops_answering_is_retried_then_one_line_and_resumes(tmp_path, s3_endpoint, model_file,
                                                                                  undisturbed):
     url = f"{new_bucket('flaky')}/basin.zarr"

@@ -200,6 +200,7 @@ def thread_client():
         yield c
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(window=st.sampled_from([96, 128, 200, 256, 320]), halo=st.sampled_from([32, 48, 64]),
        reduce_block=st.integers(1, 4))
@@ -243,6 +244,7 @@ def _same(a: gpd.GeoDataFrame, b: gpd.GeoDataFrame) -> None:
     assert all(x.equals_exact(y, 1e-3) for x, y in zip(a.geometry, b.geometry, strict=True))
 
 
+@pytest.mark.slow
 def test_two_workers_give_the_same_inventory_as_one(tmp_path, basin, model_file, embedded):
     run(load_run_config(_config(tmp_path, basin, model_file, score_threshold=0.3,
                                 cluster={"workers": 2, "threads_per_worker": 1, "dashboard": False})),
@@ -250,6 +252,7 @@ def test_two_workers_give_the_same_inventory_as_one(tmp_path, basin, model_file,
     _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
 
 
+@pytest.mark.slow
 def test_external_scheduler_and_worker_processes(tmp_path, basin, model_file, embedded):
     with dask_processes(tmp_path, 2) as address:
         res = CliRunner().invoke(main, ["run", str(_config(tmp_path, basin, model_file, score_threshold=0.3)),
@@ -259,6 +262,7 @@ def test_external_scheduler_and_worker_processes(tmp_path, basin, model_file, em
         _same(embedded, gpd.read_parquet(tmp_path / "inv.parquet"))
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_the_same_inventory(tmp_path, basin, model_file, embedded):
     cfg_path = _config(tmp_path, basin, model_file, score_threshold=0.3, batch_size=1)
     cli = Path(sys.executable).with_name("insar-slide")
@@ -308,6 +312,7 @@ def test_outputs_raster_geopackage_and_metadata(tmp_path, basin, model_file):
         assert o.within(g.buffer(30)) and o.area < g.area  # the ellipse inside its box
 
 
+@pytest.mark.slow
 def test_bad_run_input_is_a_clear_error(tmp_path, basin, model_file):
     runner = CliRunner()
     p = _config(tmp_path, basin, model_file, windw=512)

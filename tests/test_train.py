@@ -47,6 +47,7 @@ def test_paper_schedule():
     assert [lr_factor(e, cfg) for e in (1, 14, 15, 16, 17, 19)] == pytest.approx([1, 1, 0.4, 0.4, 0.16, 0.064])
 
 
+@pytest.mark.slow
 def test_train_writes_checkpoints_metrics_and_curve(chipset, tmp_path):
     steps = []
     row = train(_cfg(chipset, tmp_path / "run"), on_step=lambda s, n, loss: steps.append((s, n, loss)))
@@ -62,6 +63,7 @@ def test_train_writes_checkpoints_metrics_and_curve(chipset, tmp_path):
     assert card["model"]["variant"] == "r34" and card["epoch"] == 2 and card["data_fingerprint"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(chipset, tmp_path):
     train(_cfg(chipset, tmp_path / "full"))
     train(_cfg(chipset, tmp_path / "split", epochs=1))
@@ -78,6 +80,7 @@ def test_resume_continues_exactly(chipset, tmp_path):
     assert (tmp_path / "full" / "last.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_training_refuses_a_chip_set_without_boxes(chipset, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -148,7 +151,7 @@ def test_coco_metrics_leave_out_detections_in_crowd_regions():
 
 
 def test_crops_turn_boxes_they_cut_off_into_ignore_regions():
-    from insar_slide.training.train import random_crop
+    from insar_slide.training.data import random_crop
 
     rate = np.zeros((128, 128), np.float32)
     boxes = np.array([[10, 10, 30, 30], [60, 60, 120, 120]], float)
@@ -168,6 +171,7 @@ def test_crops_turn_boxes_they_cut_off_into_ignore_regions():
             break
 
 
+@pytest.mark.slow
 def test_ignore_aware_sampling_keeps_ignored_anchors_and_proposals_out_of_the_background():
     from insar_slide.model.detector import ModelConfig, build_model
 
@@ -187,6 +191,7 @@ def test_ignore_aware_sampling_keeps_ignored_anchors_and_proposals_out_of_the_ba
     assert sorted(lab[0].tolist()) == [0, 0, 1, 1]
 
 
+@pytest.mark.slow
 def test_training_with_ignore_regions_runs(chipset, tmp_path):
     coco = json.loads((chipset / "coco_train.json").read_text())
     assert any(a["iscrowd"] for a in coco["annotations"])  # the simulated truth has slow slides
@@ -204,6 +209,7 @@ def two_models(chipset, tmp_path_factory):
     return d / "a" / "last.safetensors", d / "b" / "last.safetensors"
 
 
+@pytest.mark.slow
 def test_cli_evaluate_writes_tables_and_curve(chipset, two_models, tmp_path):
     a, b = two_models
     res = CliRunner().invoke(main, ["evaluate", str(a), str(b), "--chips", str(chipset), "--out", str(tmp_path / "ev")])
@@ -230,6 +236,7 @@ def test_best_f1_threshold_counts_tied_scores_together():
     assert b["best_f1_threshold"] == 0.8 and b["best_f1_precision"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_pseudo_labels_go_back_into_chips(chipset, two_models, tmp_path):
     a, _ = two_models
     res = CliRunner().invoke(main, ["pseudo-label", str(a), "--chips", str(chipset), "--out", str(tmp_path / "pl"),
@@ -272,6 +279,7 @@ def test_every_shipped_train_config_parses():
             {**recipe, "out": None, "model": {k: v for k, v in recipe["model"].items() if k != "variant"}}
 
 
+@pytest.mark.slow
 def test_anchor_sizes_reach_the_checkpoint_and_a_finetune_keeps_every_weight(chipset, tmp_path):
     from pydantic import ValidationError
 
@@ -297,6 +305,7 @@ def test_anchor_sizes_reach_the_checkpoint_and_a_finetune_keeps_every_weight(chi
         TrainConfig.model_validate({"chips": "c", "out": "o", "model": {"variant": "r34_fpn", "anchor_sizes": [8, 16]}})
 
 
+@pytest.mark.slow
 def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
     _, b = two_models
     res = CliRunner().invoke(main, ["export-model", str(b), "--out", str(tmp_path / "ref.safetensors"), "--command", "x",
@@ -324,8 +333,8 @@ def test_hard_negatives_are_confident_detections_on_no_slide():
 
 def test_mined_boxes_turn_with_the_rotated_twins(chipset):
     from insar_slide.training.boxes import rotate_cw
+    from insar_slide.training.data import read_split
     from insar_slide.training.mining import HardNegatives, mine
-    from insar_slide.training.train import read_split
 
     chips, _ = read_split(chipset, "train")
     runs = []
@@ -346,13 +355,14 @@ def test_mined_boxes_turn_with_the_rotated_twins(chipset):
             assert np.allclose(found[n], turned)
 
 
+@pytest.mark.slow
 def test_hard_negatives_are_oversampled_and_kept_for_resume(chipset, tmp_path, monkeypatch):
     from insar_slide.training import mining
-    from insar_slide.training.train import Chip, epoch_items, random_crop
+    from insar_slide.training.data import Chip, epoch_items, random_crop
 
     cfg = _cfg(chipset, tmp_path / "run", epochs=1, hard_negatives={"min_score": 0.01, "oversample": 3, "focus": 1.0})
     chips = [Chip(tmp_path / "a.tif", np.zeros((0, 4))), Chip(tmp_path / "b.tif", np.zeros((0, 4)), hard=np.array([[1, 1, 5, 5.0]]))]
-    assert sorted(epoch_items(chips, cfg).tolist()) == [0, 1, 1, 1]
+    assert sorted(epoch_items(chips, cfg.hard_negatives.oversample).tolist()) == [0, 1, 1, 1]
     rate = np.arange(512 * 512, dtype="float32").reshape(512, 512)
     out, _, _ = random_crop(rate, np.zeros((0, 4)), size=64, rng=np.random.default_rng(0),
                             hard=np.array([[400, 420, 410, 430.0]]), focus=1.0)

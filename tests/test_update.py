@@ -94,6 +94,7 @@ def _inject(cfg_path: Path, version: str | None) -> None:
                          meta={"fingerprint": fingerprint(w, s), "window": w.key, "model": s.model_hash})
 
 
+@pytest.mark.slow
 def test_versions_stay_readable_and_grids_must_match(basin, tmp_path):
     vs = list_versions(basin)
     assert [v["label"] for v in vs] == ["base", "2018-2021"] and vs[1]["group"] == "versions/2018-2021"
@@ -117,6 +118,7 @@ def _ids_by_truth(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame) -> dict[str, s
     return {truth["slide_id"].iloc[i]: inv["slide_id"].iloc[j] for i, j in enumerate(m.a_matched) if j >= 0}
 
 
+@pytest.mark.slow
 def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_file):
     cfg_path = _config(tmp_path, basin, model_file)
     # first update: only the base version exists in this config's eyes
@@ -128,7 +130,7 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     # second update: the newest version
     _inject(cfg_path, "2018-2021")
     res = update(cfg1, echo=lambda s: None)
-    assert res["windows"]["computed"] == 0
+    assert res.windows["computed"] == 0
     inv2 = gpd.read_parquet(tmp_path / "inv.parquet")
     t1, t2 = visible_truth(_truth(basin, None)), visible_truth(_truth(basin, "2018-2021"))
     ids1, ids2 = _ids_by_truth(inv1, t1), _ids_by_truth(inv2[inv2.status != "not_detected_now"], t2)
@@ -147,14 +149,14 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     assert set(hist["version"]) == {"base", "2018-2021"}
     # the same update again changes nothing
     before = {p: p.read_bytes() for p in [tmp_path / "inv.parquet", *history_dir(cfg1).rglob("*.parquet")]}
-    assert update(cfg1, echo=lambda s: None)["up_to_date"]
+    assert update(cfg1, echo=lambda s: None).up_to_date
     assert all(p.read_bytes() == b for p, b in before.items())
     # an explicit version is one of the store's, and the history only moves forward
     with pytest.raises(StoreError, match="no version 'nope'"):
         update(cfg1, version="nope", echo=lambda s: None)
     with pytest.raises(InputError, match="only moves forward"):
         update(cfg1, version="base", echo=lambda s: None)
-    assert update(cfg1, version="latest", echo=lambda s: None)["up_to_date"]
+    assert update(cfg1, version="latest", echo=lambda s: None).up_to_date
     assert all(p.read_bytes() == b for p, b in before.items())
     # history, overall and for one slide
     runner = CliRunner()
@@ -165,6 +167,7 @@ def test_lifecycle_new_persisting_and_not_detected_now(basin, tmp_path, model_fi
     assert res.exit_code == 0 and res.output.count("persisting") + res.output.count("new") == 2
 
 
+@pytest.mark.slow
 def test_interrupted_update_keeps_the_previous_inventory_and_resumes(basin, tmp_path, model_file, monkeypatch):
     cfg = load_run_config(_config(tmp_path, basin, model_file))
     import insar_slide.run.update as upd
@@ -183,7 +186,7 @@ def test_interrupted_update_keeps_the_previous_inventory_and_resumes(basin, tmp_
     assert (history_dir(cfg) / "state.json").read_bytes() == state_before
     monkeypatch.undo()
     out = update(cfg, echo=lambda s: None)
-    assert out["version"] == "2018-2021" and not out["up_to_date"]
+    assert out.version == "2018-2021" and not out.up_to_date
     assert set(gpd.read_parquet(tmp_path / "inv.parquet")["version"]) == {"2018-2021"}
 
 
@@ -204,13 +207,14 @@ def quiet_basin(tmp_path_factory) -> Path:
     return store
 
 
+@pytest.mark.slow
 def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_file):
     cfg_path = _config(tmp_path, quiet_basin, model_file, score_threshold=0.3, reduce_block=1)
     cfg = load_run_config(cfg_path)
     messages: list[str] = []
     first = update(cfg, version="base", echo=messages.append)
     assert any("no previous update" in m for m in messages)  # a missing previous run falls back to a full run
-    assert first["windows"]["reused"] == 0
+    assert first.windows["reused"] == 0
     plan1 = make_plan(cfg.model_copy(update={"version": None}))
     plan2 = make_plan(cfg.model_copy(update={"version": "v2"}))
     run1 = {w.key for w in plan1.to_run()}
@@ -220,10 +224,10 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
         b = read_window(cfg.mosaic, w.track, w.read, "versions/v2")
         changed += int(w.key not in run1 or not np.array_equal(a, b, equal_nan=True))
     second = update(cfg, echo=messages.append)
-    assert second["windows"]["computed"] == changed and second["windows"]["reused"] == len(plan2.to_run()) - changed
+    assert second.windows["computed"] == changed and second.windows["reused"] == len(plan2.to_run()) - changed
     assert changed == 2  # the north-west window of each track
     # The reduction blocks away from the change keep their stored results (and parts) ...
-    assert 0 < second["blocks"]["reused"] < second["blocks"]["total"]
+    assert 0 < second.blocks["reused"] < second.blocks["total"]
     # ... and give the inventory a full recomputation gives.
     fresh = run(cfg.model_copy(update={"version": "v2", "out": str(tmp_path / "fresh.parquet"),
                                        "run_dir": str(tmp_path / "fresh.run")}), echo=lambda m: None)
@@ -237,9 +241,10 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     torch.manual_seed(1)
     save_checkpoint(eager_model(), FAST, other, extra={"training_config": {"score_threshold": 0.5}})
     third = update(cfg.model_copy(update={"model": str(other)}), echo=messages.append)
-    assert any("model differs" in m for m in messages) and third["windows"]["reused"] == 0
+    assert any("model differs" in m for m in messages) and third.windows["reused"] == 0
 
 
+@pytest.mark.slow
 def test_unreadable_history_is_refused_and_left_alone(basin, tmp_path, model_file):
     cfg = load_run_config(_config(tmp_path, basin, model_file))
     hdir = history_dir(cfg)
@@ -256,6 +261,7 @@ def test_unreadable_history_is_refused_and_left_alone(basin, tmp_path, model_fil
     assert bad.read_bytes() == b"not parquet"
 
 
+@pytest.mark.slow
 def test_update_cycle_script(basin, tmp_path, model_file):
     """workflows/update_cycle.sh end to end (update + history) with the CLI of this venv."""
     cfg_path = _config(tmp_path, basin, model_file, score_threshold=0.3, outputs={"quicklook": True, "slide_id_raster": True})
@@ -270,6 +276,7 @@ def test_update_cycle_script(basin, tmp_path, model_file):
         history_report(load_run_config(cfg_path), "nope")
 
 
+@pytest.mark.slow
 def test_update_cycle_on_a_kept_up_cluster(basin, tmp_path, model_file):
     """The scheduled service: update_cycle.sh with DASK_ADDRESS runs on `dask scheduler` /
     `dask worker` processes that stay up, and each worker keeps its model for the next update."""

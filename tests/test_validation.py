@@ -153,7 +153,7 @@ def test_the_planning_checks_hold_under_python_O(tmp_path):
 @pytest.mark.slow
 def test_the_suites_planning_tests_pass_under_python_O():
     """The planning tests themselves (they read Zarr: insar-slide works around zarr 3.1's
-    side-effect assert, see mosaic._zarr_under_optimize), run by pytest under ``python -O``
+    side-effect assert, see zarr_compat.zarr_under_optimize), run by pytest under ``python -O``
     (pytest rewrites a test module's asserts into plain checks, which -O keeps)."""
     tests = ["tests/test_run.py::test_plan_tiles_exactly_and_gives_reasons",
              "tests/test_run.py::test_input_hashes_change_exactly_with_the_bytes_a_window_reads",
@@ -220,7 +220,8 @@ def test_a_missing_chunk_is_found_by_verify_and_refused_by_plan(tmp_path):
 
     from insar_slide.errors import StoreError
     from insar_slide.grid import Grid
-    from insar_slide.mosaic import TrackInfo, build_dataset, missing_chunks, write_mosaic
+    from insar_slide.manifest import missing_chunks
+    from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
     from insar_slide.run.plan import make_plan
 
     grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 256, 384)

@@ -107,7 +107,8 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, version
 @_friendly
 def info(mosaic: str, as_json: bool, verify: bool) -> None:
     """Describe a basin mosaic: tracks, grid, CRS, extent, valid fraction, rate percentiles, chunks."""
-    from .mosaic import describe, missing_chunks, open_basin
+    from .manifest import missing_chunks
+    from .mosaic import describe, open_basin
 
     ds = open_basin(mosaic)
     if verify:
@@ -324,7 +325,8 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
         nuis = sc.read_nuisance(nuis_path) if nuis_path else None
         reports = {name: sc.strict_report(inv, ref, pixel_size=px, ignore=ignore, nuisance=nuis, area=area,
                                           rule=rule, iou=iou) for name, inv in invs.items()}  # type: ignore[arg-type]
-        sizes_md, fa_md = sc.size_class_markdown(reports), sc.false_alarm_markdown(reports)
+        from .scoring_tables import false_alarm_markdown, size_class_markdown
+        sizes_md, fa_md = size_class_markdown(reports), false_alarm_markdown(reports)
         click.echo(sizes_md)
         click.echo(fa_md)
         doc = {"reference": str(reference), "mosaic": mosaic, "nuisance": str(nuis_path) if nuis_path else None,

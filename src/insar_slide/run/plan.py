@@ -34,7 +34,8 @@ from ..core.scales import level_shape
 from ..core.tiling import Window, WindowPlan, classify, combine_hashes, plan_windows, read_sources
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow
-from ..mosaic import check_chunks, grid_of, open_basin, resolve_version_group
+from ..manifest import check_chunks
+from ..mosaic import grid_of, open_basin, resolve_version_group
 from .config import AreaOfInterest, RunConfig
 from .io import read_level, read_problem
 
@@ -70,7 +71,7 @@ def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate
     """Per core of the level at ``factor``, read straight from Zarr: (valid pixels, pixels with
     |rate| ≥ min_abs_rate, the hash of each of its ``pieces`` — rectangles in the core's own
     pixel coordinates, "" ) — or, for a core that does not read, (-1, -1, [], the problem)."""
-    out = []
+    out: list[tuple[int, int, list[str], str]] = []
     for k, w in enumerate(cores):
         try:
             a = read_level(mosaic, track, w, group, factor)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from ..mosaic import grid_of, list_versions, open_basin
 from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
-from .pipeline import Progress, run, settings_hash
+from .pipeline import Progress, RunSummary, run, settings_hash
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +155,22 @@ def pick_version(mosaic: str, version: str | None) -> dict[str, Any]:
     raise StoreError(f"{mosaic} has no version {version!r}; it has {[v['label'] for v in versions]}")
 
 
+@dataclass(frozen=True)
+class UpdateResult:
+    """What an update did: the version it brought the inventory to, whether it was already
+    up to date, the slides by status, and (unless up to date) the run's windows, blocks, time."""
+
+    version: str
+    up_to_date: bool
+    status_counts: dict[str, int] = field(default_factory=dict)
+    windows: dict[str, int] = field(default_factory=dict)
+    blocks: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    run_summary: RunSummary | None = None
+
+
 def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, progress: Progress | None = None,
-           echo: Callable[[str], None] = log.info) -> dict[str, Any]:
+           echo: Callable[[str], None] = log.info) -> UpdateResult:
     """Bring the inventory at ``cfg.out`` up to ``version`` of the mosaic (a label; default, or
     ``"latest"``: the newest) and record it in the history. An explicit version must not come
     before the last one committed: the history only moves forward."""
@@ -181,7 +196,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
                             f"was built on ({state['grid']}); re-ingest it onto the basin's grid, or start a new history")
         if state["versions"][-1] == label and state["model_hash"] == model_hash and state["settings"] == key:
             echo(f"the inventory is up to date with version {label}; nothing to do")
-            return {"version": label, "up_to_date": True}
+            return UpdateResult(label, True)
         if state["model_hash"] != model_hash:
             echo("the model differs from the previous update's: every window is recomputed (a full re-run)")
         prev_label = state["versions"][-1] if state["versions"][-1] != label else (state["versions"][-2] if len(state["versions"]) > 1 else None)
@@ -213,8 +228,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
     w = result.summary.windows
     echo(f"version {label}: {counts.get('new', 0)} new, {counts.get('persisting', 0)} persisting, "
          f"{counts.get('not_detected_now', 0)} not detected now; windows: {w['computed']} recomputed, {w['reused']} reused")
-    return {"version": label, "status_counts": counts, "windows": w, "blocks": result.summary.blocks,
-            "seconds": result.summary.seconds, "run_summary": result.summary.to_dict(), "up_to_date": False}
+    return UpdateResult(label, False, counts, w, result.summary.blocks, result.summary.seconds, result.summary)
 
 
 def history_report(cfg: RunConfig, slide: str | None = None) -> str:

@@ -17,8 +17,9 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..model.checkpoint import load_checkpoint, resolve_score_threshold
 from ..model.device import pick_device
+from .data import Chip, read_chip, read_split
 from .metrics import COCO_NAMES, ignored_flags, match_flags
-from .train import Chip, evaluate_predictions, predict_chips, read_chip, read_split
+from .train import evaluate_predictions, predict_chips
 from .voc import coco_dict, voc_xml
 
 BACKBONE = {"r34": "ResNet-34", "r34_fpn": "ResNet-34+FPN", "r34_fpn_cbam": "ResNet-34+FPN+CBAM"}

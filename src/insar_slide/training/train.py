@@ -16,8 +16,8 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from ..model.checkpoint import load_checkpoint, save_checkpoint
 from ..model.detector import ModelConfig, build_model, load_pretrained
 from ..model.device import pick_device
 from ..model.encoding import InputEncoding
+from .data import Chip, batches, epoch_items, read_chip, read_split
 from .metrics import coco_metrics, prf1
 from .mining import HardNegatives, load_or_mine, mine
 
@@ -104,109 +105,6 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     if epoch < cfg.lr_decay_start_epoch:
         return 1.0
     return cfg.lr_decay_gamma ** ((epoch - cfg.lr_decay_start_epoch) // cfg.lr_decay_every + 1)
-
-
-# ---------------------------------------------------------------------------- data
-
-@dataclass(frozen=True)
-class Chip:
-    path: Path
-    boxes: np.ndarray  # (n, 4) x1, y1, x2, y2
-    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (k, 4) regions not scored (COCO iscrowd)
-    hard: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (h, 4) mined hard negatives (training/mining.py)
-
-
-def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, Any]]:
-    f = Path(folder)
-    coco_path = f / f"coco_{split}.json"
-    if not coco_path.is_file():
-        raise InputError(f"{f}: no coco_{split}.json; pass a folder written by `insar-slide chips`")
-    coco = json.loads(coco_path.read_text())
-    by_img: dict[int, tuple[list[list[float]], list[list[float]]]] = {im["id"]: ([], []) for im in coco["images"]}
-    for a in coco["annotations"]:
-        x, y, w, h = a["bbox"]
-        by_img[a["image_id"]][1 if a.get("iscrowd") else 0].append([x, y, x + w, y + h])
-    chips = []
-    for im in coco["images"]:
-        b, ig = (np.asarray(v, dtype=np.float64).reshape(-1, 4) for v in by_img[im["id"]])
-        for bb in (b, ig):
-            if len(bb) and ((bb[:, 0] < 0) | (bb[:, 1] < 0) | (bb[:, 2] > im["width"]) | (bb[:, 3] > im["height"])).any():
-                raise InputError(f"{coco_path}: a box of {im['file_name']} lies outside its {im['width']} x {im['height']} chip")
-        chips.append(Chip(f / im["file_name"], b, ig))
-    return chips, coco
-
-
-def read_chip(path: Path) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rotated chips are off the map
-        with rasterio.open(path) as src:
-            return src.read(1).astype("float32")
-
-
-def random_crop(rate: np.ndarray, boxes: np.ndarray, *, size: int, rng: np.random.Generator,
-                ignore: np.ndarray | None = None, hard: np.ndarray | None = None,
-                focus: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A random ``size`` crop, its boxes (the sliver rule of the chips: ≥ 30 % of the box and
-    ≥ 4 px a side inside) and its ignore regions (``ignore`` and the boxes that rule drops).
-    With ``hard`` boxes (mined false alarms), the crop is centred near one of them with
-    probability ``focus``."""
-    h, w = rate.shape
-    ign = np.zeros((0, 4)) if ignore is None else np.asarray(ignore, dtype=np.float64).reshape(-1, 4)
-    if size >= h and size >= w:
-        return rate, boxes, ign
-    # Half of the other crops are centred near an object, so small crops still see slides.
-    target = None
-    if hard is not None and len(hard) and rng.random() < focus:
-        target = hard[rng.integers(len(hard))]
-    elif len(boxes) and rng.random() < 0.5:
-        target = boxes[rng.integers(len(boxes))]
-    if target is not None:
-        b = target
-        cy, cx = (b[1] + b[3]) / 2, (b[0] + b[2]) / 2
-        r0 = int(np.clip(cy - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, h - size))
-        c0 = int(np.clip(cx - size / 2 + rng.integers(-size // 4, size // 4 + 1), 0, w - size))
-    else:
-        r0, c0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    out = rate[r0:r0 + size, c0:c0 + size]
-    shift = np.array([c0, r0, c0, r0], dtype=np.float64)
-    ig = np.clip(ign - shift, 0, size)
-    ig = ig[(ig[:, 2] > ig[:, 0]) & (ig[:, 3] > ig[:, 1])]
-    if not len(boxes):
-        return out, boxes, ig
-    b = boxes - shift
-    clipped = np.clip(b, 0, size)
-    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    carea = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    keep = (carea >= 0.3 * area) & (clipped[:, 2] - clipped[:, 0] >= 4) & (clipped[:, 3] - clipped[:, 1] >= 4)
-    return out, clipped[keep], np.concatenate([ig, clipped[~keep & (carea > 0)]])
-
-
-def epoch_items(chips: list[Chip], cfg: TrainConfig) -> np.ndarray:
-    """The chip indices of one epoch: each once, a chip with hard negatives ``oversample`` times."""
-    k = cfg.hard_negatives.oversample if cfg.hard_negatives else 1
-    hard = [i for i, c in enumerate(chips) if len(c.hard)]
-    return np.asarray(list(range(len(chips))) + hard * (k - 1), dtype=np.int64)
-
-
-def batches(chips: list[Chip], cfg: TrainConfig, encoding: InputEncoding, epoch: int) -> Iterator[tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]]:
-    rng = np.random.default_rng([cfg.seed, epoch])
-    order = rng.permutation(epoch_items(chips, cfg))
-    focus = cfg.hard_negatives.focus if cfg.hard_negatives else 0.0
-    for i in range(0, len(order), cfg.batch_size):
-        imgs, targets = [], []
-        for j in order[i:i + cfg.batch_size]:
-            c = chips[j]
-            rate, boxes, ignore = read_chip(c.path), c.boxes, c.ignore
-            if cfg.crop_size:
-                rate, boxes, ignore = random_crop(rate, boxes, size=cfg.crop_size, rng=rng, ignore=ignore,
-                                                  hard=c.hard, focus=focus)
-            imgs.append(encoding.encode(rate))
-            target = {"boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                      "labels": torch.ones(len(boxes), dtype=torch.int64)}
-            if cfg.ignore_regions:
-                target["ignore"] = torch.as_tensor(ignore, dtype=torch.float32).reshape(-1, 4)
-            targets.append(target)
-        yield imgs, targets
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -294,13 +192,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
         for i, p in enumerate(params):
             if f"momentum.{i}" in state:
                 opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
-    if cfg.hard_negatives:
-        hn = cfg.hard_negatives
+    hn = cfg.hard_negatives
+    if hn is not None:
         tag = f"{out.name} after epoch {start - 1}" if start > 1 else (Path(cfg.init_weights).name if cfg.init_weights else "random init")
         hard = load_or_mine(out, tag, lambda: mine(lambda cs: predict_chips(model, list(cs), mcfg.encoding, device),
                                                    train_chips, Path(cfg.chips), hn))
         train_chips = [replace(c, hard=hard.get(c.path.stem, c.hard)) for c in train_chips]
-    steps_per_epoch = math.ceil(len(epoch_items(train_chips, cfg)) / cfg.batch_size)
+    oversample, focus = (hn.oversample, hn.focus) if hn is not None else (1, 0.0)
+    steps_per_epoch = math.ceil(len(epoch_items(train_chips, oversample)) / cfg.batch_size)
     row: dict[str, Any] = {}
     for epoch in range(start, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -308,7 +207,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
         model.train()
         sums: dict[str, float] = {}
         n = 0
-        for step, (imgs, targets) in enumerate(batches(train_chips, cfg, mcfg.encoding, epoch)):
+        for step, (imgs, targets) in enumerate(batches(
+                train_chips, mcfg.encoding, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, crop_size=cfg.crop_size,
+                ignore_regions=cfg.ignore_regions, oversample=oversample, focus=focus)):
             global_step = (epoch - 1) * steps_per_epoch + step
             warm = min(1.0, (global_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
             for g in opt.param_groups:
