@@ -377,3 +377,21 @@ def test_worker_allocator_thresholds_are_given_back():
         env, tuned = client.submit(_env_and_tune, pure=False).result()
     assert env == "65536"  # what distributed's nanny sets (distributed.nanny.pre-spawn-environ)
     assert tuned == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_an_inventory_of_another_config_is_replaced_only_with_overwrite(tmp_path):
+    from insar_slide.inventory import empty_inventory, write_inventory
+    from insar_slide.run.config import RunConfig
+    from insar_slide.run.pipeline import may_replace
+
+    out = tmp_path / "inv.parquet"
+    cfg = RunConfig(mosaic=str(tmp_path / "m.zarr"), out=str(out))
+    assert may_replace(cfg, "run-aaa")  # nothing there
+    write_inventory(empty_inventory("EPSG:32647"), out, metadata={"run_id": "run-aaa"})
+    assert may_replace(cfg, "run-aaa")  # a rerun of the same config resumes and replaces its own
+    with pytest.raises(InputError, match=r"another config or model \(run-aaa\).*--overwrite"):
+        may_replace(cfg, "run-bbb")
+    assert may_replace(cfg.model_copy(update={"overwrite": True}), "run-bbb")
+    out.write_text("not parquet")
+    with pytest.raises(InputError, match="not an inventory"):
+        may_replace(cfg, "run-bbb")

@@ -177,16 +177,23 @@ def plan_cmd(config: str, as_json: bool) -> None:
 @click.option("--model", help="Checkpoint (overrides the config; default: the shipped reference model).")
 @click.option("--address", help="Address of a running Dask scheduler (overrides cluster.address).")
 @click.option("--workers", type=int, help="Workers of the embedded LocalCluster.")
+@click.option("--overwrite", is_flag=True, help="Replace an inventory at out that another config or model made.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def run_cmd(config: str, out: str | None, model: str | None, address: str | None, workers: int | None, no_progress: bool) -> None:
-    """Detect landslides over a basin on a Dask cluster → dissolved GeoParquet inventory."""
+def run_cmd(config: str, out: str | None, model: str | None, address: str | None, workers: int | None, overwrite: bool,
+            no_progress: bool) -> None:
+    """Detect landslides over a basin on a Dask cluster → dissolved GeoParquet inventory.
+
+    Rerunning the same config resumes and replaces its own inventory; an inventory made by
+    another config or model is replaced only with --overwrite."""
     from .run.config import load_run_config
 
     cfg = load_run_config(config, out=out, model=model)  # a typo is reported before torch or Dask load
     from .run.pipeline import run
 
     quiet_dask_logs()
+    if overwrite:
+        cfg = cfg.model_copy(update={"overwrite": True})
     if address or workers:
         cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={k: v for k, v in
                                                                              {"address": address, "workers": workers}.items() if v})})

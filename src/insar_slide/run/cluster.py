@@ -125,7 +125,9 @@ def _workers_ignore_sigint() -> Iterator[None]:
 
 
 def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], list[Any]]:
+    """``mapper(fn, args)`` → ``[fn(*a) for a in args]`` on the cluster (``client.map``)."""
     def run(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[Any]:
-        futures = [client.submit(fn, *a, pure=False) for a in args]
-        return list(client.gather(futures))
+        if not args:
+            return []
+        return list(client.gather(client.map(fn, *zip(*args, strict=True), pure=False)))
     return run

@@ -111,7 +111,8 @@ class RunConfig(StrictModel):
     cluster: ClusterConfig = ClusterConfig()
     outputs: Outputs = Outputs()
     baseline: BaselineConfig = BaselineConfig()
-    overwrite: bool = Field(True, description="replace an existing inventory at out")
+    overwrite: bool = Field(False, description="replace an existing inventory at out made by another config or model "
+                            "(a rerun of the same config replaces its own, resuming, without it)")
 
     @field_validator("scales")
     @classmethod
@@ -210,4 +211,5 @@ def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
 def demo_run_config(out_dir: str | Path) -> RunConfig:
     """configs/basin_demo.yaml for a demo basin written to ``out_dir/basin.zarr``."""
     out = Path(out_dir)
-    return RunConfig(mosaic=str(out / "basin.zarr"), out=str(out / "inventory.parquet"), window=512, halo=64)
+    # the demo's folder is its own: a rerun (with another --model too) replaces its inventory
+    return RunConfig(mosaic=str(out / "basin.zarr"), out=str(out / "inventory.parquet"), window=512, halo=64, overwrite=True)

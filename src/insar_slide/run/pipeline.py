@@ -28,12 +28,13 @@ from ..core.scales import first_block, pixel_advice
 from ..core.tiling import Block, Window, WindowPlan
 from ..errors import InputError
 from ..grid import Grid
-from ..inventory import write_inventory
+from ..inventory import inventory_metadata, write_inventory
 from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
 from ..model.device import pick_device
 from ..mosaic import grid_of, open_basin, resolve_version_group
 from ..storage import (
     check_target,
+    exists,
     use_options,
 )
 from ..version import __version__
@@ -139,6 +140,24 @@ class Inputs:
     group: str | None
     store: RunStore
     run_id: str
+    replace_out: bool  # an inventory at out may be replaced (:func:`may_replace`)
+
+
+def may_replace(cfg: RunConfig, run_id: str) -> bool:
+    """Whether this run may replace the file at ``out``: none is there, ``overwrite`` is set
+    (``run --overwrite``), or it is an inventory that this same config and model made (a rerun,
+    which resumes). Anything else is a one-line error: an inventory is never replaced by surprise."""
+    if cfg.overwrite or not exists(cfg.out):
+        return True
+    try:
+        prev = inventory_metadata(cfg.out).get("run_id")
+    except Exception:  # not an inventory, or unreadable
+        prev = None
+    if prev == run_id:
+        return True
+    what = f"an inventory of another config or model ({prev})" if prev else "a file that is not an inventory of this tool"
+    raise InputError(f"{cfg.out} holds {what}, not of this run ({run_id}); pass --overwrite (or `overwrite: true`) "
+                     "to replace it, or choose another out")
 
 
 def _inputs(cfg: RunConfig) -> Inputs:
@@ -151,7 +170,9 @@ def _inputs(cfg: RunConfig) -> Inputs:
     model_hash = file_hash(model_path)
     thr = resolve_score_threshold(cfg.score_threshold, meta)
     use_options(cfg.storage_options, cfg.mosaic, cfg.out)
-    check_target(cfg.out, overwrite=cfg.overwrite)
+    run_id = "run-" + settings_hash(cfg, model_hash)[:12]
+    replace_out = may_replace(cfg, run_id)
+    check_target(cfg.out, overwrite=replace_out)
     ds = open_basin(cfg.mosaic, cfg.version)
     group = resolve_version_group(cfg.mosaic, cfg.version)
     grid = grid_of(ds)
@@ -159,7 +180,7 @@ def _inputs(cfg: RunConfig) -> Inputs:
     if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
         log.warning(advice)
     store = RunStore(str(cfg.run_path)).prepare()
-    return Inputs(model_hash, thr, ds, grid, group, store, "run-" + settings_hash(cfg, model_hash)[:12])
+    return Inputs(model_hash, thr, ds, grid, group, store, run_id, replace_out)
 
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
@@ -268,7 +289,7 @@ def _write_stage(cfg: RunConfig, inp: Inputs, plan: WindowPlan, closed: dict[Blo
         metadata["windows_by_scale"] = plan.scale_counts()
     outputs: dict[str, str] = {}
     try:
-        write_inventory(gdf, cfg.out, metadata=metadata, overwrite=cfg.overwrite)
+        write_inventory(gdf, cfg.out, metadata=metadata, overwrite=inp.replace_out)
         outputs["inventory"] = str(cfg.out)
         write_extras(gdf, cfg, ds=inp.ds, grid=inp.grid, written=outputs)
     except OSError as exc:  # a full or read-only disk: say what was written and that nothing is lost
