@@ -2,6 +2,7 @@
 alone, in microseconds, with no mosaic and no Dask."""
 
 import time
+from dataclasses import replace
 
 import pytest
 import shapely
@@ -69,3 +70,13 @@ def test_with_windows_returns_a_new_plan():
     done = plan.with_windows([Window(w.track, w.index, w.core, w.read, "run") for w in plan.windows])
     assert isinstance(done, WindowPlan) and len(done.to_run()) == 6 and not plan.to_run()
     assert done.read_overhead() == pytest.approx(sum(w.read.rows * w.read.cols for w in done.windows) / (1000 * 1300))
+
+
+def test_a_geographic_grid_still_gets_km2():
+    geo = Grid("EPSG:4326", 100.0, 30.0, 0.0003, -0.0003, 1000, 1000)  # ~29 x 33 m at 30°N
+    plan = plan_windows(geo, ["asc"], window=512, halo=64)
+    px_km2 = plan.pixel_km2()
+    assert 0.0009 < px_km2 < 0.0011
+    ran = plan.with_windows([replace(w, status="run") for w in plan.windows])
+    run_line = next(line for line in str(ran).splitlines() if line.strip().startswith("run "))
+    assert f"{1000 * 1000 * px_km2:.1f} km²" in run_line

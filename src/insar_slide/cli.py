@@ -129,8 +129,8 @@ def info(mosaic: str, as_json: bool, verify: bool) -> None:
         return
     g = d["grid"]
     click.echo(f"mosaic     {mosaic}")
-    click.echo(f"grid       {g['shape'][0]} x {g['shape'][1]} px, pixel {g['pixel_size'][0]:.6g} x {g['pixel_size'][1]:.6g} "
-               f"(~{g['pixel_size_m'][0]:.1f} x {g['pixel_size_m'][1]:.1f} m), CRS {g['crs']}")
+    click.echo(f"grid       {g['shape'][0]} rows x {g['shape'][1]} cols, pixel {g['pixel_size'][1]:.6g} (y) x "
+               f"{g['pixel_size'][0]:.6g} (x) (~{g['pixel_size_m'][1]:.1f} x {g['pixel_size_m'][0]:.1f} m), CRS {g['crs']}")
     b = g["bounds"]
     click.echo(f"bounds     x {b[0]:.6f} .. {b[2]:.6f}, y {b[1]:.6f} .. {b[3]:.6f}")
     click.echo(f"extent     {d['extent_km2']:.2f} km²")
@@ -139,6 +139,7 @@ def info(mosaic: str, as_json: bool, verify: bool) -> None:
         p = t["percentiles_mm_yr"]
         pct = "  ".join(f"{k} {v:+.2f}" for k, v in p.items() if v is not None)
         click.echo(f"track {t['name']:<10} heading {t['heading_deg']}  incidence {t['incidence_deg']}  "
+                   f"time span {t.get('time_span') or 'unknown'}  "
                    f"valid {t['valid_fraction']:.1%}  |rate|>=10: {t['fraction_abs_ge_10'] or 0:.2%}")
         click.echo(f"           rate percentiles (mm/yr): {pct}")
 

@@ -347,6 +347,8 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
             "name": str(name),
             "heading_deg": _num(ds["heading"].values[i]) if "heading" in ds.coords else None,
             "incidence_deg": _num(ds["incidence"].values[i]) if "incidence" in ds.coords else None,
+            "time_span": "/".join(str(ds[k].values[i]) for k in ("start_date", "end_date"))
+            if "start_date" in ds.coords and "end_date" in ds.coords and str(ds["start_date"].values[i]) else "",
             "valid_fraction": round(n / (grid.height * grid.width), 4),
             "fraction_abs_ge_10": round(above10 / n, 4) if n else None,
             "percentiles_mm_yr": pct,

@@ -196,7 +196,10 @@ class WindowPlan:
         return {f"x{f}": self.counts(f) for f in self.scales} if len(self.scales) > 1 else {}
 
     def pixel_km2(self) -> float:
-        return abs(self.grid.dx * self.grid.dy) / 1e6 if not self.grid.is_geographic() else float("nan")
+        """Ground area of one native pixel: exact for a projected CRS, at the grid's centre
+        latitude for a geographic one (within a few % over a basin)."""
+        px, py = self.grid.pixel_size_m()
+        return px * py / 1e6
 
     def summary(self) -> dict[str, Any]:
         out = {"grid": f"{self.grid.height} x {self.grid.width} px", "tracks": list(self.tracks),
