@@ -38,7 +38,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                                        "run.update",
                                        "baselines", "compare", "scoring", "scoring_tables"]),
     ("training", ["training.metrics", "training.data", "training.mining", "training.train", "training.chips", "training.evaluate", "training.export"]),
-    ("interface", ["cli_common", "cli_training", "cli", ""]),
+    ("interface", ["cli_common", "cli_training", "cli_compare", "cli", ""]),
 ]
 
 #: What the core layer must not import: no Dask, no xarray, no file formats.
@@ -157,3 +157,22 @@ def test_no_module_is_over_400_lines():
     """Issue 17: a module a newcomer reads in one sitting."""
     long = {name: n for name, (path, _) in modules(SRC).items() if (n := len(path.read_text().splitlines())) > 400}
     assert not long, long
+
+
+def test_the_cli_draws_progress_and_the_library_only_reports_it(capsys):
+    from insar_slide.cli_common import progress_bars
+
+    with progress_bars(False) as p:
+        assert p is None
+    with progress_bars(True) as p:
+        assert p is not None
+        p("detect", 1, 3)
+        p("detect", 3, 3)
+    err = capsys.readouterr().err
+    assert "detect" in err and "3/3" in err
+    # no library module draws bars or prints
+    import re
+
+    drawing = [name for name, (path, _) in modules(SRC).items() if not name.startswith("insar_slide.cli")
+               and re.search(r"\btqdm\b|(?<![\w.])print\(", path.read_text())]
+    assert not drawing, drawing

@@ -253,8 +253,11 @@ def test_a_slide_larger_than_the_window_is_reported_once(tmp_path, basin, model_
 @pytest.mark.slow
 def test_a_multi_scale_run_resumes_to_the_same_inventory(tmp_path, basin, model_file):
     cfg = load_run_config(_config(tmp_path, basin, model_file, scales=[1, 2], tracks=["asc"], score_threshold=0.3))
-    first = run(cfg, echo=lambda s: None)
+    seen: list[tuple[str, int, int]] = []
+    first = run(cfg, echo=lambda s: None, progress=lambda *a: seen.append(a))
     by = first.summary.windows_by_scale
+    n_run = first.summary.windows["computed"]
+    assert seen and seen[-1] == ("detect", n_run, n_run) and [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
     assert by["x2"]["run"] >= 2 and first.summary.windows["computed"] == by["x1"]["run"] + by["x2"]["run"]
     inv = gpd.read_parquet(tmp_path / "inv.parquet")
     assert len(inv) > 0 and set(inv["scale"]) <= {1, 2}

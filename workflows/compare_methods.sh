@@ -9,7 +9,7 @@ BIN=${BIN:-.venv/bin/insar-slide}
 if [ ! -d out/reference/heldout.zarr ]; then
   $BIN simulate configs/reference/heldout.yaml --out out/reference/heldout.zarr
 fi
-$BIN run configs/basin_heldout.yaml --no-progress
+$BIN run configs/basin_heldout.yaml --no-progress --overwrite
 $BIN baseline hotspot configs/basin_heldout.yaml
 $BIN baseline kmeans configs/basin_heldout.yaml
 $BIN compare out/heldout/inventory.parquet out/heldout/inventory.hotspot.parquet out/heldout/inventory.kmeans.parquet \

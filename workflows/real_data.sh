@@ -57,7 +57,7 @@ score_threshold: $thr          # null: the model's own (0.7 for the shipped one)
 cluster: {workers: 1, threads_per_worker: 2}
 outputs: {quicklook: false, slide_id_raster: false, geopackage: false, outline: true}
 EOF
-    $BIN run "$OUT/$name.$tag.yaml" --no-progress
+    $BIN run "$OUT/$name.$tag.yaml" --no-progress --overwrite  # this script's own outputs
   done
   $BIN quicklook "$OUT/$name.zarr" --inventory "$OUT/$name.op.parquet" --out "$OUT/$name.op.png"
   $BIN quicklook "$OUT/$name.zarr" --inventory "$OUT/$name.p50.parquet" --out "$OUT/$name.p50.png"

@@ -28,7 +28,7 @@ for b in $BASINS; do
     [ -n "${THRESHOLD:-}" ] && echo "score_threshold: $THRESHOLD"
     echo "outputs: {quicklook: true, slide_id_raster: false, outline: true}"
   } > "$OUT/$b/basin.yaml"
-  "$BIN/insar-slide" run "$OUT/$b/basin.yaml" --no-progress > "$OUT/$b/run.log" 2>&1 || { tail -5 "$OUT/$b/run.log"; exit 1; }
+  "$BIN/insar-slide" run "$OUT/$b/basin.yaml" --no-progress --overwrite > "$OUT/$b/run.log" 2>&1 || { tail -5 "$OUT/$b/run.log"; exit 1; }
   "$BIN/insar-slide" compare "$OUT/$b/inventory.parquet" --reference "out/wide/$b.truth.parquet" --visible-only \
     --mosaic "out/wide/$b.zarr" --out "$OUT/$b" > "$OUT/$b/compare.txt"
 done
