@@ -176,3 +176,30 @@ def test_the_cli_draws_progress_and_the_library_only_reports_it(capsys):
     drawing = [name for name, (path, _) in modules(SRC).items() if not name.startswith("insar_slide.cli")
                and re.search(r"\btqdm\b|(?<![\w.])print\(", path.read_text())]
     assert not drawing, drawing
+
+
+def _readme_layers() -> list[set[str]]:
+    """The layer diagram in the README's Development section, lowest layer first."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("```\ninterface ") + 4:]
+    block = block[:block.index("```")]
+    layers = []
+    for line in block.strip().splitlines():
+        rest = line.split(None, 1)[1]
+        names: set[str] = set()
+        for item in re.findall(r"[\w.]+\{[^}]*\}|[\w.]+", rest):
+            if "{" in item:
+                prefix, inner = item.split("{")
+                names |= {prefix + x.strip() for x in inner.rstrip("}").split(",")}
+            else:
+                names.add(item)
+        layers.append(names)
+    return layers[::-1]
+
+
+def test_the_readme_diagram_is_the_layer_order_checked_here():
+    packages = {name for name, (_, is_pkg) in modules(SRC).items() if is_pkg}
+    ours = [{n for n in names if f"insar_slide.{n}".rstrip(".") not in packages and n} for _, names in LAYERS]
+    assert _readme_layers() == ours
