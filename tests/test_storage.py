@@ -89,7 +89,7 @@ def test_ingest_run_update_baseline_quicklook_on_s3_match_local(tmp_path, s3_end
         assert res.exit_code == 0, res.output
     assert open_basin(s3_m)["los_rate"].shape == (2, *SHAPE)
     res = cli.invoke(main, ["info", s3_m])
-    assert res.exit_code == 0 and "320 x 384 px" in res.output, res.output
+    assert res.exit_code == 0 and "320 rows x 384 cols" in res.output, res.output
 
     local = _cfg(tmp_path, "local", mosaic=local_m, out=str(tmp_path / "inv.parquet"), model=str(model_file))
     remote = _cfg(tmp_path, "remote", mosaic=s3_m, out=f"{bucket}/valley/inv.parquet", model=str(model_file),
