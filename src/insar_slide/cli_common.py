@@ -76,6 +76,8 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
         if bar is None:
             bar = bars[stage] = tqdm(total=total, desc=stage, unit="window")
         bar.update(done - bar.n)
+        if done >= total:  # finished: the bar ends here, before the lines printed after it
+            bar.close()
 
     try:
         yield progress
