@@ -34,6 +34,7 @@ from torchvision.ops import box_iou
 from ..atomic import atomic_path
 from ..config import StrictModel
 from ..errors import InputError
+from ..model.detector import mostly_inside
 from .boxes import rotate_cw
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,7 @@ def false_alarms(boxes: np.ndarray, scores: np.ndarray, truth: np.ndarray, ignor
     if len(truth_t):
         bad &= box_iou(det, truth_t).max(dim=1).values < cfg.match_iou
     cover = torch.cat([truth_t, torch.as_tensor(np.asarray(ignore, dtype=np.float64).reshape(-1, 4))])
-    if len(cover):
-        lt = torch.maximum(det[:, None, :2], cover[None, :, :2])
-        rb = torch.minimum(det[:, None, 2:], cover[None, :, 2:])
-        inter = (rb - lt).clamp(min=0).prod(dim=2)
-        area = ((det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])).clamp(min=1e-9)
-        bad &= (inter / area[:, None]).max(dim=1).values < 0.5
+    bad &= ~mostly_inside(det, cover, 0.5)  # the evaluation's own test for a box in a region
     return det[bad].numpy()
 
 
@@ -98,13 +94,16 @@ def mine(predict: Callable[[Sequence[Any]], list[tuple[np.ndarray, np.ndarray]]]
         if len(fa):
             found[c.path.stem] = fa
     out: dict[str, list[list[float]]] = {}
+    sides: dict[str, int] = {}  # one header read per place, not per rotated twin
     for name in by_name:
         src, turns = tw.get(name, (name, 0))
         if src not in found:
             continue
         fa = found[src]
         if turns:
-            h = _chip_side(by_name[src].path)
+            if src not in sides:
+                sides[src] = _chip_side(by_name[src].path)
+            h = sides[src]
             _, fa = rotate_cw(np.zeros((h, h), np.uint8), fa, turns)
         out[name] = np.round(fa, 2).tolist()
     return out
