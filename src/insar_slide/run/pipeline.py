@@ -206,7 +206,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         times["plan"] = time.perf_counter() - t0
         echo(plan.format())
         inp.store.write_json("plan.json", plan.summary())
-        settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store),
+        settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store, group=inp.group),
                            stop_event=f"insar-slide-stop-{uuid.uuid4().hex}")
         state.update(plan=plan, settings=settings)
         t0 = time.perf_counter()
@@ -300,8 +300,10 @@ def _write_stage(cfg: RunConfig, inp: Inputs, plan: WindowPlan, closed: dict[Blo
     return gdf, outputs, metadata
 
 
-def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunStore | None = None) -> DetectSettings:
-    group = resolve_version_group(cfg.mosaic, cfg.version)
+def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunStore | None = None,
+                    group: str | None = None) -> DetectSettings:
+    """What every detection task needs; ``group``: the mosaic version's (resolved here when None)."""
+    group = group if group is not None else resolve_version_group(cfg.mosaic, cfg.version)
     return DetectSettings(mosaic=cfg.mosaic, model_path=str(cfg.model_path), model_hash=model_hash, device=cfg.device,
                           store=store or RunStore(str(cfg.run_path)), grid_key=grid.key, group=group)
 
