@@ -125,7 +125,11 @@ def dask_processes(tmp: Path, workers: int = 2, *, procs_out: list[subprocess.Po
         for p in procs[::-1]:
             p.terminate()
         for p in procs:
-            p.wait(timeout=30)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a worker stuck closing must not fail the test it served
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="session")

@@ -101,9 +101,18 @@ def _wait_for(cond, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-
 _STARTED: list[subprocess.Popen[str]] = []
 
 
+def _terminal_signals() -> None:
+    # A run started from a terminal has SIGINT at its default. A non-interactive shell that runs
+    # pytest in the background (CI's `... &`) sets SIGINT to "ignore", and a child inherits that:
+    # the run would then rightly ignore Ctrl-C, as under nohup. The tests here are about the
+    # terminal case, so each run starts with the default restored.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(cfg: Path, *args: str) -> subprocess.Popen[str]:
     p = subprocess.Popen([CLI, "run", str(cfg), "--no-progress", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=_terminal_signals)
     _STARTED.append(p)
     return p
 
