@@ -64,7 +64,7 @@ def _config(tmp: Path, basin: Path | str, model: Path, **kw: object) -> Path:
     """Every window runs (20 of them, 128-px cores): enough work to be interrupted."""
     cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 128, "halo": 32,
            "batch_size": 1, "skip": {"min_abs_rate": 0.0, "min_hot_pixels": 1, "min_valid_fraction": 0.0},
-           "cluster": {"workers": 1, "dashboard": False}, "outputs": {"quicklook": False, "slide_id_raster": False}, **kw}
+           "cluster": {"workers": 1, "dashboard": False}, "outputs": {"quicklook": False, "slide_id_raster": False, "report": False, "kml": False, "geopackage": False}, **kw}
     p = tmp / "basin.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p

@@ -71,7 +71,7 @@ def basin(tmp_path_factory) -> Path:
 def _config(tmp: Path, basin: Path, model: Path, **kw: object) -> Path:
     cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 256, "halo": 64,
            "cluster": {"workers": 1, "threads_per_worker": 1, "dashboard": False},
-           "outputs": {"quicklook": False, "slide_id_raster": False}, **kw}
+           "outputs": {"quicklook": False, "slide_id_raster": False, "report": False, "kml": False, "geopackage": False}, **kw}
     p = tmp / "basin.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -289,12 +289,13 @@ def test_sigkilled_run_resumes_to_the_same_inventory(tmp_path, basin, model_file
 # ---------------------------------------------------------------------------- outputs and bad input
 
 
-def test_outputs_raster_geopackage_and_metadata(tmp_path, basin, model_file):
+def test_outputs_raster_geopackage_kml_report_and_metadata(tmp_path, basin, model_file):
     import xarray as xr
 
     from insar_slide.inventory import inventory_metadata
     inv = _run_injected(tmp_path, basin, model_file, outputs={"quicklook": True, "slide_id_raster": True,
-                                                              "geopackage": True, "outline": True})
+                                                              "geopackage": True, "kml": True, "report": True,
+                                                              "outline": True})
     meta = inventory_metadata(tmp_path / "inv.parquet")
     assert meta["windows"]["planned"] == 18 and meta["windows"]["skipped_no_data"] >= 1
     assert meta["model_hash"] == file_hash(model_file) and meta["config"]["window"] == 256
@@ -306,7 +307,10 @@ def test_outputs_raster_geopackage_and_metadata(tmp_path, basin, model_file):
         assert int((layer == k).sum()) == pytest.approx(box.area / 900, rel=0.05)
     assert (tmp_path / "inv.png").stat().st_size > 10_000
     gpkg = gpd.read_file(tmp_path / "inv.gpkg")
-    assert len(gpkg) == len(inv)
+    assert len(gpkg) == len(inv) == len(gpd.read_file(tmp_path / "inv.gpkg", layer="outlines"))
+    assert len(gpd.read_file(tmp_path / "inv.kml")) == len(inv)
+    page = (tmp_path / "inv.html").read_text()
+    assert page.count('class="card"') == len(inv) and "basin" in page
     assert inv["outline"].notna().all()
     for o, g in zip(inv["outline"], inv.geometry, strict=True):
         assert o.within(g.buffer(30)) and o.area < g.area  # the ellipse inside its box

@@ -70,7 +70,7 @@ def basin(tmp_path_factory) -> Path:
 def _config(tmp: Path, basin: Path, model: Path, **kw: object) -> Path:
     cfg = {"mosaic": str(basin), "out": str(tmp / "inv.parquet"), "model": str(model), "window": 128, "halo": 32,
            "cluster": {"workers": 1, "threads_per_worker": 1, "dashboard": False},
-           "outputs": {"quicklook": False, "slide_id_raster": False}, **kw}
+           "outputs": {"quicklook": False, "slide_id_raster": False, "report": False, "kml": False, "geopackage": False}, **kw}
     p = tmp / "basin.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p

@@ -120,7 +120,7 @@ def test_ingest_run_update_baseline_quicklook_on_s3_match_local(tmp_path, s3_end
     assert res.exit_code == 0 and fs.cat("basins/valley/look.png")[:4] == b"\x89PNG", res.output
 
     upd = _cfg(tmp_path, "upd", mosaic=s3_m, out=f"{bucket}/valley/upd.parquet", model=str(model_file),
-               run_dir=str(tmp_path / "remote.run"), outputs={"quicklook": False, "slide_id_raster": False})
+               run_dir=str(tmp_path / "remote.run"), outputs={"quicklook": False, "slide_id_raster": False, "report": False, "kml": False, "geopackage": False})
     res = cli.invoke(main, ["update", upd, "--no-progress"])
     assert res.exit_code == 0, res.output
     state = json.loads(fs.cat("basins/valley/upd.parquet.history/state.json"))
@@ -148,7 +148,7 @@ def test_storage_options_reach_the_workers_and_stay_secret(tmp_path, s3_endpoint
         opts = {"endpoint_url": saved["AWS_ENDPOINT_URL"], "key": saved["AWS_ACCESS_KEY_ID"],
                 "secret": saved["AWS_SECRET_ACCESS_KEY"]}
         cfg = _cfg(tmp_path, "opts", mosaic=s3_m, out=f"{bucket}/inv.parquet", model=str(model_file),
-                   storage_options=opts, outputs={"quicklook": False, "slide_id_raster": False})
+                   storage_options=opts, outputs={"quicklook": False, "slide_id_raster": False, "report": False, "kml": False, "geopackage": False})
         res = CliRunner().invoke(main, ["run", cfg, "--no-progress"])
         assert res.exit_code == 0, res.output
         assert "testing" not in res.output

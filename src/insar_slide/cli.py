@@ -148,16 +148,59 @@ def info(mosaic: str, as_json: bool, verify: bool) -> None:
 @main.command()
 @click.argument("mosaic", type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
-@click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory whose polygons are drawn (any vector format).")
-@click.option("--clip", type=float, help="Symmetric colour clip in mm/yr (default: 99th percentile of |rate|).")
+@click.option("--inventory", type=click.Path(dir_okay=False), help="Inventory whose outlines are drawn (any vector format).")
+@click.option("--truth", type=click.Path(dir_okay=False),
+              help="Truth or reference inventory: hits, false alarms and misses drawn in their own colours.")
+@click.option("--clip", type=float, help="Linear colour scale to ±CLIP mm/yr (default: robust limit, log-like beyond ±10).")
 @click.option("--max-side", type=int, default=1600, show_default=True, help="Largest side in pixels (an overview is read above it).")
 @_friendly
-def quicklook(mosaic: str, out: str, inventory: str | None, clip: float | None, max_side: int) -> None:
-    """Render the rate map (diverging colours, symmetric clip) with inventory polygons."""
+def quicklook(mosaic: str, out: str, inventory: str | None, truth: str | None, clip: float | None, max_side: int) -> None:
+    """Render each track's rate map with that track's detections, a title, legend and scale bar."""
     from .quicklook import quicklook as do_quicklook
 
-    path = do_quicklook(mosaic, out, inventory=inventory, clip=clip, max_side=max_side)
+    if truth and not inventory:
+        raise click.UsageError("--truth marks an inventory's hits and misses; give the inventory with --inventory")
+    path = do_quicklook(mosaic, out, inventory=inventory, truth=truth, clip=clip, max_side=max_side)
     click.echo(f"wrote {path}")
+
+
+@main.command("report")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--mosaic", required=True, type=click.Path(), help="The basin mosaic the inventory was detected on.")
+@click.option("--version", help="Mosaic version (label or 'latest'; default: the store's root).")
+@click.option("--truth", type=click.Path(dir_okay=False), help="Truth or reference inventory: hits, false alarms and misses marked.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Report HTML (default: the inventory's name with .html).")
+@click.option("--max-thumbnails", type=int, default=400, show_default=True, help="Thumbnails for this many slides (highest scores first).")
+@_friendly
+def report_cmd(inventory: str, mosaic: str, version: str | None, truth: str | None, out: str | None,
+               max_thumbnails: int) -> None:
+    """Write the run report: map, sortable and filterable table, per-slide thumbnails (one HTML file)."""
+    from .mosaic import resolve_version_group
+    from .report import write_report
+    from .storage import join, with_suffix
+
+    group = resolve_version_group(mosaic, version)
+    page = write_report(join(mosaic, group) if group else mosaic, inventory, out or with_suffix(inventory, ".html"),
+                        truth=truth, max_thumbnails=max_thumbnails)
+    click.echo(f"wrote {page}")
+
+
+@main.command("export")
+@click.argument("mosaic", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for <track>.tif.")
+@click.option("--version", help="Mosaic version (label or 'latest'; default: the store's root).")
+@click.option("--track", "tracks", multiple=True, help="Only this track (repeatable; default: all).")
+@click.option("--overwrite", is_flag=True, help="Replace existing files.")
+@_friendly
+def export_cmd(mosaic: str, out_dir: str, version: str | None, tracks: tuple[str, ...], overwrite: bool) -> None:
+    """Export the mosaic as one Cloud-Optimized GeoTIFF per track (with overviews), for QGIS and GDAL."""
+    from .gis import export_cogs
+
+    t0 = time.perf_counter()
+    paths = export_cogs(mosaic, out_dir, version=version, tracks=list(tracks) or None, overwrite=overwrite)
+    click.echo(f"wrote {len(paths)} Cloud-Optimized GeoTIFF(s) in {time.perf_counter() - t0:.1f} s:")
+    for p in paths:
+        click.echo(f"  {p}")
 
 
 @main.command("plan")
@@ -243,8 +286,9 @@ def history_cmd(config: str, slide: str | None) -> None:
 def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool) -> None:
     """Simulate the built-in demo basin and run the detector over it (configs/basin_demo.yaml).
 
-    Writes out/demo/{basin.zarr, basin.truth.parquet, inventory.parquet, inventory.png,
-    inventory.slide_id.zarr} and scores the inventory against the simulated truth.
+    Writes out/demo/{basin.zarr, basin.truth.parquet, inventory.parquet, inventory.gpkg,
+    inventory.kml, inventory.slide_id.zarr}, scores the inventory against the simulated truth and
+    draws inventory.png and the report inventory.html with hits, misses and false alarms marked.
     """
     import geopandas as gpd
 
@@ -259,7 +303,10 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     mosaic, truth = do_simulate(demo_config(), out / "basin.zarr", overwrite=True)
     click.echo(f"simulated {mosaic} and {truth} in {time.perf_counter() - t0:.1f} s")
     cfg = demo_run_config(out)
-    upd: dict[str, Any] = {"model": model} if model else {}
+    # the quick look and the report are drawn once, below, with the truth marked
+    upd: dict[str, Any] = {"outputs": cfg.outputs.model_copy(update={"quicklook": False, "report": False})}
+    if model:
+        upd["model"] = model
     if workers:
         upd["cluster"] = cfg.cluster.model_copy(update={"workers": workers})
     quiet_dask_logs()
@@ -273,6 +320,12 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
                f"{c['below_threshold']} more on slower or masked simulated slides (not counted); "
                f"precision {c['precision']:.2f} ({c['precision_all']:.2f} counting those as false), "
                f"recall {c['recall']:.2f}, F1 {c['f1']:.2f}")
+    from .quicklook import quicklook as do_quicklook
+    from .report import write_report
+    stem = Path(cfg.out).with_suffix("")
+    png = do_quicklook(cfg.mosaic, f"{stem}.png", inventory=result.inventory, truth=full)
+    page = write_report(cfg.mosaic, result.inventory, f"{stem}.html", truth=full)
+    click.echo(f"hits, misses and false alarms marked in {png} and {page}")
 
 
 for _cmd in [*COMPARE_COMMANDS, *TRAINING_COMMANDS]:  # baseline, compare; chips, train, evaluate, ...

@@ -78,10 +78,23 @@ class ClusterConfig(StrictModel):
 
 
 class Outputs(StrictModel):
-    geopackage: bool = Field(False, description="also write <out>.gpkg")
+    geopackage: bool = Field(True, description="write <out stem>.gpkg: layers 'landslides' and 'outlines' with QGIS styles")
+    kml: bool = Field(True, description="write <out stem>.kml (outlines in WGS 84, for Google Earth)")
     slide_id_raster: bool = Field(True, description="write <out stem>.slide_id.zarr on the mosaic grid")
     quicklook: bool = Field(True, description="write <out stem>.png")
+    report: bool = Field(True, description="write <out stem>.html: map, sortable table and per-slide thumbnails")
     outline: bool = Field(True, description="refined outline (the deforming pixels inside the box) in column 'outline'")
+
+    def files_beside(self) -> bool:
+        """Whether any file is written beside the inventory."""
+        return any(getattr(self, k) for k in FILES_BESIDE)
+
+    def only_inventory(self) -> Outputs:
+        return self.model_copy(update=dict.fromkeys(FILES_BESIDE, False))
+
+
+# the outputs that are files of their own beside the inventory ('outline' is a column of it)
+FILES_BESIDE = ("geopackage", "kml", "slide_id_raster", "quicklook", "report")
 
 
 class RunConfig(StrictModel):

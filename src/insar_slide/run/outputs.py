@@ -1,5 +1,6 @@
 """Stage 5 of ``run``: a run's part files → one inventory in a deterministic order with stable
-ids, and the optional outputs beside it (GeoPackage, ``slide_id`` raster, quick look)."""
+ids, and the optional outputs beside it (GeoPackage, KML, ``slide_id`` raster, quick look, HTML
+report)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from ..core.merge import slide_ids
 from ..grid import Grid
 from ..inventory import COLUMNS, finish_schema
 from ..mosaic import resolve_version_group
-from ..storage import is_url, join, staged, with_suffix
+from ..storage import is_url, join, with_suffix
 from .config import RunConfig
 from .plan import aoi_geometry
 
@@ -57,15 +58,16 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
     written = {} if written is None else written
     stem = str(with_suffix(out, ""))
     todo: list[tuple[str, str | Path, Callable[[], object]]] = []
+    group = resolve_version_group(cfg.mosaic, cfg.version)
+    mosaic = join(cfg.mosaic, group) if group else cfg.mosaic  # a version is a whole store
     if cfg.outputs.geopackage:
+        from ..gis import write_geopackage
         gpkg = with_suffix(out, ".gpkg")
-
-        def _gpkg() -> None:
-            with staged(gpkg, overwrite=True) as tmp:
-                plain = gdf.drop(columns=[c for c in gdf.columns
-                                          if c != "geometry" and isinstance(gdf[c].dtype, gpd.array.GeometryDtype)])
-                plain.to_file(tmp, driver="GPKG", layer="landslides")
-        todo.append(("geopackage", gpkg, _gpkg))
+        todo.append(("geopackage", gpkg, lambda: write_geopackage(gdf, gpkg)))
+    if cfg.outputs.kml:
+        from ..gis import write_kml
+        kml = with_suffix(out, ".kml")
+        todo.append(("kml", kml, lambda: write_kml(gdf, kml, name=f"insar-slide: {stem.rsplit('/', 1)[-1]}")))
     if cfg.outputs.slide_id_raster:
         from .raster import write_slide_raster
         path = f"{stem}.slide_id.zarr"
@@ -73,9 +75,11 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
     if cfg.outputs.quicklook:
         from ..quicklook import quicklook
         png = f"{stem}.png"
-        group = resolve_version_group(cfg.mosaic, cfg.version)
-        # a version is a whole store
-        todo.append(("quicklook", png, lambda: quicklook(join(cfg.mosaic, group) if group else cfg.mosaic, png, inventory=out)))
+        todo.append(("quicklook", png, lambda: quicklook(mosaic, png, inventory=gdf)))
+    if cfg.outputs.report:
+        from ..report import write_report
+        page = f"{stem}.html"
+        todo.append(("report", page, lambda: write_report(mosaic, gdf, page)))
     for name, target, write in todo:
         try:
             write()

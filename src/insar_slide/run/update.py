@@ -205,7 +205,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
         echo(f"updating from version {prev_label} to {label}")
     run_cfg = cfg.model_copy(update={
         "version": label if newest["group"] else None, "out": str(join(hdir, "detections", f"{label}.parquet")),
-        "run_dir": str(cfg.run_path), "outputs": cfg.outputs.model_copy(update={"quicklook": False, "slide_id_raster": False}),
+        "run_dir": str(cfg.run_path), "outputs": cfg.outputs.only_inventory(),
         "overwrite": True})
     result = run(run_cfg, client=client, progress=progress, echo=echo)
     new = result.inventory.copy()
@@ -219,7 +219,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
     meta = {"version": label, "versions": [*(state["versions"] if state else []), label] if not state or state["versions"][-1] != label
             else state["versions"], "status_counts": counts, "windows": result.summary.windows, "model_hash": model_hash}
     write_inventory(rows, cfg.out, metadata=meta, overwrite=True)
-    if cfg.outputs.quicklook or cfg.outputs.slide_id_raster or cfg.outputs.geopackage:
+    if cfg.outputs.files_beside():
         from .outputs import write_extras
         write_extras(rows, cfg.model_copy(update={"version": run_cfg.version}), ds=ds, grid=grid)
     new_state = {"versions": meta["versions"], "model_hash": model_hash, "settings": key, "grid": grid_key}

@@ -1,0 +1,165 @@
+"""What every picture of a mosaic shares (the quick look and the run report): the colour scale,
+the title, the scale bar's length in any CRS, the detections of one track and the truth marks.
+
+The colour scale is symmetric and robust: its limit is the 99.9th percentile of |rate| over the
+shown pixels (at least 10 mm/yr, and at least the fastest detected slide's 95th percentile), so
+one outlier does not wash the map out and no slide saturates, and beyond
+±``LINEAR_MM_YR`` it is logarithmic, so a slide at 1 m/yr is not the same colour as one at
+60 mm/yr while stable ground (a few mm/yr) keeps its linear contrast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import matplotlib
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.colors import Normalize, SymLogNorm
+from pyproj import CRS
+
+LINEAR_MM_YR = 10.0
+NODATA_RGBA = (189, 189, 189, 255)
+NODATA_HEX = "#bdbdbd"
+CMAP = "RdBu"
+# outcome of a detection against a truth, and the colour it is drawn in everywhere
+OUTCOME_COLOURS = {"hit": "#1a9850", "false alarm": "#d73027", "below threshold": "#fdae61", "missed": "#7b3294"}
+
+
+def rate_norm(values: np.ndarray, slides_p95: np.ndarray | None = None) -> Normalize:
+    """The symmetric, robust colour scale for these rates (mm/yr); NaNs ignored. The limit is
+    the 99.9th percentile of |rate|, raised to the fastest slide's 95th-percentile |rate| when
+    ``slides_p95`` (an inventory's ``rate_p95_abs``) is given: slides are a small share of the
+    pixels, and the picture is for them."""
+    finite = np.abs(values[np.isfinite(values)])
+    vmax = max(LINEAR_MM_YR, float(np.percentile(finite, 99.9))) if finite.size else LINEAR_MM_YR
+    if slides_p95 is not None:
+        fast = np.asarray(slides_p95, float)
+        fast = fast[np.isfinite(fast)]
+        if fast.size:
+            vmax = max(vmax, float(fast.max()))
+    if vmax <= 3 * LINEAR_MM_YR:
+        return Normalize(-vmax, vmax)
+    return SymLogNorm(linthresh=LINEAR_MM_YR, linscale=1.0, vmin=-vmax, vmax=vmax, base=10)
+
+
+def colormap() -> Any:
+    return matplotlib.colormaps[CMAP].with_extremes(bad=NODATA_HEX)
+
+
+def to_rgba(values: np.ndarray, norm: Normalize) -> np.ndarray:
+    """(rows, cols) rates → (rows, cols, 4) uint8 RGBA in the shared colour scale, no data grey."""
+    return colormap()(norm(np.ma.masked_invalid(values)), bytes=True)
+
+
+def colour_ticks(norm: Normalize) -> list[float]:
+    """Readable colour-bar ticks for ``norm`` (0, ±10, ±100 … up to the limit)."""
+    vmax = float(norm.vmax or LINEAR_MM_YR)
+    if not isinstance(norm, SymLogNorm):
+        step = _nice_length(vmax * 5 / 2)
+        pos = list(np.arange(step, vmax + 1e-9, step))
+    else:
+        pos = [10.0 ** k for k in range(1, math.floor(math.log10(vmax)) + 1)]
+    return sorted([-p for p in pos] + [0.0] + pos)
+
+
+def is_projected(crs: Any) -> bool:
+    return bool(CRS.from_user_input(crs).is_projected)
+
+
+def metres_per_unit(crs: Any, bounds: Sequence[float]) -> tuple[float, float]:
+    """Metres per CRS unit along x and y at the middle of ``bounds`` (degrees → metres on
+    geographic CRSs; the linear unit's factor on projected ones)."""
+    c = CRS.from_user_input(crs)
+    if c.is_projected:
+        f = float(c.axis_info[0].unit_conversion_factor or 1.0)
+        return f, f
+    lat = math.radians((bounds[1] + bounds[3]) / 2)
+    return 111_320.0 * math.cos(lat), 110_574.0
+
+
+def _nice_length(span: float) -> float:
+    """The largest 1, 2 or 5 × 10^k at most ``span`` / 5."""
+    target = span / 5
+    p = 10 ** math.floor(math.log10(target))
+    return max(m * p for m in (1, 2, 5) if m * p <= target)
+
+
+def scale_bar_length_m(width_m: float) -> float:
+    """A round scale-bar length (metres) for a map ``width_m`` wide: about a fifth of it."""
+    return _nice_length(width_m)
+
+
+def format_length(m: float) -> str:
+    return f"{m / 1000:g} km" if m >= 1000 else f"{m:g} m"
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    """What a map's title says: the basin, its tracks and their time span."""
+
+    basin: str
+    tracks: list[str]
+    time_span: str
+
+    def title(self, n_slides: int | None = None) -> str:
+        parts = [self.basin, ", ".join(self.tracks)]
+        if self.time_span:
+            parts.append(self.time_span)
+        if n_slides is not None:
+            parts.append(f"{n_slides} landslide{'s' if n_slides != 1 else ''}")
+        return " · ".join(parts)
+
+
+def map_info(ds: xr.Dataset, path: str | Path) -> MapInfo:
+    """The basin's name (its ``product`` attribute, else the store's name), tracks, time span."""
+    name = str(ds.attrs.get("product") or "") or Path(str(path).rstrip("/")).name.removesuffix(".zarr")
+    tracks = [str(t) for t in ds["track"].values]
+    spans = []
+    if "start_date" in ds.coords and "end_date" in ds.coords:
+        starts = [str(v) for v in ds["start_date"].values if str(v)]
+        ends = [str(v) for v in ds["end_date"].values if str(v)]
+        if starts and ends:
+            spans.append(f"{min(starts)} – {max(ends)}")
+    if not spans and ds.attrs.get("time_span"):
+        spans.append(str(ds.attrs["time_span"]))
+    return MapInfo(name, tracks, spans[0] if spans else "")
+
+
+def on_track(inv: gpd.GeoDataFrame, track: str) -> np.ndarray:
+    """Which rows of an inventory were detected on ``track`` (its ``tracks`` column; rows without
+    one — a truth, a hand-drawn inventory — are on every track)."""
+    if "tracks" not in inv or not len(inv):
+        return np.ones(len(inv), bool)
+    return np.array([(not isinstance(t, str)) or not t or track in t.split(",") for t in inv["tracks"]], bool)
+
+
+def outlines(inv: gpd.GeoDataFrame) -> gpd.GeoSeries:
+    """Each row's refined outline where it has one, else its polygon."""
+    if "outline" not in inv:
+        return inv.geometry
+    o = gpd.GeoSeries(inv["outline"], crs=inv.crs)
+    return gpd.GeoSeries(np.where(o.isna() | o.is_empty, inv.geometry, o), index=inv.index, crs=inv.crs)
+
+
+def truth_outcomes(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame | None) -> tuple[pd.Series | None, gpd.GeoDataFrame | None]:
+    """Against a truth (a simulated one, with its slower slides not asked for; or any reference):
+    each detection's outcome (hit / false alarm / below threshold) and the missed truth rows."""
+    if truth is None:
+        return None, None
+    from .compare import hidden_truth, match, visible_truth
+
+    truth = truth.to_crs(inv.crs) if inv.crs is not None and truth.crs is not None and truth.crs != inv.crs else truth
+    ref, hidden = visible_truth(truth), hidden_truth(truth)
+    m = match(inv, ref, ignore=hidden if len(hidden) else None)
+    out = np.where(m.a_matched >= 0, "hit", "false alarm").astype(object)
+    if m.a_ignored is not None:
+        out[(m.a_matched < 0) & m.a_ignored] = "below threshold"
+    missed = ref.iloc[np.flatnonzero(m.b_matched < 0)]
+    return pd.Series(out, index=inv.index, name="outcome"), missed
