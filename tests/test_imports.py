@@ -39,7 +39,7 @@ LAYERS: list[tuple[str, list[str]]] = [
                                        "run.update",
                                        "baselines", "scoring", "scoring_tables"]),
     ("training", ["training.metrics", "training.data", "training.mining", "training.train", "training.chips", "training.evaluate", "training.export"]),
-    ("interface", ["cli_common", "cli_training", "cli_compare", "cli", ""]),
+    ("interface", ["api", "cli_common", "cli_training", "cli_compare", "cli", ""]),
 ]
 
 #: What the core layer must not import: no Dask, no xarray, no file formats.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from .api import detect, simulate
 from .errors import InsarSlideError
 from .mosaic import open_basin
 from .query import open_inventory, slide_rates, slide_table, slides_in_bbox
 from .version import __version__
 
-__all__ = ["InsarSlideError", "__version__", "open_basin", "open_inventory", "slide_rates", "slide_table", "slides_in_bbox"]
+__all__ = ["InsarSlideError", "__version__", "detect", "open_basin", "open_inventory", "simulate", "slide_rates",
+           "slide_table", "slides_in_bbox"]

@@ -22,8 +22,8 @@ import base64
 import html
 import io
 import math
-from importlib import resources
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 

@@ -80,9 +80,17 @@ class StorageOptions(WorkerPlugin):
         use_options(self.options, *self.urls)
 
 
+#: A run of at most this many windows (a valley, one scene) on an embedded cluster runs its
+#: workers as threads of this process: starting worker processes (and importing torch in each)
+#: costs 10–50 s, more than such a run's detection.
+IN_PROCESS_MAX_WINDOWS = 4
+
+
 @contextlib.contextmanager
-def cluster_client(cfg: RunConfig) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``cluster.address``, or to an embedded ``LocalCluster``."""
+def cluster_client(cfg: RunConfig, *, in_process: bool = False) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``cluster.address``, or to an embedded ``LocalCluster`` — of
+    worker processes, or with ``in_process`` (and no ``cluster.workers`` set) one worker of
+    threads in this process."""
     from distributed import Client, LocalCluster
 
     c = cfg.cluster
@@ -97,10 +105,18 @@ def cluster_client(cfg: RunConfig) -> Iterator[Any]:
         return
     import os
     cores = os.cpu_count() or 1
+    # dashboards on a free port: the scheduler's HTTP server starts even when the link is not
+    # printed, and a second run on this machine must not collide with the first's 8787
+    if in_process and c.workers is None:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=c.threads_per_worker, processes=False,
+                               dashboard_address=":0", silence_logs=logging.CRITICAL)
+        with cluster, Client(cluster) as client:
+            yield client
+        return
     workers = c.workers or max(1, cores // c.threads_per_worker)
     with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C
         cluster = LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
-                               memory_limit=c.memory_limit, dashboard_address=":0" if c.dashboard else None,
+                               memory_limit=c.memory_limit, dashboard_address=":0",
                                silence_logs=logging.CRITICAL)  # a failed task is reported by the run itself
     with cluster, Client(cluster) as client:
         yield client
@@ -131,3 +147,16 @@ def client_map(client: Any) -> Callable[[Callable[..., Any], Sequence[tuple[Any,
             return []
         return list(client.gather(client.map(fn, *zip(*args, strict=True), pure=False)))
     return run
+
+
+def dashboard_serves(link: str, timeout: float = 2.0) -> bool:
+    """Whether the Dask dashboard at ``link`` answers (it needs bokeh; a link that leads to an
+    error page is not printed)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(link, timeout=timeout) as r:
+            return 200 <= r.status < 400 and b"needs bokeh" not in r.read(65536)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

@@ -74,7 +74,7 @@ class ClusterConfig(StrictModel):
     workers: int | None = Field(None, ge=1, description="LocalCluster workers (default: cores / threads_per_worker)")
     threads_per_worker: int = Field(1, ge=1)
     memory_limit: str = "auto"
-    dashboard: bool = True
+    dashboard: bool = Field(True, description="print the Dask dashboard's link (when it serves)")
 
 
 class Outputs(StrictModel):

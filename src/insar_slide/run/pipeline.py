@@ -25,7 +25,7 @@ import numpy as np
 
 from ..core.merge import MergeRules
 from ..core.scales import first_block, pixel_advice
-from ..core.tiling import Block, Window, WindowPlan
+from ..core.tiling import Block, Window, WindowPlan, plan_windows
 from ..errors import InputError
 from ..grid import Grid
 from ..inventory import inventory_metadata, write_inventory
@@ -39,11 +39,13 @@ from ..storage import (
 )
 from ..version import __version__
 from .cluster import (
+    IN_PROCESS_MAX_WINDOWS,
     OutputError,
     StorageOptions,
     WindowsFailed,
     client_map,
     cluster_client,
+    dashboard_serves,
     lost_scheduler,
     on_interrupt,
 )
@@ -56,7 +58,7 @@ from .detect import (
 )
 from .merge import BlockJob, BlockResult, MergeSettings, block_key, reduce_leaf, reduce_node
 from .outputs import assemble, write_extras
-from .plan import check_levels, make_plan
+from .plan import aoi_geometry, check_levels, make_plan
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,7 @@ class Inputs:
     store: RunStore
     run_id: str
     replace_out: bool  # an inventory at out may be replaced (:func:`may_replace`)
+    n_windows: int  # windows of every scale and track inside the AOI, before the skip rules
 
 
 def may_replace(cfg: RunConfig, run_id: str) -> bool:
@@ -180,7 +183,11 @@ def _inputs(cfg: RunConfig) -> Inputs:
     if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
         log.warning(advice)
     store = RunStore(str(cfg.run_path)).prepare()
-    return Inputs(model_hash, thr, ds, grid, group, store, run_id, replace_out)
+    tracks = cfg.tracks or [str(t) for t in ds["track"].values]
+    aoi = aoi_geometry(cfg.aoi, grid.crs) if cfg.aoi is not None else None
+    pure = plan_windows(grid, tracks, window=cfg.window, halo=cfg.halo, scales=cfg.scales, aoi=aoi)
+    n_windows = sum(w.status == "pending" for w in pure.windows)
+    return Inputs(model_hash, thr, ds, grid, group, store, run_id, replace_out, n_windows)
 
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
@@ -193,13 +200,14 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     state: dict[str, Any] = {}  # what an interruption can count (the plan, once made)
-    with on_interrupt(state), contextlib.nullcontext(client) if client is not None else cluster_client(cfg) as client:
+    own = cluster_client(cfg, in_process=inp.n_windows <= IN_PROCESS_MAX_WINDOWS)
+    with on_interrupt(state), contextlib.nullcontext(client) if client is not None else own as client:
         times["cluster"] = time.perf_counter() - t0
         state.update(client=client, address=getattr(getattr(client, "scheduler", None), "address", cfg.cluster.address))
         if cfg.storage_options:  # every worker, also one that joins later, opens URLs with them
             client.register_plugin(StorageOptions(cfg.storage_options, [cfg.mosaic, cfg.out]))
         link = getattr(client, "dashboard_link", None)
-        if link and cfg.cluster.dashboard:
+        if link and cfg.cluster.dashboard and dashboard_serves(link):
             echo(f"Dask dashboard: {link}")
         t0 = time.perf_counter()
         plan = make_plan(cfg, stats_map=client_map(client))  # 2. plan
