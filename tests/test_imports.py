@@ -25,7 +25,7 @@ SRC = REPO / "src" / "insar_slide"
 
 #: Lowest first. Names are relative to ``insar_slide`` ("" is the package's ``__init__``).
 LAYERS: list[tuple[str, list[str]]] = [
-    ("foundation", ["version", "errors", "config", "atomic", "storage", "grid", "zarr_compat",
+    ("foundation", ["version", "errors", "config", "atomic", "storage", "grid", "zarr_compat", "progress",
                     "run", "sim", "training"]),  # the last three: empty package files
     ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "training.boxes", "sim.geometry", "sim.noise"]),
     ("config", ["run.config", "sim.config", "training.config"]),

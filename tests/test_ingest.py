@@ -143,3 +143,77 @@ def test_cli_bad_input_one_clear_error_and_no_store(tmp_path, rates, make, needl
     assert needle in res.output and str(src.name) in res.output
     assert "Traceback" not in res.output
     assert not out.exists() and not _leftovers(tmp_path)
+
+
+# ---------------------------------------------------------------- ingest that never corrupts silently (issue 21)
+
+
+def test_products_of_unknown_track_are_never_averaged_into_one(tmp_path, rates):
+    """An ascending and a descending GeoTIFF without --track would have cancelled: refused."""
+    a = write_tif(tmp_path / "asc.tif", rates)
+    d = write_tif(tmp_path / "desc.tif", -rates)
+    out = tmp_path / "m.zarr"
+    res = CliRunner().invoke(main, ["ingest", str(a), str(d), "--out", str(out)])
+    assert res.exit_code != 0 and "would be averaged into one track 'los'" in res.output and "--track" in res.output
+    assert not out.exists()
+    res = CliRunner().invoke(main, ["ingest", str(a), str(d), "--out", str(out), "--track", "asc_001", "--track", "desc_002",
+                                    "--heading", "-12", "--heading", "-168", "--incidence", "39"])
+    assert res.exit_code == 0, res.output
+    ds = open_basin(out)
+    assert list(ds["track"].values) == ["asc_001", "desc_002"]
+    assert list(ds["heading"].values) == [-12.0, -168.0] and list(ds["incidence"].values) == [39.0, 39.0]
+    np.testing.assert_allclose(ds["los_rate"].values[1], -rates, atol=1e-6)
+    # the same --track once for both: the user says they are frames of one track (same grid: averaged)
+    res = CliRunner().invoke(main, ["ingest", str(a), str(a), "--out", str(tmp_path / "one.zarr"), "--track", "asc_001"])
+    assert res.exit_code == 0, res.output
+    # but frames that look different ways are never one track
+    res = CliRunner().invoke(main, ["ingest", str(a), str(d), "--out", str(tmp_path / "bad.zarr"), "--track", "t",
+                                    "--heading", "-12", "--heading", "-168"])
+    assert res.exit_code != 0 and "look different ways" in res.output
+    res = CliRunner().invoke(main, ["ingest", str(a), str(d), "--out", str(tmp_path / "bad.zarr"), "--heading", "1",
+                                    "--heading", "2", "--heading", "3"])
+    assert res.exit_code != 0 and "--heading given 3 times for 2 sources" in res.output
+
+
+def test_sign_and_re_referencing(tmp_path, rates):
+    src = write_tif(tmp_path / "away.tif", rates - 22.0)  # an unreferenced product, positive = away
+    flipped = open_source(src, ReadOptions(track="t", sign="away"))
+    win = flipped.grid.window_of_bounds(*flipped.grid.bounds)
+    np.testing.assert_allclose(flipped.read(win), -(rates - 22.0), atol=1e-5)
+    med = open_source(src, ReadOptions(track="t", reference="median"))
+    assert med.offset == pytest.approx(float(np.median(rates)) - 22.0, abs=0.5)
+    assert abs(float(np.nanmedian(med.read(win)))) < 0.5
+    # a reference point reads (about) zero: the median of the 5 x 5 px around it
+    from pyproj import Transformer
+    x, y = flipped.grid.x0 + 100.5 * 30, flipped.grid.y0 - 50.5 * 30
+    lon, lat = Transformer.from_crs(flipped.grid.crs, "EPSG:4326", always_xy=True).transform(x, y)
+    pt = open_source(src, ReadOptions(track="t", reference=f"{lat},{lon}"))
+    assert pt.offset == pytest.approx(float(np.median(rates[48:53, 98:103])) - 22.0, abs=1e-4)
+    with pytest.raises(Exception, match="outside"):
+        open_source(src, ReadOptions(track="t", reference="0,0"))
+    with pytest.raises(Exception, match="median' or LAT,LON"):
+        open_source(src, ReadOptions(track="t", reference="stable"))
+    out = tmp_path / "m.zarr"
+    res = CliRunner().invoke(main, ["ingest", str(src), "--out", str(out), "--track", "t", "--sign", "away", "--reference", "median"])
+    assert res.exit_code == 0, res.output
+    ds = open_basin(out)
+    assert abs(float(np.nanmedian(ds["los_rate"].values))) < 0.5
+    import json
+    assert json.loads(ds.attrs["corrections"])[str(src)]["sign_flipped"] is True
+
+
+def test_ingest_warns_about_unknown_geometry_and_a_far_pixel(tmp_path, rates, caplog):
+    fine = write_tif(tmp_path / "f.tif", rates, transform=Affine(17.0, 0, 500_000.0, 0, -17.0, 3_000_000.0))
+    with caplog.at_level("WARNING"):
+        ingest([open_source(fine, ReadOptions(track="t"))], tmp_path / "m.zarr", chunk=128)
+    text = caplog.text
+    assert "heading and incidence unknown" in text and "--heading and --incidence" in text
+    assert "17.0 m" in text and "--reproject --resolution 30" in text
+
+
+def test_ingest_shows_progress(tmp_path, rates):
+    src = write_tif(tmp_path / "a.tif", rates)
+    res = CliRunner().invoke(main, ["ingest", str(src), "--out", str(tmp_path / "m.zarr"), "--track", "t", "--heading", "-12",
+                                    "--incidence", "39"])
+    assert res.exit_code == 0, res.output
+    assert "ingest: 100%" in res.output and "task" in res.output

@@ -49,6 +49,7 @@ from .errors import ConfigError, InputError
 from .grid import Grid
 from .inventory import finish_schema, polygon_rate_stats
 from .mosaic import RATE, grid_of
+from .progress import Progress, dask_tasks
 from .run.config import BaselineConfig, HotspotConfig, KMeansConfig
 
 log = logging.getLogger(__name__)
@@ -305,8 +306,10 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
 
 
 def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, cfg: BaselineConfig,
-                       tracks: list[str] | None = None, aoi: Any = None, run_id: str = "") -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
-    """Run one baseline over the mosaic's tracks and return the inventory (contract 2) and notes."""
+                       tracks: list[str] | None = None, aoi: Any = None, run_id: str = "",
+                       progress: Progress | None = None) -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
+    """Run one baseline over the mosaic's tracks and return the inventory (contract 2) and notes;
+    ``progress`` hears each track's Dask tasks as ``<method> <track>``."""
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = tracks or names
@@ -319,11 +322,12 @@ def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, 
             notes[t] = "no valid pixels"
             continue
         info: dict[str, Any] = {}
-        if method == "hotspot":
-            mask = hotspot_mask(rate, cfg.hotspot)
-        else:
-            mask, info = kmeans_mask(rate, cfg.kmeans)
-        reg = regions(mask, grid, cfg.min_area_px)
+        with dask_tasks(progress, f"{method} {t}"):
+            if method == "hotspot":
+                mask = hotspot_mask(rate, cfg.hotspot)
+            else:
+                mask, info = kmeans_mask(rate, cfg.kmeans)
+            reg = regions(mask, grid, cfg.min_area_px)
         notes[t] = {"regions": len(reg), **info}
         if len(reg):
             frames.append(pd.DataFrame({"geometry": list(reg.geometry), "score": np.nan, "tracks": t, "n_boxes": 1}))

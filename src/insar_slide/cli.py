@@ -37,11 +37,19 @@ def main(verbose: int) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="Output mosaic (.zarr).")
-@click.option("--track", "tracks", multiple=True, help="Track name: once for all sources, or once per source (in order).")
+@click.option("--track", "tracks", multiple=True,
+              help="Track name: once for all sources (they are frames of one track), or once per source (in order).")
 @click.option("--units", type=click.Choice(["mm/yr", "cm/yr", "m/yr"]), help="Units of the stored rates (overrides metadata and the magnitude check).")
 @click.option("--crs", "src_crs", help="CRS for sources that lack one (e.g. EPSG:4326).")
-@click.option("--heading", type=float, help="Satellite heading (deg) where the metadata lacks it.")
-@click.option("--incidence", type=float, help="Incidence angle (deg) where the metadata lacks it.")
+@click.option("--heading", "headings", type=float, multiple=True,
+              help="Satellite heading (deg) where the metadata lacks it: once for all sources, or once per source.")
+@click.option("--incidence", "incidences", type=float, multiple=True,
+              help="Incidence angle (deg) where the metadata lacks it: once for all sources, or once per source.")
+@click.option("--sign", "signs", type=click.Choice(["toward", "away"]), multiple=True,
+              help="What a positive stored rate means (default: toward the satellite, as MintPy and LiCSBAS): once, or once per source.")
+@click.option("--reference", "references", multiple=True,
+              help="Re-reference: 'median' (subtract the product's median, stable ground) or LAT,LON (that point reads 0); "
+                   "once, or once per source.")
 @click.option("--dem-par", type=click.Path(dir_okay=False), help="LiCSBAS EQA.dem_par, if not found beside the file.")
 @click.option("--keep-zeros", is_flag=True, help="MintPy: keep exact 0.0 rates (default: they are masked pixels → NaN, except the reference pixel).")
 @click.option("--overlap", type=click.Choice(["mean", "first"]), default="mean", show_default=True, help="Where frames of one track overlap.")
@@ -51,31 +59,46 @@ def main(verbose: int) -> None:
 @click.option("--chunk", type=int, default=1024, show_default=True, help="Chunk side (pixels); a multiple of the 512-px window.")
 @click.option("--add-version", "version", help="Add the products as a new version (label, e.g. 2018-2021) of the existing basin --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (or version).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
 def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: str | None, src_crs: str | None,
-           heading: float | None, incidence: float | None, dem_par: str | None, keep_zeros: bool, overlap: str,
-           reproject: bool, target_crs: str | None, resolution: float | None, chunk: int, version: str | None,
-           overwrite: bool) -> None:
+           headings: tuple[float, ...], incidences: tuple[float, ...], signs: tuple[str, ...], references: tuple[str, ...],
+           dem_par: str | None, keep_zeros: bool, overlap: str, reproject: bool, target_crs: str | None,
+           resolution: float | None, chunk: int, version: str | None, overwrite: bool, no_progress: bool) -> None:
     """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
     from .ingest import ingest as do_ingest
     from .readers import ReadOptions, open_source
     from .storage import check_target
 
-    if tracks and len(tracks) not in (1, len(sources)):
-        raise ConfigError(f"--track given {len(tracks)} times for {len(sources)} sources; give it once, or once per source")
+    n = len(sources)
+    per = {flag: _per_source(values, n, flag) for flag, values in
+           (("--track", tracks), ("--heading", headings), ("--incidence", incidences), ("--sign", signs),
+            ("--reference", references))}
     if version is None:
         check_target(out, overwrite=overwrite)  # a path or a URL (s3://…: AWS_* variables)
     opened = []
     for i, src in enumerate(sources):
-        name = tracks[0] if len(tracks) == 1 else tracks[i] if tracks else None
-        opts = ReadOptions(units=units, crs=src_crs, track=name, heading=heading, incidence=incidence,  # type: ignore[arg-type]
-                           keep_zeros=keep_zeros, dem_par=dem_par)
+        opts = ReadOptions(units=units, crs=src_crs, track=per["--track"][i], heading=per["--heading"][i],  # type: ignore[arg-type]
+                           incidence=per["--incidence"][i], keep_zeros=keep_zeros, dem_par=dem_par,
+                           sign=per["--sign"][i] or "toward", reference=per["--reference"][i])
         opened.append(open_source(src, opts))
     t0 = time.perf_counter()
-    path = do_ingest(opened, out, reproject=reproject, crs=target_crs, resolution=resolution,
-                     overlap=overlap, chunk=chunk, overwrite=overwrite, version=version)  # type: ignore[arg-type]
+    with progress_bars(not no_progress) as progress:
+        path = do_ingest(opened, out, reproject=reproject, crs=target_crs, resolution=resolution, overlap=overlap,  # type: ignore[arg-type]
+                         chunk=chunk, overwrite=overwrite, version=version, progress=progress)
     what = f"version {version} of {path}" if version else str(path)
     click.echo(f"wrote {what} ({len(opened)} product(s)) in {time.perf_counter() - t0:.1f} s")
+
+
+def _per_source(values: tuple[Any, ...], n: int, flag: str) -> list[Any]:
+    """A flag given once (for every source) or once per source → one value per source."""
+    if not values:
+        return [None] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) == n:
+        return list(values)
+    raise ConfigError(f"{flag} given {len(values)} times for {n} sources; give it once, or once per source (in order)")
 
 
 @main.command()
@@ -85,8 +108,10 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
 @click.option("--seed", type=int, help="Override the config's seed.")
 @click.option("--add-version", "version", help="Add the simulation as a new version (label) of the existing basin --out.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def simulate(config: str, out: str, truth: str | None, seed: int | None, version: str | None, overwrite: bool) -> None:
+def simulate(config: str, out: str, truth: str | None, seed: int | None, version: str | None, overwrite: bool,
+             no_progress: bool) -> None:
     """Simulate a basin mosaic and its truth inventory from a YAML config (samples in configs/)."""
     from .sim.basin import simulate as do_simulate
     from .sim.config import load_sim_config
@@ -95,7 +120,8 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, version
     if seed is not None:
         cfg = cfg.model_copy(update={"seed": seed})
     t0 = time.perf_counter()
-    mosaic, truth_path = do_simulate(cfg, out, truth=truth, overwrite=overwrite, version=version)
+    with progress_bars(not no_progress) as progress:
+        mosaic, truth_path = do_simulate(cfg, out, truth=truth, overwrite=overwrite, version=version, progress=progress)
     import geopandas as gpd
     n = len(gpd.read_parquet(truth_path))
     click.echo(f"wrote {mosaic} and {truth_path} ({n} landslides) in {time.perf_counter() - t0:.1f} s")
@@ -206,13 +232,15 @@ def export_cmd(mosaic: str, out_dir: str, version: str | None, tracks: tuple[str
 @main.command("plan")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def plan_cmd(config: str, as_json: bool) -> None:
+def plan_cmd(config: str, as_json: bool, no_progress: bool) -> None:
     """Print the window plan of a basin config: windows to run and skipped (by reason), km²."""
     from .run.config import load_run_config
     from .run.plan import make_plan
 
-    p = make_plan(load_run_config(config))
+    with progress_bars(not no_progress) as progress:
+        p = make_plan(load_run_config(config), progress=progress)
     click.echo(json.dumps(p.summary(), indent=1) if as_json else p.format())
 
 

@@ -60,6 +60,11 @@ def quiet_dask_logs() -> None:
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
 
 
+#: What a stage's bar counts (Dask tasks where the library reports a computation's tasks).
+UNITS = {"detect": "window", "plan": "batch", "reduce": "block", "simulate": "task", "ingest": "task",
+         "hotspot": "task", "kmeans": "task", "scan": "window", "chips": "window", "evaluate": "chip"}
+
+
 @contextlib.contextmanager
 def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], None] | None]:
     """A ``progress(stage, done, total)`` callback that draws one tqdm bar per stage (None when
@@ -70,14 +75,20 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
     from tqdm import tqdm
 
     bars: dict[str, tqdm] = {}
+    closed: set[str] = set()
 
     def progress(stage: str, done: int, total: int) -> None:
         bar = bars.get(stage)
+        if bar is not None and (stage in closed or total != bar.total or done < bar.n):
+            bar.close()  # a new pass of this stage (another computation): a new bar
+            bar = None
         if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, unit="window")
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit=UNITS.get(stage.split()[0], "step"))
+            closed.discard(stage)
         bar.update(done - bar.n)
         if done >= total:  # finished: the bar ends here, before the lines printed after it
             bar.close()
+            closed.add(stage)
 
     try:
         yield progress

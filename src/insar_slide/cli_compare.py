@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _friendly
+from .cli_common import _friendly, progress_bars
 from .errors import ConfigError
 from .version import __version__
 
@@ -18,8 +18,9 @@ from .version import __version__
 @click.argument("method", type=click.Choice(["hotspot", "kmeans"]))
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--out", help="Inventory GeoParquet (default: <config out>.<method>.parquet).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def baseline_cmd(method: str, config: str, out: str | None) -> None:
+def baseline_cmd(method: str, config: str, out: str | None, no_progress: bool) -> None:
     """The paper's baselines on a basin config: Gi* hot spots or K-means → inventory (same schema as run)."""
     from .baselines import baseline_inventory
     from .inventory import write_inventory
@@ -34,7 +35,9 @@ def baseline_cmd(method: str, config: str, out: str | None) -> None:
     ds = open_basin(cfg.mosaic)
     aoi = aoi_geometry(cfg.aoi, ds.rio.crs.to_string()) if cfg.aoi else None
     t0 = time.perf_counter()
-    gdf, notes = baseline_inventory(ds, method, cfg=cfg.baseline, tracks=cfg.tracks, aoi=aoi, run_id=f"{method}-baseline")  # type: ignore[arg-type]
+    with progress_bars(not no_progress) as progress:
+        gdf, notes = baseline_inventory(ds, method, cfg=cfg.baseline, tracks=cfg.tracks, aoi=aoi,  # type: ignore[arg-type]
+                                        run_id=f"{method}-baseline", progress=progress)
     params = cfg.baseline.model_dump()
     write_inventory(gdf, target, metadata={"method": method, "config": config_record(cfg), "parameters": params,
                                            "notes": notes, "code_version": __version__}, overwrite=True)

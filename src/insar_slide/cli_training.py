@@ -8,20 +8,22 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _friendly
+from .cli_common import _friendly, progress_bars
 
 
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def chips(config: str) -> None:
+def chips(config: str, no_progress: bool) -> None:
     """Cut training chips (512 px, filtered, split by blocks, rotated) with VOC and COCO labels."""
     from .training.chips import make_chips
     from .training.config import load_chips_config
 
     cfg = load_chips_config(config)
     t0 = time.perf_counter()
-    s = make_chips(cfg)
+    with progress_bars(not no_progress) as progress:
+        s = make_chips(cfg, progress)
     click.echo(f"wrote {s['chips']} chips from {s['windows']} windows to {cfg.out} in {time.perf_counter() - t0:.1f} s: "
                f"train {s['train']} chips / {s['boxes_train']} boxes, val {s['val']} chips / {s['boxes_val']} boxes")
 
@@ -61,12 +63,16 @@ def train_cmd(config: str, resume: bool) -> None:
 @click.option("--out", required=True, type=click.Path(), help="Output folder for tables and the PR curve.")
 @click.option("--score-threshold", type=float, help="For P/R/F1 (default: the one the model was trained with).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: str, score_threshold: float | None, device: str) -> None:
+def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: str, score_threshold: float | None, device: str,
+                 no_progress: bool) -> None:
     """COCO metrics, P/R/F1 at IoU 0.5, a PR curve, and Table 2 (ablation) for several checkpoints."""
     from .training.evaluate import evaluate
 
-    df = evaluate(list(checkpoints), chips_dir, out=out, split=split, device=device, score_threshold=score_threshold)
+    with progress_bars(not no_progress) as progress:
+        df = evaluate(list(checkpoints), chips_dir, out=out, split=split, device=device, score_threshold=score_threshold,
+                      progress=progress)
     click.echo((Path(out) / "table2.md").read_text())
     for r in df.to_dict("records"):
         click.echo(f"{r['checkpoint']}: best F1 on this split {r['best_f1']:.3f} at score ≥ {r['best_f1_threshold']:.3f} "

@@ -12,6 +12,7 @@ valid value there. NaN never wins over a value in either rule.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -26,9 +27,10 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject as rio_reproject
 from rasterio.warp import transform_bounds
 
-from .errors import GridError
+from .errors import GridError, InsarSlideError
 from .grid import Grid, PixelWindow, chunk_sizes
 from .mosaic import TrackInfo, build_dataset, write_mosaic, write_version
+from .progress import Progress
 from .readers import RateSource
 
 log = logging.getLogger(__name__)
@@ -63,9 +65,67 @@ def plan_ingest(
         if s.track.name not in names:
             names.append(s.track.name)
     frames = tuple(tuple(s for s in sources if s.track.name == n) for n in names)
+    for group in frames:
+        check_frames_of_one_track(group)
     grid = _target_grid(sources, crs=crs, resolution=resolution) if reproject else _union_grid(sources)
     tracks = tuple(_merge_track(group) for group in frames)
     return IngestPlan(grid, tracks, frames, reproject, overlap)
+
+
+#: Frames of one track look the same way: headings further apart than this are two tracks.
+SAME_TRACK_HEADING_DEG = 15.0
+
+
+def check_frames_of_one_track(group: Sequence[RateSource]) -> None:
+    """Refuse to average products into one track unless they are frames of one: never products
+    whose headings differ (an ascending and a descending LOS cancel), and never products whose
+    track is unknown (no name in their metadata) unless the user named the track (``--track``)."""
+    if len(group) < 2:
+        return
+    name = group[0].track.name
+    paths = ", ".join(s.path for s in group)
+    known = [s for s in group if not math.isnan(s.track.heading)]
+    for s in known[1:]:
+        d = abs((s.track.heading - known[0].track.heading + 180) % 360 - 180)
+        if d > SAME_TRACK_HEADING_DEG:
+            raise GridError(f"{known[0].path} (heading {known[0].track.heading:.1f}°) and {s.path} (heading "
+                            f"{s.track.heading:.1f}°) would be averaged into one track {name!r}, but they look different "
+                            "ways; give each its own --track (e.g. --track asc_099 --track desc_062)")
+    if any(s.track_from == "default" for s in group) and not all(s.track_from == "user" for s in group):
+        raise GridError(f"{paths}: their metadata name no track, so they would be averaged into one track {name!r}; "
+                        "give each its own --track (once per source, in order), or the same --track for all if they "
+                        "are frames of one track")
+
+
+def geometry_warnings(plan: IngestPlan) -> list[str]:
+    """One line per track whose heading or incidence is unknown (neither in the metadata nor given)."""
+    out = []
+    for t in plan.tracks:
+        missing = [k for k in ("heading", "incidence") if math.isnan(getattr(t, k))]
+        if missing:
+            out.append(f"track {t.name}: {' and '.join(missing)} unknown (not in the product's metadata); "
+                       f"pass {' and '.join('--' + k for k in missing)} so that its geometry is recorded")
+    return out
+
+
+def pixel_warning(grid: Grid) -> str | None:
+    """A line when the mosaic's pixel is far from the reference model's training pixel, with
+    the ingest option that resamples it."""
+    from .core.scales import PIXEL_TOLERANCE
+    from .model.checkpoint import read_metadata, training_pixel_m
+    from .run.config import default_model
+
+    try:
+        model_m = training_pixel_m(read_metadata(default_model()))
+    except (OSError, InsarSlideError):  # no readable reference model here: nothing to compare with
+        return None
+    px = float(np.mean(grid.pixel_size_m()))
+    if abs(px / model_m - 1) <= PIXEL_TOLERANCE:
+        return None
+    unit = f"{model_m:g}" if not grid.is_geographic() else f"{model_m * grid.dx / grid.pixel_size_m()[0]:.6f}"
+    return (f"the mosaic's pixel ({px:.1f} m) is more than {PIXEL_TOLERANCE:.0%} off the reference model's training "
+            f"pixel ({model_m:g} m); to resample, ingest with --reproject --resolution {unit}, or set `scales` in the "
+            "run config (insar-slide run advises a factor)")
 
 
 def _union_grid(sources: Sequence[RateSource]) -> Grid:
@@ -215,24 +275,31 @@ def ingest(
     chunk: int = 1024,
     overwrite: bool = False,
     version: str | None = None,
+    progress: Progress | None = None,
 ) -> str | Path:
     """Write ``sources`` as one basin mosaic at ``out`` (all or nothing).
 
     ``version``: add them as a new version (label) of the existing basin ``out`` instead; the
-    grid, CRS and tracks must be the basin's.
+    grid, CRS and tracks must be the basin's. ``progress`` hears the chunks as ``ingest``.
     """
     plan = plan_ingest(sources, reproject=reproject, crs=crs, resolution=resolution, overlap=overlap)
     log.info("ingest: %d product(s), %d track(s), grid %s x %s in %s", len(sources), len(plan.tracks), *plan.grid.shape, plan.grid.crs)
+    for line in [*geometry_warnings(plan), *filter(None, [pixel_warning(plan.grid)])]:
+        log.warning(line)
     rate = lazy_mosaic(plan, chunk=chunk)
     products = sorted({s.product for s in sources})
     dates = sorted({d for t in plan.tracks for d in (t.start_date, t.end_date) if d})
-    ds = build_dataset(rate, plan.grid, plan.tracks, attrs={
+    attrs = {
         "product": ",".join(products),
         "overlap_rule": overlap,
         "reprojected": int(plan.reproject),
         "time_span": f"{dates[0]}/{dates[-1]}" if dates else "",
-    })
+    }
+    if any(s.offset or s.scale < 0 for s in sources):  # what was done to the products' values
+        attrs["corrections"] = json.dumps({s.path: {"sign_flipped": s.scale < 0, "offset_mm_yr": round(s.offset, 3)}
+                                           for s in sources})
+    ds = build_dataset(rate, plan.grid, plan.tracks, attrs=attrs)
     if version is None:
-        return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite)
-    write_version(ds, out, version, chunk=chunk, overwrite=overwrite)
+        return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite, progress=progress, stage="ingest")
+    write_version(ds, out, version, chunk=chunk, overwrite=overwrite, progress=progress, stage="ingest")
     return out

@@ -27,6 +27,7 @@ from . import zarr_compat  # noqa: F401  (zarr under python -O)
 from .errors import StoreError
 from .grid import Grid
 from .manifest import MANIFEST_ATTR, VERSIONS_GROUP, chunk_manifest
+from .progress import Progress, dask_tasks
 from .storage import exists, filesystem, is_url, join, staged
 from .version import __version__
 
@@ -93,12 +94,14 @@ def build_dataset(
     return ds
 
 
-def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: bool = False) -> str | Path:
+def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: bool = False,
+                 progress: Progress | None = None, stage: str = "write") -> str | Path:
     """Write ``ds`` as a consolidated Zarr v3 store, all or nothing, with overviews (``path``
     may be a URL: written locally, then uploaded root metadata last, :func:`.storage.staged`).
 
     ``ds`` may be lazy (Dask): it is computed chunk by chunk while writing, so memory is
-    bounded by a few chunks per thread whatever the mosaic's size.
+    bounded by a few chunks per thread whatever the mosaic's size. ``progress`` hears the
+    tasks done as ``stage`` (computing and writing the chunks).
     """
     target = path if is_url(path) else Path(path)
     ds = ds.copy()
@@ -112,8 +115,9 @@ def write_mosaic(ds: xr.Dataset, path: str | Path, *, chunk: int, overwrite: boo
         ds[var].encoding["coordinates"] = " ".join(sorted(coords))
     with staged(target, overwrite=overwrite) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Consolidated metadata.*")
-        ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
-        _write_overviews(tmp)
+        with dask_tasks(progress, stage):
+            ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, compute=True)
+        _write_overviews(tmp)  # block means of the written chunks: a fraction of the above
         zarr.open_group(str(tmp), mode="a").attrs[MANIFEST_ATTR] = chunk_manifest(tmp)
         zarr.consolidate_metadata(str(tmp))
         # Check it opens as a user would before moving it into place.
@@ -241,7 +245,8 @@ def version_path(path: str | Path, label: str) -> str | Path:
     return join(path, VERSIONS_GROUP, label)
 
 
-def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, overwrite: bool = False) -> str | Path:
+def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, overwrite: bool = False,
+                  progress: Progress | None = None, stage: str = "write") -> str | Path:
     """Add ``ds`` as version ``label`` of the basin at ``path`` (same grid, CRS and tracks)."""
     from datetime import UTC, datetime
 
@@ -251,7 +256,7 @@ def write_version(ds: xr.Dataset, path: str | Path, label: str, *, chunk: int, o
     check_same_grid(ds, path)
     ds = ds.copy()
     ds.attrs.update(version_label=label, version_added=datetime.now(UTC).isoformat())
-    write_mosaic(ds, target, chunk=chunk, overwrite=overwrite)
+    write_mosaic(ds, target, chunk=chunk, overwrite=overwrite, progress=progress, stage=stage)
     register_version(path)
     return target
 

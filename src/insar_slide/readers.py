@@ -29,6 +29,7 @@ from .mosaic import TrackInfo
 log = logging.getLogger(__name__)
 
 Units = Literal["mm/yr", "cm/yr", "m/yr"]
+Sign = Literal["toward", "away"]
 UNIT_SCALE: dict[str, float] = {"mm/yr": 1.0, "cm/yr": 10.0, "m/yr": 1000.0}
 _MINTPY_UNITS = {"m/year": "m/yr", "m/yr": "m/yr", "cm/year": "cm/yr", "cm/yr": "cm/yr", "mm/year": "mm/yr", "mm/yr": "mm/yr"}
 
@@ -44,11 +45,16 @@ class ReadOptions:
     incidence: float | None = None
     keep_zeros: bool = False
     dem_par: str | None = None
+    sign: Sign = "toward"  # what a positive stored value means: motion toward or away from the satellite
+    reference: str | None = None  # re-reference: "median" (stable-ground median) or "LAT,LON"
 
 
 @dataclass(frozen=True)
 class RateSource:
-    """A rate product opened lazily. ``scale`` turns the stored values into mm/yr."""
+    """A rate product opened lazily. ``scale`` turns the stored values into mm/yr toward the
+    satellite (negative for a product whose positive sign is away from it); ``offset`` (mm/yr)
+    is subtracted after, to re-reference it. ``track_from`` says where its track name came from:
+    the user (``--track``), the product's metadata, or a default (``los``: unknown)."""
 
     path: str
     product: str
@@ -58,11 +64,15 @@ class RateSource:
     scale: float
     keep_zeros: bool = True
     ref_pixel: tuple[int, int] | None = None
+    offset: float = 0.0
+    track_from: Literal["user", "metadata", "default"] = "metadata"
 
     def read(self, win: PixelWindow) -> np.ndarray:
         """Rates in mm/yr (float32, NaN = no data) of ``win`` in this source's own grid."""
         raw = self._read_raw(win).astype("float32", copy=False)
         out = raw * np.float32(self.scale) if self.scale != 1.0 else raw.copy()
+        if self.offset:
+            out -= np.float32(self.offset)
         if not self.keep_zeros:
             zero = raw == 0
             if self.ref_pixel is not None:
@@ -75,15 +85,15 @@ class RateSource:
     def sample(self, max_side: int = 1024) -> np.ndarray:
         """A decimated copy of the whole raster (mm/yr), at most ``max_side`` pixels a side."""
         step = max(1, math.ceil(max(self.grid.shape) / max_side))
-        return self._sample(step) * np.float32(self.scale)
+        return self._sample(step) * np.float32(self.scale) - np.float32(self.offset)
 
     # -- per-format hooks
     def _read_raw(self, win: PixelWindow) -> np.ndarray:
         raise NotImplementedError
 
     def _sample(self, step: int) -> np.ndarray:
-        full = PixelWindow(0, 0, *self.grid.shape)
-        return self.read(full)[::step, ::step] / np.float32(self.scale)
+        """Stored values (not scaled), every ``step``-th pixel."""
+        return self._read_raw(PixelWindow(0, 0, *self.grid.shape))[::step, ::step].astype("float32")
 
 
 class GeoTiffSource(RateSource):
@@ -158,6 +168,11 @@ def open_source(path: str | Path, opts: ReadOptions | None = None) -> RateSource
         )
     src = _apply_track_overrides(src, opts)
     check_content(src, declared=opts.units)
+    if opts.sign == "away":
+        src = replace(src, scale=-src.scale)
+    if opts.reference:
+        src = replace(src, offset=reference_offset(src, opts.reference))
+        log.info("%s: re-referenced (%s): %+.2f mm/yr subtracted", p, opts.reference, src.offset)
     return src
 
 
@@ -169,7 +184,42 @@ def _apply_track_overrides(src: RateSource, opts: ReadOptions) -> RateSource:
         heading=opts.heading if opts.heading is not None else t.heading,
         incidence=opts.incidence if opts.incidence is not None else t.incidence,
     )
-    return replace(src, track=t)
+    track_from = "user" if opts.track else ("default" if t.name == "los" else src.track_from)
+    return replace(src, track=t, track_from=track_from)
+
+
+REFERENCE_RADIUS_PX = 2  # the reference point's neighbourhood: pixels within this many of it
+
+
+def reference_offset(src: RateSource, how: str) -> float:
+    """The rate (mm/yr toward the satellite) to subtract so that the reference reads 0:
+    ``median`` — the median of the product's valid pixels (most ground is stable); ``LAT,LON``
+    — the median within :data:`REFERENCE_RADIUS_PX` pixels of that point (a MintPy/LiCSBAS
+    style reference on stable, coherent ground)."""
+    unref = replace(src, offset=0.0)
+    if how.strip().lower() == "median":
+        if not (vals := (v := unref.sample())[np.isfinite(v)]).size:
+            raise InputError(f"{src.path}: no valid pixel to take a median reference from")
+        return float(np.median(vals))
+    try:
+        lat, lon = (float(v) for v in how.split(","))
+    except ValueError:
+        raise InputError(f"--reference {how!r}: give 'median' or LAT,LON in degrees (e.g. 37.75,14.99)") from None
+    from pyproj import Transformer
+    x, y = Transformer.from_crs("EPSG:4326", src.grid.crs, always_xy=True).transform(lon, lat)
+    finite = math.isfinite(x) and math.isfinite(y)
+    col = math.floor((x - src.grid.x0) / src.grid.dx) if finite else -1
+    row = math.floor((y - src.grid.y0) / src.grid.dy) if finite else -1
+    if not (0 <= row < src.grid.height and 0 <= col < src.grid.width):
+        xmin, ymin, xmax, ymax = src.grid.bounds
+        raise InputError(f"--reference {lat},{lon} is outside {src.path} (bounds {xmin:.4f}, {ymin:.4f}, {xmax:.4f}, "
+                         f"{ymax:.4f} in {src.grid.crs}); choose a point inside the product")
+    r0, c0 = max(0, row - REFERENCE_RADIUS_PX), max(0, col - REFERENCE_RADIUS_PX)
+    r1, c1 = min(src.grid.height, row + REFERENCE_RADIUS_PX + 1), min(src.grid.width, col + REFERENCE_RADIUS_PX + 1)
+    if not (vals := (v := unref.read(PixelWindow(r0, c0, r1 - r0, c1 - c0)))[np.isfinite(v)]).size:
+        raise InputError(f"--reference {lat},{lon}: no valid pixel within {REFERENCE_RADIUS_PX} px of it in {src.path}; "
+                         "choose a reference on coherent, stable ground")
+    return float(np.median(vals))
 
 
 def check_content(src: RateSource, *, declared: str | None) -> None:

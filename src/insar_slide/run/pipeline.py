@@ -32,6 +32,7 @@ from ..inventory import inventory_metadata, write_inventory
 from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
 from ..model.device import pick_device
 from ..mosaic import grid_of, open_basin, resolve_version_group
+from ..progress import Progress
 from ..storage import (
     check_target,
     exists,
@@ -69,7 +70,6 @@ DETECT_RETRIES = 1
 FAIL_FAST = 4
 
 
-Progress = Callable[[str, int, int], None]
 """``progress(stage, done, total)``: called as windows finish (stage ``"detect"``)."""
 
 
@@ -210,7 +210,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         if link and cfg.cluster.dashboard and dashboard_serves(link):
             echo(f"Dask dashboard: {link}")
         t0 = time.perf_counter()
-        plan = make_plan(cfg, stats_map=client_map(client))  # 2. plan
+        plan = make_plan(cfg, stats_map=client_map(client), progress=progress)  # 2. plan
         times["plan"] = time.perf_counter() - t0
         echo(plan.format())
         inp.store.write_json("plan.json", plan.summary())

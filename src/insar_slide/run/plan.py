@@ -36,6 +36,7 @@ from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow
 from ..manifest import check_chunks
 from ..mosaic import grid_of, open_basin, resolve_version_group
+from ..progress import Progress, steps_of
 from .config import AreaOfInterest, RunConfig
 from .io import read_level, read_problem
 
@@ -99,12 +100,14 @@ def check_levels(cfg: RunConfig, grid: Grid) -> None:
                               f"mosaic, under {MIN_LEVEL_PX} px a side, too coarse to show a slide; drop the factor")
 
 
-def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16) -> WindowPlan:
+def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16,
+              progress: Progress | None = None) -> WindowPlan:
     """The pure plan of every scale (:func:`..core.tiling.plan_windows`, with the AOI), then
     each core that a window inside the AOI reads, read once for the skip rules and hashes.
 
     ``stats_map(fn, args)`` runs ``fn(*a)`` for each ``a`` in ``args`` — on the Dask cluster
     in ``run`` (each worker reads its own cores from Zarr); in a local thread pool by default.
+    ``progress`` hears the batches of cores read, as ``plan`` (``plan xF`` per scale when several).
     """
     ds = open_basin(cfg.mosaic, cfg.version)
     group = resolve_version_group(cfg.mosaic, cfg.version)
@@ -120,12 +123,17 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     plan = plan_windows(grid, tracks, window=cfg.window, halo=cfg.halo, scales=cfg.scales, aoi=geom)
     windows: list[Window] = []
     for f in plan.scales:
-        windows += _annotate_level(plan, cfg, group, f, stats_map or thread_map, stats_batch)
+        stage = "plan" if len(plan.scales) == 1 else f"plan x{f}"
+        windows += _annotate_level(plan, cfg, group, f, stats_map or thread_map, stats_batch, steps_of(progress, stage))
     return plan.with_windows(windows)
 
 
+#: Batches of cores read between two progress reports (each a barrier of the mapper).
+PROGRESS_EVERY = 32
+
+
 def _annotate_level(plan: WindowPlan, cfg: RunConfig, group: str | None, factor: int, mapper: Mapper,
-                    stats_batch: int) -> list[Window]:
+                    stats_batch: int, step: Callable[[int, int], None]) -> list[Window]:
     """The windows of one level with their statistics, status and input hash."""
     cores, reads = plan.level(factor)
     level = [w for w in plan.windows if w.scale == factor]
@@ -142,7 +150,10 @@ def _annotate_level(plan: WindowPlan, cfg: RunConfig, group: str | None, factor:
         jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
     args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii], factor)
             for tr, ii in jobs]
-    results = mapper(window_stats, args) if args else []
+    results: list[Any] = []
+    for k in range(0, len(args), PROGRESS_EVERY):
+        results += mapper(window_stats, args[k:k + PROGRESS_EVERY])
+        step(len(results), len(args))
     stats: dict[tuple[str, int], tuple[int, int]] = {}
     hashes: dict[str, dict[tuple[int, PixelWindow], str]] = {tr: {} for tr in plan.tracks}
     broken: dict[tuple[str, int], str] = {}  # cores that do not read: every window reading them is unreadable

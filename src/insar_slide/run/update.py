@@ -44,10 +44,11 @@ import shapely
 from ..errors import GridError, InputError, StoreError
 from ..inventory import COLUMNS, polygon_rate_stats, write_inventory
 from ..mosaic import grid_of, list_versions, open_basin
+from ..progress import Progress
 from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
-from .pipeline import Progress, RunSummary, run, settings_hash
+from .pipeline import RunSummary, run, settings_hash
 
 log = logging.getLogger(__name__)
 

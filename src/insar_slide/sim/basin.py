@@ -23,6 +23,7 @@ from ..mosaic import (
     version_path,
     write_mosaic,
 )
+from ..progress import Progress
 from .config import SimConfig
 from .render import render
 from .scene import Scene, build_scene, changes
@@ -50,12 +51,13 @@ def lazy_layers(scene: Scene) -> tuple[da.Array, da.Array]:
 
 
 def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None, overwrite: bool = False,
-             version: str | None = None) -> tuple[Path, Path]:
+             version: str | None = None, progress: Progress | None = None) -> tuple[Path, Path]:
     """Write the simulated mosaic to ``out`` and its truth inventory (GeoParquet) to ``truth``.
 
     ``version``: add the simulation as a new version of the existing basin ``out`` (same grid
     and tracks; see :mod:`insar_slide.mosaic`), its truth beside it as
     ``<basin>.truth.<version>.parquet`` with a ``change`` column when ``cfg.evolution`` is set.
+    ``progress`` hears the rendered chunks as ``simulate``.
     """
     out = Path(out)
     target = out
@@ -84,7 +86,7 @@ def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None
     # into place together at the end, so a failure leaves any earlier pair untouched.
     with atomic_path(target, overwrite=overwrite) as tmp_store, atomic_path(truth_path, overwrite=overwrite) as tmp_truth, \
             atomic_path(nuisance_path, overwrite=overwrite) as tmp_nuisance:
-        write_mosaic(ds, tmp_store, chunk=cfg.grid.chunk)
+        write_mosaic(ds, tmp_store, chunk=cfg.grid.chunk, progress=progress, stage="simulate")
         gdf = truth_inventory(scene, tmp_store)
         if cfg.evolution is not None:
             base = build_scene(cfg.model_copy(update={"evolution": None}))

@@ -41,6 +41,7 @@ from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow, chunk_windows
 from ..inventory import read_inventory
 from ..mosaic import grid_of, open_basin
+from ..progress import Progress, steps_of
 from ..run.io import read_level
 from .boxes import SliverRule, block_split, clip_boxes, ignore_boxes, polygon_to_pixel, rotate_cw
 from .config import ChipsConfig
@@ -132,8 +133,9 @@ def _river_distance_ok(cfg: ChipsConfig, grid: Grid, wins: list[PixelWindow]) ->
     return np.array([line.distance(c) <= cfg.river.buffer_km * 1000 for c in centres])
 
 
-def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
-    """The windows that become chips (before the split and rotations)."""
+def plan_chips(cfg: ChipsConfig, progress: Progress | None = None) -> list[Candidate]:
+    """The windows that become chips (before the split and rotations); ``progress`` hears the
+    windows scanned per source as ``scan``."""
     out: list[Candidate] = []
     first_of: dict[str, int] = {}  # the sources of one mosaic (at any scale) share its spatial blocks
     for s, src in enumerate(cfg.sources):
@@ -148,7 +150,9 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
         wins = [w for w in chunk_windows(grid.shape, cfg.size) if w.rows == cfg.size and w.cols == cfg.size]
         near = _river_distance_ok(cfg, grid, wins)
         nb_cols = -(-grid.width * src.scale // cfg.split.block_px)
-        for t in tracks:
+        step = steps_of(progress, "scan" if len(cfg.sources) == 1 else f"scan {s + 1}/{len(cfg.sources)}")
+        for k, t in enumerate(tracks):
+            step(k * len(wins), len(tracks) * len(wins))
             for w, ok in zip(wins, near, strict=True):
                 if not ok:
                     continue
@@ -159,6 +163,7 @@ def plan_chips(cfg: ChipsConfig) -> list[Candidate]:
                 # blocks in native pixels, so a place's native and coarse chips share a split
                 bid = (w.row0 * src.scale // cfg.split.block_px) * nb_cols + w.col0 * src.scale // cfg.split.block_px
                 out.append(Candidate(s, t, w, first_of[str(src.mosaic)] * 1_000_000 + bid))
+        step(len(tracks) * len(wins), len(tracks) * len(wins))
     return out
 
 
@@ -173,12 +178,13 @@ def _write_png(path: Path, rate: np.ndarray, clip: float = 40.0) -> None:
     plt.imsave(path, np.ma.masked_invalid(rate), cmap=cmap, vmin=-clip, vmax=clip)
 
 
-def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
-    """Write the chip set described by ``cfg``; returns its summary (also in manifest.json)."""
+def make_chips(cfg: ChipsConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Write the chip set described by ``cfg``; returns its summary (also in manifest.json).
+    ``progress`` hears the windows scanned (``scan``) and the chips written (``chips``)."""
     for r in cfg.rotations:
         if r % 90 or not 0 <= r < 360:
             raise ConfigError(f"rotations: {r} is not one of 0, 90, 180, 270")
-    cands = plan_chips(cfg)
+    cands = plan_chips(cfg, progress)
     if not cands:
         raise InputError("no window passes the filters (max |rate| ≥ min_abs_rate, valid fraction, river buffer); "
                          "lower min_abs_rate or check the mosaic")
@@ -191,7 +197,9 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
         for sub in ("images", "png", "voc"):
             (tmp / sub).mkdir(parents=True)
         cache: dict[int, tuple[Level, gpd.GeoDataFrame]] = {}
-        for cand, val in zip(cands, is_val, strict=True):
+        step = steps_of(progress, "chips")
+        for n_done, (cand, val) in enumerate(zip(cands, is_val, strict=True)):
+            step(n_done, len(cands))
             if cand.source not in cache:
                 src = cfg.sources[cand.source]
                 lv = Level.open(src.mosaic, src.scale)
@@ -236,6 +244,7 @@ def make_chips(cfg: ChipsConfig) -> dict[str, Any]:
                 rows.append({"chip": name, "split": split, "source": cand.source, "mosaic": cfg.sources[cand.source].mosaic,
                              "track": cand.track, "row0": w.row0, "col0": w.col0, "rotation": rot, "n_boxes": len(b),
                              "n_ignore": len(ig)})
+        step(len(cands), len(cands))
         for split, (images, blist, ilist) in coco.items():
             (tmp / f"coco_{split}.json").write_text(json.dumps(coco_dict(images, blist, ilist)))
         table = pd.DataFrame(rows)

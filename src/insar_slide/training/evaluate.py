@@ -17,6 +17,7 @@ import pandas as pd
 from ..atomic import atomic_path
 from ..model.checkpoint import load_checkpoint, resolve_score_threshold
 from ..model.device import pick_device
+from ..progress import Progress, steps_of
 from .data import Chip, read_chip, read_split
 from .metrics import COCO_NAMES, ignored_flags, match_flags
 from .train import evaluate_predictions, predict_chips
@@ -59,16 +60,18 @@ def best_f1(recall: np.ndarray, precision: np.ndarray, score: np.ndarray) -> dic
 
 
 def evaluate(checkpoints: list[str], chips_dir: str, *, out: str, split: str = "val", device: str = "auto",
-             score_threshold: float | None = None, overwrite: bool = True) -> pd.DataFrame:
-    """Evaluate checkpoints on a chip split; write metrics.json, table2.{md,csv}, table3.md, pr_curve.png."""
+             score_threshold: float | None = None, overwrite: bool = True, progress: Progress | None = None) -> pd.DataFrame:
+    """Evaluate checkpoints on a chip split; write metrics.json, table2.{md,csv}, table3.md, pr_curve.png.
+    ``progress`` hears the chips predicted, as ``evaluate`` (``evaluate k/n`` per checkpoint)."""
     chips, coco = read_split(chips_dir, split)
     dev = pick_device(device)
     rows, curves = [], []
     table3 = ""
-    for ck in checkpoints:
+    for k, ck in enumerate(checkpoints):
         model, mcfg, meta = load_checkpoint(ck, device=dev)
         thr = resolve_score_threshold(score_threshold, meta)
-        preds = predict_chips(model, chips, mcfg.encoding, dev)
+        stage = "evaluate" if len(checkpoints) == 1 else f"evaluate {k + 1}/{len(checkpoints)}"
+        preds = predict_chips(model, chips, mcfg.encoding, dev, step=steps_of(progress, stage))
         m = evaluate_predictions(chips, coco, preds, thr)
         rec, prec, sc = pr_curve(chips, preds)
         rows.append({"checkpoint": ck, "method": "Faster R-CNN", "backbone": BACKBONE[mcfg.variant], "score_threshold": thr, **m,

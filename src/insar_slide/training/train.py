@@ -111,14 +111,18 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
 
 @torch.no_grad()
 def predict_chips(model: torch.nn.Module, chips: list[Chip], encoding: InputEncoding, device: torch.device,
-                  batch_size: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(boxes, scores) per chip, in chip order."""
+                  batch_size: int = 2, step: Callable[[int, int], None] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(boxes, scores) per chip, in chip order; ``step(done, total)`` hears the chips done."""
     model.eval()
     out = []
     for i in range(0, len(chips), batch_size):
+        if step is not None:
+            step(i, len(chips))
         imgs = [encoding.encode(read_chip(c.path)).to(device) for c in chips[i:i + batch_size]]
         for det in model(imgs):
             out.append((det["boxes"].cpu().numpy().astype(np.float64), det["scores"].cpu().numpy().astype(np.float64)))
+    if step is not None:
+        step(len(chips), len(chips))
     return out
 
 
