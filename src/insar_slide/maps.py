@@ -118,8 +118,13 @@ class MapInfo:
 
 
 def map_info(ds: xr.Dataset, path: str | Path) -> MapInfo:
-    """The basin's name (its ``product`` attribute, else the store's name), tracks, time span."""
-    name = str(ds.attrs.get("product") or "") or Path(str(path).rstrip("/")).name.removesuffix(".zarr")
+    """The basin's name (the store's, with its ``product`` attribute: ``basin (simulated)``),
+    tracks and time span."""
+    parts = [p for p in Path(str(path).rstrip("/")).parts if p not in ("versions",)]
+    store = next((p for p in reversed(parts) if p.endswith(".zarr")), parts[-1] if parts else "mosaic")
+    name = store.removesuffix(".zarr")
+    if product := str(ds.attrs.get("product") or ""):
+        name = f"{name} ({product})"
     tracks = [str(t) for t in ds["track"].values]
     spans = []
     if "start_date" in ds.coords and "end_date" in ds.coords:
