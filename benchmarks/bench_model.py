@@ -1,11 +1,15 @@
 """Benchmark: bare forward of the detector on one 512 x 512 window vs the machine's ceiling.
 
-    python benchmarks/bench_model.py [--variant r34_fpn_cbam] [--repeats 7]
+    python benchmarks/bench_model.py [--variant r34_fpn_cbam] [--repeats 7] [--precision fp32|bf16|auto]
+                                     [--proposals N]
 
-Measures, in one run: the model's FLOPs (torch FlopCounterMode, multiply-add = 2), the
-median seconds of an eager fp32 forward (batch 1, random weights, eval mode), and the fp32
-matrix-multiply rate of this machine (2048^3 GEMM) as the ceiling, then writes
-``benchmarks/results/model_<variant>.json``.
+Measures, in one run: the model's FLOPs (torch FlopCounterMode, multiply-add = 2) at the given
+RPN proposals (default: the run's default, ``InferenceConfig``), the median seconds of an eager
+forward (batch 1, random weights, eval mode) at the given precision (bf16: autocast and
+channels-last weights, as ``run`` does; ``auto``: what ``run`` would pick on this CPU), and the
+matrix-multiply rate of this machine (2048^3 GEMM) in fp32 and, for bf16, in bf16, as the
+ceiling, then writes ``benchmarks/results/model_<variant>.json`` (``ratio_to_floor`` against
+the GEMM rate of the precision used, ``ratio_to_fp32_floor`` against the fp32 one).
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from insar_slide.model import ModelConfig, build_model
+from insar_slide.model.device import autocast_dtype, pick_precision
+from insar_slide.run.config import InferenceConfig
+from insar_slide.run.detect import apply_inference_settings
 
 
-def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(repeats):
@@ -42,16 +49,20 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--precision", default=InferenceConfig().precision)
+    ap.add_argument("--proposals", type=int, default=InferenceConfig().proposals)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = ModelConfig(variant=args.variant, tile_size=args.size)
-    model = build_model(cfg).eval()
+    precision = pick_precision(args.precision, torch.device("cpu"))
+    model = apply_inference_settings(build_model(cfg).eval(), proposals=args.proposals, precision=precision)
+    dtype = autocast_dtype(precision)
     rng = np.random.default_rng(0)
     rate = rng.normal(0, 3, (args.size, args.size)).astype("float32")
     rate[200:260, 300:350] += 40.0  # something for the RPN to propose
     x = [cfg.encoding.encode(rate)]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         model(x)  # warm-up
         with FlopCounterMode(display=False) as fc:
             model(x)
@@ -61,20 +72,25 @@ def main() -> None:
             t = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t)
-    ceiling = gemm_gflops()
+    fp32_ceiling = gemm_gflops()
+    ceiling = gemm_gflops(dtype=dtype) if dtype is not None else fp32_ceiling
     med = statistics.median(times)
     result = {
         "benchmark": "model_forward",
         "variant": args.variant,
         "window": args.size,
+        "precision": precision,
+        "proposals": model.rpn.post_nms_top_n(),
         "parameters_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "gflop_per_window": round(gflop, 1),
         "seconds_median": round(med, 3),
         "seconds_all": [round(t, 3) for t in times],
         "achieved_gflops": round(gflop / med, 1),
-        "gemm_fp32_gflops": round(ceiling, 1),
+        "gemm_fp32_gflops": round(fp32_ceiling, 1),
+        **({f"gemm_{precision}_gflops": round(ceiling, 1)} if dtype is not None else {}),
         "floor_seconds_at_gemm_rate": round(gflop / ceiling, 3),
         "ratio_to_floor": round(med / (gflop / ceiling), 2),
+        "ratio_to_fp32_floor": round(med / (gflop / fp32_ceiling), 2),
         "threads": args.threads,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),

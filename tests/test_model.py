@@ -205,3 +205,47 @@ def test_score_threshold_comes_from_config_then_model_then_training_config():
     # export-model sets a new operating point: its default is the training config's
     assert resolve_score_threshold(None, card, use_model_value=False) == 0.6
     assert resolve_score_threshold(0.8, card, use_model_value=False) == 0.8
+
+
+# ---------------------------------------------------------------- inference precision and proposals (issue 19)
+
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+XEON = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+GRAVITON = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from insar_slide.model.device import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16(ZEN4) and cpu_has_native_bf16(GRAVITON)
+    assert not cpu_has_native_bf16(XEON) and not cpu_has_native_bf16("")
+
+
+def test_precision_auto_picks_bf16_only_where_it_is_native():
+    from insar_slide.model.device import autocast_dtype, pick_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pick_precision("auto", cpu, native_bf16=True) == "bf16"
+    assert pick_precision("auto", cpu, native_bf16=False) == "fp32"
+    assert pick_precision("auto", cuda, cuda_bf16=True) == "bf16"
+    assert pick_precision("auto", cuda, cuda_bf16=False) == "fp16"
+    assert pick_precision("fp32", cuda) == "fp32" and pick_precision("bf16", cpu, native_bf16=False) == "bf16"
+    with pytest.raises(InputError, match="fp16 is for CUDA"):
+        pick_precision("fp16", cpu)
+    with pytest.raises(InputError, match="use auto, fp32"):
+        pick_precision("int8", cpu)
+    assert autocast_dtype("fp32") is None and autocast_dtype("bf16") is torch.bfloat16
+
+
+def test_inference_settings_reach_the_model_and_boxes_stay_fp32():
+    from insar_slide.run.detect import apply_inference_settings
+
+    model = build_model(ModelConfig()).eval()
+    apply_inference_settings(model, proposals=300, detections=50, precision="bf16")
+    assert model.rpn.post_nms_top_n() == 300 and model.rpn.pre_nms_top_n() == 1000
+    assert model.roi_heads.detections_per_img == 50
+    x = torch.zeros(3, 256, 256)
+    x[:, 100:140, 80:130] = 1.0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        det = model([x])[0]
+    assert det["boxes"].float().dtype == torch.float32 and len(det["boxes"]) <= 50

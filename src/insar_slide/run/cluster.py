@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -86,14 +88,75 @@ class StorageOptions(WorkerPlugin):
 IN_PROCESS_MAX_WINDOWS = 4
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The embedded cluster a run starts (or ``address``: the one it joins)."""
+
+    kind: Literal["address", "in_process", "processes", "cuda"]
+    workers: int
+    threads_per_worker: int
+
+
+def embedded_layout(cfg: RunConfig, *, n_windows: int, cuda_devices: int, cores: int) -> Layout:
+    """Which cluster a run starts: the given ``cluster.address``; with CUDA devices (and a device
+    setting that allows them) one worker per GPU, each pinned to its device; a run of at most
+    :data:`IN_PROCESS_MAX_WINDOWS` windows in this process; else worker processes by cores."""
+    c = cfg.cluster
+    if c.address:
+        return Layout("address", 0, c.threads_per_worker)
+    if cuda_devices > 0 and cfg.device != "cpu":
+        return Layout("cuda", c.workers or cuda_devices, 1)
+    if n_windows <= IN_PROCESS_MAX_WINDOWS and c.workers is None:
+        return Layout("in_process", 1, c.threads_per_worker)
+    return Layout("processes", c.workers or max(1, cores // c.threads_per_worker), c.threads_per_worker)
+
+
+class PinGPU(WorkerPlugin):
+    """Pin each embedded GPU worker (named 0, 1, … by LocalCluster) to one device, before torch
+    touches CUDA in it — what dask-cuda's LocalCUDACluster does, for machines without dask-cuda."""
+
+    def __init__(self, n_devices: int) -> None:
+        self.n_devices = n_devices
+
+    def setup(self, worker: Any) -> None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(int(str(worker.name).rsplit("-", 1)[-1]) % self.n_devices)
+
+
+def model_task_resources(device: str, workers: dict[str, Any]) -> dict[str, float] | None:
+    """The resources a model task asks for: a ``GPU`` where any worker of the cluster offers one
+    (so that on a mixed cluster model tasks go to GPU workers and reading, planning and merging
+    stay on CPU workers); none on the CPU. ``device: cuda`` on a cluster with no GPU worker
+    is an error that names the fix (a task asking for an absent resource would wait forever)."""
+    if device == "cpu":
+        return None
+    if any("GPU" in (w.get("resources") or {}) for w in workers.values()):
+        return {"GPU": 1}
+    if device == "cuda":
+        raise InputError("device: cuda, but no worker of the cluster offers a GPU resource; start GPU workers with "
+                         "`dask worker ADDRESS --resources GPU=1` (one per GPU, or dask-cuda's `dask cuda worker`), "
+                         "or set device: auto")
+    return None
+
+
 @contextlib.contextmanager
-def cluster_client(cfg: RunConfig, *, in_process: bool = False) -> Iterator[Any]:
-    """A ``distributed.Client``: to ``cluster.address``, or to an embedded ``LocalCluster`` — of
-    worker processes, or with ``in_process`` (and no ``cluster.workers`` set) one worker of
-    threads in this process."""
+def cluster_client(cfg: RunConfig, *, in_process: bool = False, n_windows: int | None = None) -> Iterator[Any]:
+    """A ``distributed.Client``: to ``cluster.address``, or to the embedded cluster of
+    :func:`embedded_layout` (``in_process``: the run is small; ``n_windows`` says so too)."""
+    import torch
     from distributed import Client, LocalCluster
 
     c = cfg.cluster
+    cuda = torch.cuda.device_count() if cfg.device != "cpu" and not c.address else 0
+    layout = embedded_layout(cfg, n_windows=0 if in_process else (n_windows if n_windows is not None else 1 << 30),
+                             cuda_devices=cuda, cores=os.cpu_count() or 1)
+    if layout.kind == "cuda":
+        with _workers_ignore_sigint():
+            cluster = _cuda_cluster(layout, cuda, c.memory_limit)
+        with cluster, Client(cluster) as client:
+            if not _has_dask_cuda():
+                client.register_plugin(PinGPU(cuda))
+            yield client
+        return
     if c.address:
         try:
             client = Client(c.address, timeout="20s")
@@ -103,23 +166,37 @@ def cluster_client(cfg: RunConfig, *, in_process: bool = False) -> Iterator[Any]
         with client:
             yield client
         return
-    import os
-    cores = os.cpu_count() or 1
     # dashboards on a free port: the scheduler's HTTP server starts even when the link is not
     # printed, and a second run on this machine must not collide with the first's 8787
-    if in_process and c.workers is None:
+    if layout.kind == "in_process":
         cluster = LocalCluster(n_workers=1, threads_per_worker=c.threads_per_worker, processes=False,
                                dashboard_address=":0", silence_logs=logging.CRITICAL)
         with cluster, Client(cluster) as client:
             yield client
         return
-    workers = c.workers or max(1, cores // c.threads_per_worker)
     with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=c.threads_per_worker, processes=True,
+        cluster = LocalCluster(n_workers=layout.workers, threads_per_worker=c.threads_per_worker, processes=True,
                                memory_limit=c.memory_limit, dashboard_address=":0",
                                silence_logs=logging.CRITICAL)  # a failed task is reported by the run itself
     with cluster, Client(cluster) as client:
         yield client
+
+
+def _has_dask_cuda() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("dask_cuda") is not None
+
+
+def _cuda_cluster(layout: Layout, n_devices: int, memory_limit: str) -> Any:
+    """One worker per GPU with a ``GPU`` resource: dask-cuda's LocalCUDACluster when installed
+    (``pip install -e '.[gpu]'``), else a LocalCluster whose workers :class:`PinGPU` pins."""
+    if _has_dask_cuda():
+        from dask_cuda import LocalCUDACluster
+        return LocalCUDACluster(n_workers=min(layout.workers, n_devices), threads_per_worker=1, resources={"GPU": 1},
+                                dashboard_address=":0", silence_logs=logging.CRITICAL)
+    from distributed import LocalCluster
+    return LocalCluster(n_workers=layout.workers, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                        resources={"GPU": 1}, dashboard_address=":0", silence_logs=logging.CRITICAL)
 
 
 @contextlib.contextmanager

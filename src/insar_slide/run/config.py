@@ -69,6 +69,21 @@ class AreaOfInterest(StrictModel):
         return self
 
 
+class InferenceConfig(StrictModel):
+    """How the model runs at inference (issue 19). The defaults are the model's own: fp32, its
+    1000 RPN proposals and 100 detections per window. Non-default values enter each window's
+    fingerprint (a change recomputes the windows)."""
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast: auto = bf16 on CUDA with bf16 (else fp16), bf16 on a CPU with native bf16 "
+                            "(AVX512-BF16/AMX), fp32 otherwise; fp16 is CUDA only")
+    proposals: int | None = Field(None, ge=1, description="RPN proposals kept per window after NMS (default: the model's)")
+    detections: int | None = Field(None, ge=1, description="boxes kept per window (default: the model's)")
+
+    def is_default(self) -> bool:
+        return self == InferenceConfig()
+
+
 class ClusterConfig(StrictModel):
     address: str | None = Field(None, description="a running Dask scheduler (tcp://host:8786); else an embedded LocalCluster")
     workers: int | None = Field(None, ge=1, description="LocalCluster workers (default: cores / threads_per_worker)")
@@ -121,6 +136,7 @@ class RunConfig(StrictModel):
                                    "of 2 costs 7 % more per window, 4 on CUDA)")
     reduce_block: int = Field(4, ge=1, description="windows per side of the first reduction level")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    inference: InferenceConfig = InferenceConfig()
     cluster: ClusterConfig = ClusterConfig()
     outputs: Outputs = Outputs()
     baseline: BaselineConfig = BaselineConfig()

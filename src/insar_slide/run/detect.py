@@ -34,11 +34,11 @@ import torch
 from ..core.tiling import Window
 from ..errors import InputError
 from ..model.checkpoint import load_checkpoint
-from ..model.device import pick_device
+from ..model.device import autocast_dtype, pick_device
 from .io import read_level, read_problem
 from .store import RunStore
 
-_MODELS: dict[tuple[str, str], tuple[torch.nn.Module, Any, threading.Lock]] = {}
+_MODELS: dict[tuple[Any, ...], tuple[torch.nn.Module, Any, threading.Lock]] = {}
 _LOAD_LOCK = threading.Lock()
 _THREADS_SET: list[int] = []
 
@@ -56,6 +56,9 @@ class DetectSettings:
     group: str | None = None  # the mosaic version's group (None: the root)
     threads: int | None = None
     stop_event: str | None = None  # a distributed.Event: once set, tasks not yet started skip their windows
+    precision: str = "fp32"  # resolved (model.device.pick_precision): fp32, bf16 or fp16
+    proposals: int | None = None  # RPN proposals per window (None: the model's)
+    detections: int | None = None  # boxes per window (None: the model's)
 
 
 def file_hash(path: str | Path) -> str:
@@ -71,6 +74,9 @@ def fingerprint(win: Window, s: DetectSettings) -> str:
                            "grid": s.grid_key, "model": s.model_hash, "input": win.input_hash}
     if win.scale != 1:
         doc["scale"] = win.scale
+    # inference settings other than the model's own (fp32, its proposals and detections)
+    doc.update({k: v for k, v in (("precision", s.precision), ("proposals", s.proposals), ("detections", s.detections))
+                if v not in (None, "fp32")})
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -113,6 +119,21 @@ def tune_malloc() -> bool:
         return False
 
 
+def apply_inference_settings(model: torch.nn.Module, *, proposals: int | None = None, detections: int | None = None,
+                             precision: str = "fp32") -> torch.nn.Module:
+    """Set a loaded detector's inference proposals and detections, and channels-last weights for
+    bf16 on the CPU (oneDNN's fast layout for it)."""
+    det: Any = model  # torchvision's FasterRCNN: its rpn and roi_heads
+    if proposals is not None:
+        det.rpn._post_nms_top_n["testing"] = proposals
+        det.rpn._pre_nms_top_n["testing"] = max(proposals, det.rpn._pre_nms_top_n["testing"])
+    if detections is not None:
+        det.roi_heads.detections_per_img = detections
+    if precision == "bf16" and next(model.parameters()).device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def loaded_models() -> int:
     """How many models this process holds (0 or 1): a kept-up worker keeps its model between runs."""
     return len(_MODELS)
@@ -120,7 +141,7 @@ def loaded_models() -> int:
 
 def worker_model(s: DetectSettings) -> tuple[torch.nn.Module, Any, threading.Lock]:
     """This process's copy of the model (loaded on first use, then reused by every task)."""
-    key = (s.model_hash, s.device)
+    key = (s.model_hash, s.device, s.precision, s.proposals, s.detections)
     with _LOAD_LOCK:
         if key not in _MODELS:
             tune_malloc()
@@ -129,6 +150,7 @@ def worker_model(s: DetectSettings) -> tuple[torch.nn.Module, Any, threading.Loc
                 torch.set_num_threads(threads)
                 _THREADS_SET.append(threads)
             model, mcfg, _ = load_checkpoint(s.model_path, device=pick_device(s.device))
+            apply_inference_settings(model, proposals=s.proposals, detections=s.detections, precision=s.precision)
             _MODELS.clear()  # one model per process
             _MODELS[key] = (model, mcfg, threading.Lock())
         return _MODELS[key]
@@ -165,7 +187,8 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
         model, mcfg, lock = worker_model(s)
         dev = next(model.parameters()).device
         imgs = [mcfg.encoding.encode(d).to(dev) for _, d, _, _ in todo]
-        with lock, torch.inference_mode():
+        dtype = autocast_dtype(s.precision)
+        with lock, torch.inference_mode(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             t0 = time.perf_counter()
             dets = model(imgs)
             model_s = (time.perf_counter() - t0) / len(todo)

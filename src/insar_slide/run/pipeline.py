@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..grid import Grid
 from ..inventory import inventory_metadata, write_inventory
 from ..model.checkpoint import read_metadata, resolve_score_threshold, training_pixel_m
-from ..model.device import pick_device
+from ..model.device import pick_device, pick_precision
 from ..mosaic import grid_of, open_basin, resolve_version_group
 from ..progress import Progress
 from ..storage import (
@@ -40,7 +40,6 @@ from ..storage import (
 )
 from ..version import __version__
 from .cluster import (
-    IN_PROCESS_MAX_WINDOWS,
     OutputError,
     StorageOptions,
     WindowsFailed,
@@ -48,6 +47,7 @@ from .cluster import (
     cluster_client,
     dashboard_serves,
     lost_scheduler,
+    model_task_resources,
     on_interrupt,
 )
 from .config import RunConfig, config_record
@@ -128,6 +128,8 @@ def settings_hash(cfg: RunConfig, model_hash: str) -> str:
                                 "storage_options"})
     if keep["scales"] == [1]:  # single-scale runs keep the ids and history keys they had before scales
         del keep["scales"]
+    if cfg.inference.is_default():  # and runs at the model's own inference settings those from before them
+        del keep["inference"]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -169,15 +171,13 @@ def _inputs(cfg: RunConfig) -> Inputs:
     if not model_path.is_file():
         raise InputError(f"model {model_path} does not exist; set `model:` in the config to a checkpoint "
                          "(train one with workflows/reference_model.sh)")
-    meta = read_metadata(model_path)  # refuses non-safetensors files before anything starts
-    model_hash = file_hash(model_path)
+    meta, model_hash = read_metadata(model_path), file_hash(model_path)  # refuses non-safetensors files first
     thr = resolve_score_threshold(cfg.score_threshold, meta)
     use_options(cfg.storage_options, cfg.mosaic, cfg.out)
     run_id = "run-" + settings_hash(cfg, model_hash)[:12]
     replace_out = may_replace(cfg, run_id)
     check_target(cfg.out, overwrite=replace_out)
-    ds = open_basin(cfg.mosaic, cfg.version)
-    group = resolve_version_group(cfg.mosaic, cfg.version)
+    ds, group = open_basin(cfg.mosaic, cfg.version), resolve_version_group(cfg.mosaic, cfg.version)
     grid = grid_of(ds)
     check_levels(cfg, grid)
     if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
@@ -200,7 +200,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     state: dict[str, Any] = {}  # what an interruption can count (the plan, once made)
-    own = cluster_client(cfg, in_process=inp.n_windows <= IN_PROCESS_MAX_WINDOWS)
+    own = cluster_client(cfg, n_windows=inp.n_windows)
     with on_interrupt(state), contextlib.nullcontext(client) if client is not None else own as client:
         times["cluster"] = time.perf_counter() - t0
         state.update(client=client, address=getattr(getattr(client, "scheduler", None), "address", cfg.cluster.address))
@@ -312,8 +312,10 @@ def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunSt
                     group: str | None = None) -> DetectSettings:
     """What every detection task needs; ``group``: the mosaic version's (resolved here when None)."""
     group = group if group is not None else resolve_version_group(cfg.mosaic, cfg.version)
+    inf, store = cfg.inference, store or RunStore(str(cfg.run_path))
     return DetectSettings(mosaic=cfg.mosaic, model_path=str(cfg.model_path), model_hash=model_hash, device=cfg.device,
-                          store=store or RunStore(str(cfg.run_path)), grid_key=grid.key, group=group)
+                          store=store, grid_key=grid.key, group=group, proposals=inf.proposals, detections=inf.detections,
+                          precision=pick_precision(inf.precision, pick_device(cfg.device)))
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings,
@@ -329,7 +331,8 @@ def _detect(client: Any, batches: list[list[Window]], s: DetectSettings,
     # already (s3fs: 5 times with backoff), so more task retries mostly multiply the wait; a
     # worker's death is not a task error: the scheduler reassigns its tasks by itself
     # (distributed.scheduler.allowed-failures, 3).
-    futures = {client.submit(detect_batch, b, s, pure=False, retries=DETECT_RETRIES,
+    resources = model_task_resources(s.device, client.scheduler_info().get("workers", {}))
+    futures = {client.submit(detect_batch, b, s, pure=False, retries=DETECT_RETRIES, resources=resources,
                              key=f"detect-{b[0].key.replace('/', '-')}-{i}"): b
                for i, b in enumerate(batches)}
     total = sum(len(b) for b in batches)
