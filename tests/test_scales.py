@@ -257,7 +257,9 @@ def test_a_multi_scale_run_resumes_to_the_same_inventory(tmp_path, basin, model_
     first = run(cfg, echo=lambda s: None, progress=lambda *a: seen.append(a))
     by = first.summary.windows_by_scale
     n_run = first.summary.windows["computed"]
-    assert seen and seen[-1] == ("detect", n_run, n_run) and [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
+    detect = [a for a in seen if a[0] == "detect"]
+    assert detect and detect[-1] == ("detect", n_run, n_run) and [d for _, d, _ in detect] == sorted(d for _, d, _ in detect)
+    assert {a[0] for a in seen} == {"plan x1", "plan x2", "detect"}  # the plan of each scale reports too
     assert by["x2"]["run"] >= 2 and first.summary.windows["computed"] == by["x1"]["run"] + by["x2"]["run"]
     inv = gpd.read_parquet(tmp_path / "inv.parquet")
     assert len(inv) > 0 and set(inv["scale"]) <= {1, 2}
