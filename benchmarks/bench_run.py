@@ -34,6 +34,7 @@ import torch
 from insar_slide.model.checkpoint import load_checkpoint
 from insar_slide.run import pipeline
 from insar_slide.run.config import RunConfig, default_model
+from insar_slide.run.detect import apply_inference_settings
 from insar_slide.run.io import read_window
 from insar_slide.run.plan import make_plan
 from insar_slide.sim.basin import simulate
@@ -51,6 +52,8 @@ def bare_model(cfg: RunConfig) -> dict[str, float]:
     """One single-threaded forward pass over every window the run computes (the same windows)."""
     torch.set_num_threads(1)
     model, mcfg, _ = load_checkpoint(cfg.model_path)
+    inf = cfg.inference  # the run's inference settings, so that both sides do the same work
+    apply_inference_settings(model, proposals=inf.proposals, detections=inf.detections, precision=inf.precision)
     wins = make_plan(cfg).to_run()
     times = []
     with torch.inference_mode():
@@ -104,7 +107,8 @@ def main() -> None:
     def cfg(mosaic: Path, name: str, workers: int) -> RunConfig:
         return RunConfig(mosaic=str(mosaic), out=str(work / f"{name}.parquet"), model=args.model, window=args.window,
                          halo=args.halo, cluster={"workers": workers, "threads_per_worker": 1, "dashboard": False},
-                         outputs={"quicklook": False, "slide_id_raster": False})
+                         outputs={"quicklook": False, "slide_id_raster": False, "report": False, "kml": False,
+                                  "geopackage": False})
 
     bare = bare_model(cfg(small, "bare", 1))
     result["bare_model_1_thread"] = bare

@@ -14,6 +14,7 @@ from pathlib import Path
 import dask.array as da
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pyogrio
 import pytest
 import shapely
@@ -271,3 +272,15 @@ def test_report_command(scene, tmp_path):
                                     "--truth", str(scene["truth"]), "--out", str(tmp_path / "r.html")])
     assert res.exit_code == 0, res.output
     assert "1 false alarm<" in (tmp_path / "r.html").read_text()
+
+
+def test_report_survives_truth_slides_beyond_the_mosaic_edge(scene, tmp_path):
+    truth = gpd.read_parquet(scene["truth"])
+    x0, y0 = GRID.bounds[2] + 500, GRID.bounds[1] + 3000  # east of the mosaic
+    extra = truth.iloc[[3]].copy()
+    extra["geometry"] = [shapely.box(x0, y0, x0 + 600, y0 + 600)]
+    extra["slide_id"] = "sim-outside"
+    both = gpd.GeoDataFrame(pd.concat([truth, extra], ignore_index=True), crs=truth.crs)
+    page = Path(write_report(scene["mosaic"], scene["inventory"], tmp_path / "r.html", truth=both)).read_text()
+    assert page.count('class="card"') == 5  # the 4 detections and the missed slide inside; none for the one outside
+    assert "2 missed" in page

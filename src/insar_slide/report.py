@@ -90,7 +90,8 @@ def write_report(mosaic: str | Path, inventory: str | Path | gpd.GeoDataFrame, o
     order = sorted((s for s in slides if not s.dashed), key=lambda s: -float(s.row.get("score") or 0))
     with_thumbs = order[:max_thumbnails] + [s for s in slides if s.dashed][:max_thumbnails]
     for s in with_thumbs:
-        s.thumbs, stats = _thumbnails(ds, grid, tracks, s.geom, s.box, norm)
+        thumbs, stats = _thumbnails(ds, grid, tracks, s.geom, s.box, norm)
+        s.thumbs = thumbs or None
         s.row.update(stats)
     colourings = (["outcome"] if outcome is not None else []) + (["status"] if "status" in inv else []) + ["score"]
     maps = [_map_panel(rate.isel(track=t).values, norm, grid, slides, t, tracks[t], colourings[0]) for t in range(len(tracks))]
@@ -184,6 +185,8 @@ def _thumbnails(ds: Any, grid: Grid, tracks: list[str], geom: Any, box: Any, nor
     as an SVG with its outline (solid) and box (dashed), and the rates inside the outline per track."""
     xmin, ymin, xmax, ymax = box.bounds
     win = grid.window_of_bounds(xmin, ymin, xmax, ymax)
+    if win.rows == 0 or win.cols == 0:  # off the mosaic (a truth slide beyond its edge): nothing to show
+        return [], {}
     pad = max(12, max(win.rows, win.cols) // 2)
     r0, c0 = max(0, win.row0 - pad), max(0, win.col0 - pad)
     r1, c1 = min(grid.height, win.row1 + pad), min(grid.width, win.col1 + pad)
