@@ -33,6 +33,7 @@ import torch
 
 from insar_slide.model.checkpoint import load_checkpoint
 from insar_slide.run import pipeline
+from insar_slide.run.cluster import READ_AHEAD_THREADS
 from insar_slide.run.config import RunConfig, default_model
 from insar_slide.run.detect import apply_inference_settings
 from insar_slide.run.io import read_window
@@ -76,10 +77,10 @@ def timed_run(cfg: RunConfig) -> dict[str, object]:
     from distributed import Client, LocalCluster
     shutil.rmtree(cfg.run_path, ignore_errors=True)
     c = cfg.cluster
-    with LocalCluster(n_workers=c.workers, threads_per_worker=c.threads_per_worker, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=c.workers, threads_per_worker=c.threads_per_worker + READ_AHEAD_THREADS, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # as the embedded cluster
         t = time.perf_counter()
-        res = pipeline.run(cfg, echo=lambda s: None, client=client)
+        res = pipeline.run(cfg, echo=lambda s: None, client=client, model_threads=c.threads_per_worker)
         wall = time.perf_counter() - t
         rss = worker_peak_rss(client)
     s = res.summary.to_dict()

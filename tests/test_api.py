@@ -77,11 +77,12 @@ def test_the_example_notebook_runs(tmp_path, capsys):
 
 
 def test_a_small_run_keeps_its_cluster_in_process_and_the_dashboard_link_is_checked():
-    from insar_slide.run.cluster import cluster_client, dashboard_serves
+    from insar_slide.run.cluster import READ_AHEAD_THREADS, cluster_client, dashboard_serves
     from insar_slide.run.config import RunConfig
 
     cfg = RunConfig(mosaic="m.zarr", out="o.parquet")
     with cluster_client(cfg, in_process=True) as client:
         assert set(client.run(os.getpid).values()) == {os.getpid()}  # a worker of this process
+        assert list(client.nthreads().values()) == [1 + READ_AHEAD_THREADS]  # the model's thread and a read-ahead one
         assert dashboard_serves(client.dashboard_link)  # bokeh is installed: the dashboard serves
     assert not dashboard_serves("http://127.0.0.1:9/status")

@@ -88,6 +88,11 @@ class StorageOptions(WorkerPlugin):
 IN_PROCESS_MAX_WINDOWS = 4
 
 
+#: Dask threads per embedded worker beyond its model threads: while one task holds the model
+#: (one call at a time per worker, see run.detect), the next reads its window from Zarr.
+READ_AHEAD_THREADS = 1
+
+
 @dataclass(frozen=True)
 class Layout:
     """The embedded cluster a run starts (or ``address``: the one it joins)."""
@@ -169,13 +174,14 @@ def cluster_client(cfg: RunConfig, *, in_process: bool = False, n_windows: int |
     # dashboards on a free port: the scheduler's HTTP server starts even when the link is not
     # printed, and a second run on this machine must not collide with the first's 8787
     if layout.kind == "in_process":
-        cluster = LocalCluster(n_workers=1, threads_per_worker=c.threads_per_worker, processes=False,
+        cluster = LocalCluster(n_workers=1, threads_per_worker=c.threads_per_worker + READ_AHEAD_THREADS, processes=False,
                                dashboard_address=":0", silence_logs=logging.CRITICAL)
         with cluster, Client(cluster) as client:
             yield client
         return
     with _workers_ignore_sigint():  # only while the workers start: this process keeps its Ctrl-C
-        cluster = LocalCluster(n_workers=layout.workers, threads_per_worker=c.threads_per_worker, processes=True,
+        cluster = LocalCluster(n_workers=layout.workers, threads_per_worker=c.threads_per_worker + READ_AHEAD_THREADS,
+                               processes=True,
                                memory_limit=c.memory_limit, dashboard_address=":0",
                                silence_logs=logging.CRITICAL)  # a failed task is reported by the run itself
     with cluster, Client(cluster) as client:

@@ -191,10 +191,13 @@ def _inputs(cfg: RunConfig) -> Inputs:
 
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
-        echo: Callable[[str], None] = log.info) -> RunResult:
-    """Plan, detect, reduce and write; ``client``: an existing ``distributed.Client`` to use
-    (a notebook's), else one per ``cfg.cluster``. ``echo`` takes the lines a user reads (the
-    plan, the summary; default: this module's logger), ``progress`` the detection's progress."""
+        echo: Callable[[str], None] = log.info, model_threads: int | None = None) -> RunResult:
+    """Plan, detect, reduce and write; ``client``: an existing ``distributed.Client`` (a
+    notebook's), else one per ``cfg.cluster``. ``echo`` takes the lines a user reads, ``progress``
+    the stages' progress. ``model_threads``: torch threads per worker (default: ``threads_per_worker``
+    on the embedded cluster, which adds a read-ahead thread; all of a given cluster's threads)."""
+    if model_threads is None and client is None and not cfg.cluster.address:
+        model_threads = cfg.cluster.threads_per_worker
     t_start = time.perf_counter()
     inp = _inputs(cfg)  # 1. inputs
     times: dict[str, float] = {}
@@ -215,7 +218,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         echo(plan.format())
         inp.store.write_json("plan.json", plan.summary())
         settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store, group=inp.group),
-                           stop_event=f"insar-slide-stop-{uuid.uuid4().hex}")
+                           stop_event=f"insar-slide-stop-{uuid.uuid4().hex}", threads=model_threads)
         state.update(plan=plan, settings=settings)
         t0 = time.perf_counter()
         done = _detect_stage(client, cfg, plan, settings, state, progress, echo)  # 3. detect
