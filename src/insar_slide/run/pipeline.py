@@ -70,9 +70,6 @@ DETECT_RETRIES = 1
 FAIL_FAST = 4
 
 
-"""``progress(stage, done, total)``: called as windows finish (stage ``"detect"``)."""
-
-
 @dataclass(frozen=True)
 class RunSummary:
     """What a run did (also written to ``<run_dir>/summary.json``)."""
@@ -192,15 +189,14 @@ def _inputs(cfg: RunConfig) -> Inputs:
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         echo: Callable[[str], None] = log.info, model_threads: int | None = None) -> RunResult:
-    """Plan, detect, reduce and write; ``client``: an existing ``distributed.Client`` (a
-    notebook's), else one per ``cfg.cluster``. ``echo`` takes the lines a user reads, ``progress``
-    the stages' progress. ``model_threads``: torch threads per worker (default: ``threads_per_worker``
-    on the embedded cluster, which adds a read-ahead thread; all of a given cluster's threads)."""
+    """Plan, detect, reduce and write, on ``client`` (a notebook's) or a cluster per ``cfg.cluster``;
+    ``echo`` takes the lines a user reads, ``progress`` the stages' progress; ``model_threads``:
+    torch threads per worker (default: ``threads_per_worker`` on the embedded cluster, which adds
+    a read-ahead thread; all of a given cluster's threads)."""
     if model_threads is None and client is None and not cfg.cluster.address:
         model_threads = cfg.cluster.threads_per_worker
     t_start = time.perf_counter()
-    inp = _inputs(cfg)  # 1. inputs
-    times: dict[str, float] = {}
+    inp, times = _inputs(cfg), {}  # 1. inputs
     t0 = time.perf_counter()
     state: dict[str, Any] = {}  # what an interruption can count (the plan, once made)
     own = cluster_client(cfg, n_windows=inp.n_windows)
