@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -69,9 +69,10 @@ def missing_chunks(store: str | Path, group: str | None = None) -> list[str] | N
     """Keys (``<array>/c/i/j/k``) of chunks the manifest records that the store lacks now; None
     when the store has no manifest (written before it existed)."""
     where = join(store, group) if group else store
-    manifest = zarr.open_group(str(where), mode="r").attrs.get(MANIFEST_ATTR)
-    if manifest is None:
+    raw = zarr.open_group(str(where), mode="r").attrs.get(MANIFEST_ATTR)
+    if raw is None:
         return None
+    manifest = cast(dict[str, Any], raw)  # {variable: {"grid": [...], "present": base64}}, as written
     lost = []
     for name, rec in manifest.items():
         grid = tuple(rec["grid"])

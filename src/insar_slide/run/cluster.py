@@ -39,7 +39,7 @@ class SchedulerLost(InsarSlideError):
 
 def _saved(state: dict[str, Any]) -> str:
     plan, s = state.get("plan"), state.get("settings")
-    if plan is None:
+    if plan is None or s is None:
         return "before any window ran"
     saved, _ = unchanged(plan.to_run(), s)
     return f"{len(saved)} of {len(plan.to_run())} windows saved in {s.store.root}"

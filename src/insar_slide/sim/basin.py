@@ -64,7 +64,7 @@ def simulate(cfg: SimConfig, out: str | Path, *, truth: str | Path | None = None
     if version is not None:
         if not out.exists():
             raise StoreError(f"--add-version {version}: no basin at {out}; simulate the first version without it")
-        target = version_path(out, version)
+        target = Path(version_path(out, version))  # a local basin: a local path
     truth_path = Path(truth) if truth else default_truth_path(out, version)
     nuisance_path = truth_path.with_name(truth_path.name.replace(".truth", ".nuisance", 1)) \
         if ".truth" in truth_path.name else truth_path.with_suffix(".nuisance.parquet")
