@@ -7,8 +7,9 @@ from insar_slide import open_basin
 from insar_slide.cli import main
 from insar_slide.errors import StoreError
 from insar_slide.ingest import ingest
+from insar_slide.maps import pick_overview
 from insar_slide.mosaic import describe, open_overview, overview_factors
-from insar_slide.quicklook import pick_overview, quicklook
+from insar_slide.quicklook import quicklook
 from insar_slide.readers import open_source
 
 from .conftest import KIRISHIMA, write_tif

@@ -1,5 +1,6 @@
 """What every picture of a mosaic shares (the quick look and the run report): the colour scale,
-the title, the scale bar's length in any CRS, the detections of one track and the truth marks.
+the title, the scale bar's length in any CRS, the detections of one track and the truth marks,
+and how a picture reads its rates (an overview that fits) and its inventory (in the mosaic's CRS).
 
 The colour scale is symmetric and robust: its limit is the 99.9th percentile of |rate| over the
 shown pixels (at least 10 mm/yr, and at least the fastest detected slide's 95th percentile), so
@@ -10,6 +11,7 @@ one outlier does not wash the map out and no slide saturates, and beyond
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +26,16 @@ import xarray as xr
 from matplotlib.colors import Normalize, SymLogNorm
 from pyproj import CRS
 
+from .inventory import read_inventory
+from .mosaic import RATE, open_overview, overview_factors
+
 LINEAR_MM_YR = 10.0
 NODATA_RGBA = (189, 189, 189, 255)
 NODATA_HEX = "#bdbdbd"
 CMAP = "RdBu"
 # outcome of a detection against a truth, and the colour it is drawn in everywhere
+log = logging.getLogger(__name__)
+
 OUTCOME_COLOURS = {"hit": "#1a9850", "false alarm": "#d73027", "below threshold": "#fdae61", "missed": "#7b3294"}
 
 
@@ -168,3 +175,45 @@ def truth_outcomes(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame | None) -> tup
         out[(m.a_matched < 0) & m.a_ignored] = "below threshold"
     missed = ref.iloc[np.flatnonzero(m.b_matched < 0)]
     return pd.Series(out, index=inv.index, name="outcome"), missed
+
+
+# ---------------------------------------------------------------- what a picture reads
+
+
+def pick_overview(path: str | Path, shape: tuple[int, int], max_side: int) -> tuple[int, bool]:
+    """(factor, stored) — the finest stored overview that fits ``max_side``; else a stride."""
+    need = max(1, math.ceil(max(shape) / max_side))
+    if need == 1:
+        return 1, False
+    stored = overview_factors(path)
+    fitting = [f for f in stored if f >= need]
+    if fitting:
+        return fitting[0], True
+    if stored:  # the coarsest overview, strided further when read
+        return stored[-1], True
+    return need, False
+
+
+def load_shown_rate(path: str | Path, ds: xr.Dataset, max_side: int) -> tuple[xr.DataArray, int]:
+    factor, stored = pick_overview(path, (ds.sizes["y"], ds.sizes["x"]), max_side)
+    if factor == 1:
+        return ds[RATE].load(), 1
+    if stored:
+        ov = open_overview(path, factor)
+        step = max(1, math.ceil(max(ov.sizes["y"], ov.sizes["x"]) / max_side))
+        return ov[:, ::step, ::step].load(), factor * step
+    log.warning("%s has no overview of factor ≥ %d; reading every %d-th pixel instead (slower)", path, factor, factor)
+    return ds[RATE][:, ::factor, ::factor].load(), factor
+
+
+def inventory_in(src: str | Path | gpd.GeoDataFrame | None, crs: str) -> gpd.GeoDataFrame | None:
+    """An inventory (path or frame) in the mosaic's CRS, its refined outlines reprojected too."""
+    if src is None:
+        return None
+    gdf = src if isinstance(src, gpd.GeoDataFrame) else read_inventory(src)
+    if gdf.crs is not None and CRS.from_user_input(gdf.crs) != CRS.from_user_input(crs):
+        was = gdf.crs
+        gdf = gdf.to_crs(crs)
+        if "outline" in gdf:  # to_crs moves the active geometry only
+            gdf["outline"] = gpd.GeoSeries(gdf["outline"], crs=was).to_crs(crs)
+    return gdf

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import numpy as np
-import xarray as xr
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
-from pyproj import CRS
 
-from .inventory import read_inventory
 from .maps import (
     NODATA_HEX,
     OUTCOME_COLOURS,
     colormap,
     colour_ticks,
     format_length,
+    inventory_in,
     is_projected,
+    load_shown_rate,
     map_info,
     metres_per_unit,
     on_track,
@@ -33,36 +30,8 @@ from .maps import (
     scale_bar_length_m,
     truth_outcomes,
 )
-from .mosaic import RATE, grid_of, open_basin, open_overview, overview_factors
+from .mosaic import grid_of, open_basin
 from .storage import is_url, staged
-
-log = logging.getLogger(__name__)
-
-
-def pick_overview(path: str | Path, shape: tuple[int, int], max_side: int) -> tuple[int, bool]:
-    """(factor, stored) — the finest stored overview that fits ``max_side``; else a stride."""
-    need = max(1, math.ceil(max(shape) / max_side))
-    if need == 1:
-        return 1, False
-    stored = overview_factors(path)
-    fitting = [f for f in stored if f >= need]
-    if fitting:
-        return fitting[0], True
-    if stored:  # the coarsest overview, strided further when read
-        return stored[-1], True
-    return need, False
-
-
-def load_shown_rate(path: str | Path, ds: xr.Dataset, max_side: int) -> tuple[xr.DataArray, int]:
-    factor, stored = pick_overview(path, (ds.sizes["y"], ds.sizes["x"]), max_side)
-    if factor == 1:
-        return ds[RATE].load(), 1
-    if stored:
-        ov = open_overview(path, factor)
-        step = max(1, math.ceil(max(ov.sizes["y"], ov.sizes["x"]) / max_side))
-        return ov[:, ::step, ::step].load(), factor * step
-    log.warning("%s has no overview of factor ≥ %d; reading every %d-th pixel instead (slower)", path, factor, factor)
-    return ds[RATE][:, ::factor, ::factor].load(), factor
 
 
 def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | gpd.GeoDataFrame | None = None,
@@ -142,19 +111,6 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | gpd.
     with staged(target, overwrite=overwrite) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return target
-
-
-def inventory_in(src: str | Path | gpd.GeoDataFrame | None, crs: str) -> gpd.GeoDataFrame | None:
-    """An inventory (path or frame) in the mosaic's CRS, its refined outlines reprojected too."""
-    if src is None:
-        return None
-    gdf = src if isinstance(src, gpd.GeoDataFrame) else read_inventory(src)
-    if gdf.crs is not None and CRS.from_user_input(gdf.crs) != CRS.from_user_input(crs):
-        was = gdf.crs
-        gdf = gdf.to_crs(crs)
-        if "outline" in gdf:  # to_crs moves the active geometry only
-            gdf["outline"] = gpd.GeoSeries(gdf["outline"], crs=was).to_crs(crs)
-    return gdf
 
 
 def _scaled(geoms: gpd.GeoSeries, k: float, projected: bool) -> gpd.GeoSeries:

@@ -41,6 +41,8 @@ from .maps import (
     colormap,
     colour_ticks,
     format_length,
+    inventory_in,
+    load_shown_rate,
     map_info,
     metres_per_unit,
     on_track,
@@ -51,7 +53,6 @@ from .maps import (
     truth_outcomes,
 )
 from .mosaic import RATE, grid_of, open_basin
-from .quicklook import inventory_in, load_shown_rate
 from .storage import is_url, staged
 
 STATUS_COLOURS = {"new": "#e66101", "persisting": "#2c7bb6", "not_detected_now": "#878787"}
@@ -111,6 +112,7 @@ def _slides(inv: gpd.GeoDataFrame, outcome: pd.Series | None, missed: gpd.GeoDat
     geoms = outlines(inv) if len(inv) else inv.geometry
     scores = inv["score"].to_numpy(float) if "score" in inv else np.full(len(inv), np.nan)
     ramp = matplotlib.colormaps["viridis"]
+    member = {t: on_track(inv, t) for t in tracks}  # per track: which rows were detected on it
     out = []
     for i in range(len(inv)):
         r = inv.iloc[i]
@@ -129,7 +131,7 @@ def _slides(inv: gpd.GeoDataFrame, outcome: pd.Series | None, missed: gpd.GeoDat
             colours["outcome"] = OUTCOME_COLOURS[str(outcome.iloc[i])]
         if "status" in inv:
             colours["status"] = STATUS_COLOURS.get(str(row["status"]), "#000000")
-        on = {t for t in tracks if on_track(inv.iloc[[i]], t)[0]}
+        on = {t for t in tracks if member[t][i]}
         out.append(_Slide(f"s{num}", row, geoms.iloc[i], inv.geometry.iloc[i].envelope, on, colours))
     if missed is not None:
         for k in range(len(missed)):
