@@ -3,6 +3,7 @@
 >>> import insar_slide as isl
 >>> ds, truth = isl.simulate(seed=3, shape=(512, 512), truth=True)   # an in-memory Dataset
 >>> inv = isl.detect(ds["los_rate"])                                  # GeoDataFrame, as `run` writes
+>>> comp = isl.decompose(ds)            # v_up, v_east, v_slope (mm/yr) per pixel: insar_slide.decompose
 
 :func:`detect` goes through the same plan → detect → merge code as ``insar-slide run``: the
 ``DataArray`` is written as a mosaic (Zarr) into a temporary folder (``workdir``; a folder the
@@ -23,6 +24,7 @@ import geopandas as gpd
 import numpy as np
 import xarray as xr
 
+from .decompose import decompose as decompose  # the per-pixel LOS decomposition, re-exported
 from .errors import InputError
 from .grid import Grid
 from .manifest import MANIFEST_ATTR

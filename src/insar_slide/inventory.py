@@ -1,8 +1,22 @@
 """The landslide inventory (DESIGN.md contract 2): schema, statistics from the mosaic, I/O.
 
 One row per landslide, GeoParquet in the mosaic's CRS. ``tracks`` is a comma-separated list
-of track names. Rate statistics are measured on the mosaic inside each polygon, on the track
-with the largest 95th-percentile |rate| there (named in ``rate_track``).
+of track names. Rate statistics are measured on the mosaic inside each polygon (pixel centres
+inside), on the track with the largest 95th-percentile |rate| there (named in ``rate_track``).
+
+Per track ``<t>``: ``valid_fraction_<t>`` (share of the polygon's pixels with a value) and
+``rate_mean_<t>`` (mean LOS rate of those pixels, mm/yr, NaN if none). From these, the LOS
+decomposition of :mod:`insar_slide.decompose` (tracks with ≥ 30 % of the polygon valid and a
+known heading and incidence; NaN where it cannot be computed):
+
+- ``v_up_mm_yr``, ``v_east_mm_yr``: vertical (up +) and east-west (east +) rates, least squares
+  over two or more tracks; north-south motion is neglected (unseen by near-polar orbits).
+- ``v_slope_mm_yr``: speed along the fall line (downslope +), assuming slope-parallel motion
+  down the polygon's mean DEM gradient (needs the mosaic's ``dem``); one track is enough.
+- ``v_slope_sensitivity``: ``sqrt(Σ_k (d·l_k)²)``, the share of slope-parallel motion the
+  tracks see (``|d·l|`` for one); ``v_slope_mm_yr`` is NaN below 0.2.
+- ``dem_slope_deg``, ``dem_aspect_deg``: slope and downslope azimuth (clockwise from north)
+  of the polygon's mean DEM gradient.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ import pandas as pd
 import shapely
 import xarray as xr
 
+from .decompose import DEM, gradient_en, mosaic_los, slide_components
 from .errors import InputError
 from .grid import Grid, PixelWindow
 from .mosaic import RATE, grid_of
@@ -52,7 +67,8 @@ def finish_schema(gdf: gpd.GeoDataFrame, grid: Grid, order: list[str] | None = N
 
 
 def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: int = 4096 * 4096) -> pd.DataFrame:
-    """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per-track valid fraction.
+    """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per track
+    ``valid_fraction_<t>`` and ``rate_mean_<t>``, and the decomposition columns (module docstring).
 
     ``geoms`` must be in the mosaic CRS. Pixels whose centre is inside the polygon count. The
     mosaic is read once for the union window of all ``geoms`` when that window is at most
@@ -67,7 +83,7 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
         return pd.DataFrame([])
     geoms = gpd.GeoSeries(list(geoms), crs=getattr(geoms, "crs", None))
     if _union_px(grid, geoms) <= max_block_px:
-        return pd.DataFrame(_stats_group(ds, grid, tracks, list(geoms)))
+        return _with_components(ds, tracks, pd.DataFrame(_stats_group(ds, grid, tracks, list(geoms))))
     side = max(1, int(np.sqrt(max_block_px)) // 2)
     cx, cy = shapely.get_coordinates(geoms.centroid).T
     col = np.floor((cx - grid.x0) / grid.dx).astype(np.int64) // side
@@ -84,7 +100,28 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
                       else _stats_streamed(ds, grid, tracks, g, max(_MIN_TILE, side))) for g in group]
         for i, r in zip(idx, stats, strict=True):
             rows[i] = r
-    return pd.DataFrame(rows)
+    return _with_components(ds, tracks, pd.DataFrame(rows))
+
+
+def _with_components(ds: xr.Dataset, tracks: list[str], df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with the decomposition columns; the mean DEM gradient columns dropped."""
+    comp = slide_components(df, tracks, mosaic_los(ds))
+    return pd.concat([df.drop(columns=["dem_ge", "dem_gn"]), comp], axis=1)
+
+
+def _dem_gradient(ds: xr.Dataset, grid: Grid, win: PixelWindow) -> tuple[np.ndarray, np.ndarray] | None:
+    """The DEM gradient (east, north; m/m) over ``win``, read with a one-pixel halo so that it
+    equals the whole grid's (:func:`insar_slide.decompose.gradient_en`); None without a DEM."""
+    if DEM not in ds or win.rows == 0 or win.cols == 0:
+        return None
+    r0, c0 = max(0, win.row0 - 1), max(0, win.col0 - 1)
+    r1, c1 = min(grid.height, win.row1 + 1), min(grid.width, win.col1 + 1)
+    z = np.asarray(ds[DEM].isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype=np.float64)
+    if min(z.shape) < 2:
+        return None
+    ge, gn = gradient_en(z, grid, row0=r0)
+    crop = (slice(win.row0 - r0, win.row0 - r0 + win.rows), slice(win.col0 - c0, win.col0 - c0 + win.cols))
+    return np.asarray(ge)[crop], np.asarray(gn)[crop]
 
 
 def _union_px(grid: Grid, geoms: gpd.GeoSeries) -> int:
@@ -99,7 +136,8 @@ def _window_px(grid: Grid, geom: Any) -> int:
 
 def _empty_stats(tracks: list[str]) -> dict[str, Any]:
     return {"rate_mean": np.nan, "rate_p95_abs": np.nan, "valid_fraction": 0.0, "rate_track": "",
-            **{f"valid_fraction_{t}": 0.0 for t in tracks}}
+            **{f"valid_fraction_{t}": 0.0 for t in tracks}, **{f"rate_mean_{t}": np.nan for t in tracks},
+            "dem_ge": np.nan, "dem_gn": np.nan}
 
 
 def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]) -> list[dict[str, Any]]:
@@ -111,11 +149,14 @@ def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]
         block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
     else:
         block = np.zeros((len(tracks), 0, 0))
-    return [_stats_one(block, union, grid, tracks, g) for g in geoms]
+    grad = _dem_gradient(ds, grid, union)
+    return [_stats_one(block, union, grid, tracks, g, grad) for g in geoms]
 
 
-def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: list[str], geom: Any) -> dict[str, Any]:
-    """Statistics of one polygon from ``block`` (track, rows, cols), the mosaic over ``block_win``."""
+def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: list[str], geom: Any,
+               grad: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Statistics of one polygon from ``block`` (track, rows, cols), the mosaic over
+    ``block_win``, and ``grad`` (the DEM gradient (east, north) over ``block_win``, or None)."""
     win = grid.window_of_bounds(*geom.bounds)
     nan_row = _empty_stats(tracks)
     if win.rows == 0 or win.cols == 0:
@@ -139,6 +180,7 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         ok = np.isfinite(vals)
         out[f"valid_fraction_{t}"] = float(ok.sum() / n) if n else 0.0
         if ok.any():
+            out[f"rate_mean_{t}"] = float(vals[ok].mean(dtype=np.float64))
             p95 = float(np.percentile(np.abs(vals[ok]), 95))
             if p95 > best_p95:
                 best, best_p95 = k, p95
@@ -147,6 +189,11 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         ok = np.isfinite(vals)
         out.update(rate_mean=float(vals[ok].mean()), rate_p95_abs=best_p95, valid_fraction=float(ok.sum() / n),
                    rate_track=tracks[best])
+    if grad is not None:
+        ge, gn = (g[local.row0:local.row1, local.col0:local.col1][inside] for g in grad)
+        good = np.isfinite(ge) & np.isfinite(gn)
+        if good.any():
+            out.update(dem_ge=float(ge[good].mean()), dem_gn=float(gn[good].mean()))
     return out
 
 
@@ -188,18 +235,24 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
     total = np.zeros(nt, np.float64)
     hist = np.zeros((nt, 1 << 16), np.int64)
     n_inside = 0
+    grad_sum = np.zeros(3)  # Σ dz/deast, Σ dz/dnorth, count
 
-    def inside_values(tile: PixelWindow, part: Any) -> tuple[np.ndarray, int]:
+    def inside_values(tile: PixelWindow, part: Any, with_grad: bool = False) -> tuple[np.ndarray, int]:
         rs, cs = tile.slices()
         block = np.asarray(ds[RATE].isel(y=rs, x=cs).values, dtype=np.float32)
         xs = grid.x0 + (np.arange(tile.col0, tile.col1) + 0.5) * grid.dx
         ys = grid.y0 + (np.arange(tile.row0, tile.row1) + 0.5) * grid.dy
         shapely.prepare(part)
         inside = shapely.contains_xy(part, xs[None, :], ys[:, None])
+        grad = _dem_gradient(ds, grid, tile) if with_grad else None
+        if grad is not None:
+            ge, gn = grad[0][inside], grad[1][inside]
+            good = np.isfinite(ge) & np.isfinite(gn)
+            grad_sum[:] += (ge[good].sum(), gn[good].sum(), good.sum())
         return block[:, inside], int(inside.sum())
 
     for tile, part in parts:
-        vals, n = inside_values(tile, part)
+        vals, n = inside_values(tile, part, with_grad=True)
         n_inside += n
         for k in range(nt):
             v = vals[k][np.isfinite(vals[k])]
@@ -209,6 +262,10 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
     out = _empty_stats(tracks)
     for k, t in enumerate(tracks):
         out[f"valid_fraction_{t}"] = float(count[k] / n_inside) if n_inside else 0.0
+        if count[k]:
+            out[f"rate_mean_{t}"] = float(total[k] / count[k])
+    if grad_sum[2]:
+        out.update(dem_ge=float(grad_sum[0] / grad_sum[2]), dem_gn=float(grad_sum[1] / grad_sum[2]))
     # the ranks np.percentile interpolates between, and the histogram bins that hold them
     h = 0.95 * (count - 1)
     lo = np.floor(h).astype(np.int64)

@@ -27,7 +27,9 @@ SLIDE_KINDS = {0: "lobate", 1: "earthflow", 2: "compound"}
 def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     """One row per simulated landslide, contract-2 schema with ``method = truth``.
 
-    Besides the contract columns: ``slope_speed_mm_yr``, ``slope_deg``, ``kind`` (lobate,
+    Besides the contract columns: ``slope_speed_mm_yr`` (the slide's peak speed),
+    ``slope_speed_mean_mm_yr`` (its speed averaged over its pixels: what the measured
+    ``v_slope_mm_yr`` estimates, see :mod:`insar_slide.decompose`), ``slope_deg``, ``kind`` (lobate,
     earthflow, compound), ``length_px`` (along the slope or the centreline), and per track
     ``peak_los_<track>`` (the slide's own signed LOS rate of largest magnitude, before
     atmosphere, noise and the sensor's limit), ``measured_fraction_<track>`` (share of its
@@ -41,7 +43,7 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     if len(s) == 0:
         return empty_inventory(crs)
     polys = [object_polygon(scene, s, i) for i in range(len(s))]
-    peaks, lost = _peaks(scene)
+    peaks, lost, mean_speed = _peaks(scene)
     geoms = gpd.GeoSeries(polys, crs=crs)
     ds = open_basin(mosaic)
     stats = _stats_parallel(ds, geoms, scene.cfg.grid.chunk)
@@ -54,6 +56,7 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
         "run_id": f"simulate-seed{scene.seed}",
         "model_id": "",
         "slope_speed_mm_yr": s.speed,
+        "slope_speed_mean_mm_yr": mean_speed,
         "slope_deg": s.slope_deg,
         "kind": [SLIDE_KINDS[int(k)] for k in s.kind],
         "length_px": 2 * s.a,
@@ -71,11 +74,13 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(df, geometry=geoms.values, crs=crs)
 
 
-def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Per slide and track: the signed LOS peak, and the share of its pixels the sensor loses."""
+def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slide and track: the signed LOS peak, and the share of its pixels the sensor loses;
+    per slide: its mean speed (mm/yr) over its pixels."""
     s = scene.slides
     peaks = np.zeros((len(s), len(scene.tracks)))
     lost = np.zeros((len(s), len(scene.tracks)))
+    mean_speed = np.full(len(s), np.nan)
     for i in range(len(s)):
         rad = s.radius()[i]
         rr = np.arange(int(s.row[i] - rad), int(s.row[i] + rad) + 1, dtype=float)
@@ -86,13 +91,16 @@ def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         else:
             mask, ve, vn, vu = slide_field(scene, i, rr, cc)
             fields = [ve * t.los[0] + vn * t.los[1] + vu * t.los[2] for t in scene.tracks]
+            speed = np.sqrt(ve * ve + vn * vn + vu * vu)
+        if mask.any():
+            mean_speed[i] = float(speed[mask].mean())
         for k, los in enumerate(fields):
             j = np.unravel_index(np.argmax(np.abs(los)), los.shape)
             peaks[i, k] = los[j]
             if scene.cfg.radar.unwrapping_limit and mask.any():
                 _, gone = over_limit(scene, k, rr, cc, los)
                 lost[i, k] = float((gone & mask).sum() / mask.sum())
-    return peaks, lost
+    return peaks, lost, mean_speed
 
 
 def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, chunk: int) -> pd.DataFrame:
