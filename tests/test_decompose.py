@@ -266,3 +266,24 @@ def test_mintpy_pair_ingested_gives_the_same_columns(sim, tmp_path):
     visible = (truth["tracks"] != "").to_numpy() & stats["v_slope_mm_yr"].notna().to_numpy()
     err = np.abs(stats["v_slope_mm_yr"].to_numpy() - truth["slope_speed_mean_mm_yr"].to_numpy())[visible]
     assert np.median(err) <= 7.0 and np.quantile(err, 0.9) <= 16.0
+
+
+def test_baseline_and_update_inventories_carry_the_columns(sim):
+    """The same call (:func:`polygon_rate_stats`) fills the baselines' inventory; an update keeps
+    the columns for persisting slides and re-measures them for slides not detected now."""
+    from insar_slide.baselines import baseline_inventory
+    from insar_slide.run.config import BaselineConfig
+    from insar_slide.run.update import lifecycle
+
+    store, truth = sim
+    ds = open_basin(store)
+    hot, _ = baseline_inventory(ds, "hotspot", cfg=BaselineConfig())
+    assert len(hot) and set(COMPONENTS) <= set(hot.columns)
+    assert hot["v_up_mm_yr"].notna().mean() > 0.5 and hot["v_slope_mm_yr"].notna().mean() > 0.5
+    known = truth.assign(first_seen="v1", last_seen="v1", status="new", version="v1")
+    new = truth.iloc[: len(truth) // 2].copy()
+    rows = lifecycle(new, known, "v2", ds).set_index("slide_id")
+    assert set(COMPONENTS) <= set(rows.columns) and (rows["status"] == "not_detected_now").any()
+    ref = truth.set_index("slide_id").loc[rows.index]
+    for c in ("v_up_mm_yr", "v_slope_mm_yr"):
+        np.testing.assert_allclose(rows[c].to_numpy(float), ref[c].to_numpy(float), rtol=1e-6, err_msg=c)

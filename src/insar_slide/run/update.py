@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from ..decompose import COLUMNS as DECOMPOSITION
 from ..errors import GridError, InputError, StoreError
 from ..inventory import COLUMNS, polygon_rate_stats, write_inventory
 from ..mosaic import grid_of, list_versions, open_basin
@@ -132,11 +133,12 @@ def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: An
         lost["status"] = "not_detected_now"
         lost["score"] = np.nan
         stats = polygon_rate_stats(ds, lost.geometry)
-        for c in ("rate_mean", "rate_p95_abs", "valid_fraction", "rate_track"):
+        for c in ("rate_mean", "rate_p95_abs", "valid_fraction", "rate_track", *DECOMPOSITION):
             lost[c] = stats[c].to_numpy()
     both = pd.concat([rows, lost], ignore_index=True) if len(lost) else rows
     both["version"] = label
-    keep = [*[c for c in COLUMNS if c != "geometry"], *LIFECYCLE, *[c for c in ("n_boxes", "outline") if c in both], "geometry"]
+    keep = [*[c for c in COLUMNS if c != "geometry"], *LIFECYCLE,
+            *[c for c in ("n_boxes", *DECOMPOSITION, "outline") if c in both], "geometry"]
     for c in keep:
         if c not in both.columns:
             both[c] = pd.Series(dtype=object)
