@@ -160,8 +160,10 @@ def _stusi_dates(header: tuple[str, ...], second: list[str]) -> np.ndarray | Non
     return np.array([dt.date.fromordinal(int(d) - _MATLAB_EPOCH_DAYS) for d in nums], dtype="datetime64[D]")
 
 
-def iter_point_chunks(fmt: PointFormat, *, series: bool = False, rows: int = CHUNK_ROWS) -> Iterator[PointChunk]:
-    """The file's points, ``rows`` at a time; the date columns are parsed only with ``series``."""
+def iter_point_chunks(fmt: PointFormat, *, series: bool = False, rows: int | None = None) -> Iterator[PointChunk]:
+    """The file's points, ``rows`` (default :data:`CHUNK_ROWS`) at a time; the date columns are
+    parsed only with ``series``."""
+    rows = rows or CHUNK_ROWS
     if fmt.product == "stamps":
         frames = pd.read_csv(fmt.path, header=None, skiprows=2, chunksize=rows, dtype="float64",
                              na_values=["NaN", "nan"], usecols=None if series else [0, 1, 2])
