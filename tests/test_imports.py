@@ -27,19 +27,19 @@ SRC = REPO / "src" / "insar_slide"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["version", "errors", "config", "atomic", "storage", "grid", "zarr_compat", "progress",
                     "run", "sim", "training"]),  # the last three: empty package files
-    ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "training.boxes", "sim.geometry", "sim.noise"]),
+    ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "timeseries_fit", "training.boxes", "sim.geometry", "sim.noise"]),
     ("config", ["run.config", "sim.config", "training.config"]),
     ("model", ["model", "model.cbam", "model.encoding", "model.detector", "model.checkpoint", "model.device"]),
-    ("store", ["manifest", "mosaic", "decompose", "inventory", "readers", "ingest", "query", "run.io", "run.raster", "run.store",
+    ("store", ["manifest", "mosaic", "decompose", "inventory", "readers", "timeseries_readers", "timeseries", "ingest", "query", "run.io", "run.raster", "run.store",
                "training.voc"]),
     ("simulation", ["sim.objects", "sim.terrain", "sim.kinds", "sim.shapes", "sim.scene", "sim.render",
                     "sim.truth", "sim.basin"]),
-    ("comparison and pictures", ["compare", "maps", "quicklook", "report", "gis"]),
+    ("comparison and pictures", ["compare", "maps", "quicklook", "report", "gis", "timeseries_plot"]),
     ("run, baselines and comparison", ["run.plan", "run.detect", "run.merge", "run.cluster", "run.outputs", "run.pipeline",
                                        "run.update",
                                        "baselines", "scoring", "scoring_tables"]),
     ("training", ["training.metrics", "training.data", "training.mining", "training.train", "training.chips", "training.evaluate", "training.export"]),
-    ("interface", ["api", "cli_common", "cli_training", "cli_compare", "cli", ""]),
+    ("interface", ["api", "cli_common", "cli_training", "cli_compare", "cli_timeseries", "cli", ""]),
 ]
 
 #: What the core layer must not import: no Dask, no xarray, no file formats.

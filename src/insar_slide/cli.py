@@ -12,6 +12,7 @@ import click
 
 from .cli_common import _friendly, progress_bars, quiet_dask_logs
 from .cli_compare import COMPARE_COMMANDS
+from .cli_timeseries import TIMESERIES_COMMANDS
 from .cli_training import TRAINING_COMMANDS
 from .errors import ConfigError, StoreError
 from .version import __version__
@@ -356,7 +357,7 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     click.echo(f"hits, misses and false alarms marked in {png} and {page}")
 
 
-for _cmd in [*COMPARE_COMMANDS, *TRAINING_COMMANDS]:  # baseline, compare; chips, train, evaluate, ...
+for _cmd in [*COMPARE_COMMANDS, *TRAINING_COMMANDS, *TIMESERIES_COMMANDS]:  # baseline, compare; chips, train, evaluate, ...; timeseries
     main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover

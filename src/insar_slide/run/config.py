@@ -103,6 +103,9 @@ class Outputs(StrictModel):
     quicklook: bool = Field(True, description="write <out stem>.png")
     report: bool = Field(True, description="write <out stem>.html: map, sortable table and per-slide thumbnails")
     outline: bool = Field(True, description="refined outline (the deforming pixels inside the box) in column 'outline'")
+    timeseries: list[str] = Field(default_factory=list, description="time-series products (MintPy timeseries.h5, LiCSBAS "
+                                  "cum.h5, EGMS/StaMPS CSV; local paths): write <out stem>.timeseries.parquet and "
+                                  "<out stem>.timeseries_summary.parquet, per-slide series (insar_slide.timeseries)")
 
     def files_beside(self) -> bool:
         """Whether any file is written beside the inventory."""
@@ -235,6 +238,8 @@ def load_run_config(path: str | Path, **overrides: object) -> RunConfig:
     for key in ("model", "run_dir"):
         if getattr(cfg, key):
             upd[key] = resolve_path(getattr(cfg, key), base)
+    if cfg.outputs.timeseries:
+        upd["outputs"] = cfg.outputs.model_copy(update={"timeseries": [resolve_path(p, base) for p in cfg.outputs.timeseries]})
     if cfg.aoi is not None:
         upd["aoi"] = cfg.aoi.model_copy(update={k: resolve_path(getattr(cfg.aoi, k), base)
                                                 for k in ("river", "polygons") if getattr(cfg.aoi, k)})

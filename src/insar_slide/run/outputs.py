@@ -80,6 +80,10 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
         from ..report import write_report
         page = f"{stem}.html"
         todo.append(("report", page, lambda: write_report(mosaic, gdf, page)))
+    if cfg.outputs.timeseries:
+        from ..timeseries import timeseries_path, write_for_inventory
+        series = timeseries_path(out)
+        todo.append(("timeseries", series, lambda: write_for_inventory(gdf, cfg.outputs.timeseries, series)))
     for name, target, write in todo:
         try:
             write()

@@ -1,0 +1,279 @@
+"""Per-slide time series: MintPy and LiCSBAS files written in their real formats with a known
+slide signal, the numbers checked; the CLI and the run hook; the real Maoxian PS/SBAS series."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from click.testing import CliRunner
+
+from insar_slide.cli import main
+from insar_slide.errors import InputError
+from insar_slide.grid import PixelWindow
+from insar_slide.timeseries import slide_timeseries, timeseries_path
+from insar_slide.timeseries_fit import fit_recent, summarize
+from insar_slide.timeseries_readers import open_series
+
+from .conftest import REAL
+
+UTM = "EPSG:32648"
+X0, Y0, PX = 400_000.0, 3_550_000.0, 30.0  # upper-left corner of the MintPy grid
+V0, ACC = -20.0, -10.0  # the slide: mm/yr at the first date, mm/yr²
+V2 = 15.0  # a second, neighbouring slide (linear, toward the satellite)
+DATES = np.arange(np.datetime64("2018-01-03"), np.datetime64("2021-01-01"), np.timedelta64(12, "D"))
+T = (DATES - DATES[0]).astype(float) / 365.25
+SIGNAL = V0 * T + ACC * T**2 / 2  # mm
+RNG = np.random.default_rng(7)
+COMMON = RNG.normal(0, 3, DATES.size)  # a per-date offset of the whole scene (atmosphere, reference drift)
+S1 = (slice(20, 40), slice(20, 40))  # rows, cols of slide s1 (600 m square)
+S2 = (slice(45, 53), slice(45, 53))  # slide s2, 150 m from s1: inside s1's ring, so it must be left out of it
+
+
+def _square(rows: slice, cols: slice, *, x0: float = X0, y0: float = Y0, px: float = PX, shrink: float = 0.0):
+    return shapely.box(x0 + (cols.start + shrink) * px, y0 - (rows.stop - shrink) * px,
+                       x0 + (cols.stop - shrink) * px, y0 - (rows.start + shrink) * px)
+
+
+@pytest.fixture
+def mintpy_ts(tmp_path):
+    """``geo_timeseries_ERA5_demErr.h5`` as MintPy writes it: metres, ``date`` as bytes, grid attributes."""
+    cube = np.broadcast_to(COMMON[:, None, None], (DATES.size, 60, 60)).copy()
+    cube[(slice(None), *S1)] += SIGNAL[:, None, None]
+    cube[(slice(None), *S2)] += (V2 * T)[:, None, None]
+    cube -= cube[:, 3:4, 3:4]  # referenced to pixel (3, 3), which is then 0 throughout
+    cube += np.random.default_rng(1).normal(0, 0.3, cube.shape)  # pixel noise, mm
+    cube[:, 3, 3] = 0.0
+    cube[:, 0, :] = 0.0  # MintPy's fill of masked pixels: 0 at every date
+    cube[:, 25, 20:25] = 0.0  # …some of them inside the slide, which must not pull its mean to 0
+    cube[5, 30, 30] = np.nan  # one pixel missing on one date
+    path = tmp_path / "geo_timeseries_ERA5_demErr.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("timeseries", data=(cube / 1000.0).astype("float32"), chunks=(DATES.size, 20, 20))
+        f.create_dataset("date", data=np.array([str(d).replace("-", "").encode() for d in DATES]))
+        f.create_dataset("bperp", data=np.zeros(DATES.size, "float32"))
+        f.attrs.update({"FILE_TYPE": "timeseries", "UNIT": "m", "X_FIRST": str(X0), "Y_FIRST": str(Y0),
+                        "X_STEP": str(PX), "Y_STEP": str(-PX), "EPSG": "32648", "ORBIT_DIRECTION": "ASCENDING",
+                        "trackNumber": "99", "HEADING": "-12.5", "CENTER_INCIDENCE_ANGLE": "39.2",
+                        "REF_Y": "3", "REF_X": "3", "REF_DATE": "20180103", "LENGTH": "60", "WIDTH": "60"})
+    return path
+
+
+@pytest.fixture
+def inventory():
+    return gpd.GeoDataFrame({"slide_id": ["s1", "s2", "far"]},
+                            geometry=[_square(*S1), _square(*S2), shapely.box(0, 0, 100, 100)], crs=UTM)
+
+
+def test_mintpy_reader(mintpy_ts):
+    src = open_series(mintpy_ts)
+    assert src.product == "mintpy" and src.track.name == "asc_099" and src.grid.crs == "EPSG:32648"
+    assert src.dates.dtype == np.dtype("datetime64[D]") and src.dates.size == DATES.size and src.dates[0] == DATES[0]
+    block = src.read(PixelWindow(0, 0, 60, 60))
+    assert block.shape == (DATES.size, 60, 60) and block.dtype == np.float32
+    assert np.isnan(block[:, 0, :]).all() and np.isnan(block[:, 25, 20:25]).all()  # all-zero pixels: no data
+    assert (block[:, 3, 3] == 0).all()  # the reference pixel stays
+    np.testing.assert_allclose(block[:, 30, 30][np.isfinite(block[:, 30, 30])], SIGNAL[np.arange(DATES.size) != 5], atol=2.0)
+    np.testing.assert_array_equal(src.read(PixelWindow(30, 30, 2, 2), slice(10, 12)), block[10:12, 30:32, 30:32])
+
+
+def test_mintpy_slide_series_and_fit(mintpy_ts, inventory):
+    table = slide_timeseries(inventory, [open_series(mintpy_ts)])
+    assert set(table["slide_id"]) == {"s1", "s2"}  # 'far' is outside the product: no rows
+    assert table.groupby("slide_id").size().tolist() == [DATES.size, DATES.size]
+    s1 = table[table["slide_id"] == "s1"]
+    assert s1["track"].unique().tolist() == ["asc_099"]
+    # 400 pixels, 5 of them masked (all zero), one more missing on date 5
+    assert s1["n_inside"].iloc[0] == 395 and s1["n_inside"].iloc[5] == 394
+    # inside: the signal (+ the scene offset, which the reference pixel removed); the ring: 0
+    np.testing.assert_allclose(s1["displacement_mm"], SIGNAL, atol=0.1)  # 0.3 mm noise over ~400 px: ~0.02 mm
+    np.testing.assert_allclose(s1["reference_mm"], 0.0, atol=0.1)  # s2 (moving) is left out of the ring
+    np.testing.assert_allclose(s1["relative_mm"], SIGNAL, atol=0.1)
+    np.testing.assert_allclose(s1["fastest_mm"], SIGNAL, atol=0.5)  # a uniform slide: its fastest tenth moves alike
+    assert s1["n_reference"].min() > 500
+    s2 = table[table["slide_id"] == "s2"]
+    np.testing.assert_allclose(s2["relative_mm"], V2 * T, atol=0.2)  # its ring leaves s1 out too
+
+    summary = summarize(table).set_index("slide_id")
+    r = summary.loc["s1"]
+    assert r["series"] == "relative_mm" and r["n_dates"] == DATES.size
+    assert r["acceleration_mm_yr2"] == pytest.approx(ACC, abs=0.5)
+    assert r["velocity_end_mm_yr"] == pytest.approx(V0 + ACC * T[-1], abs=0.2)  # -49.9 mm/yr at the end
+    assert r["total_mm"] == pytest.approx(SIGNAL[-1], abs=0.2)
+    # straight line over the last third: the mean speed there, between the speed at its ends
+    assert V0 + ACC * T[-1] < r["velocity_recent_mm_yr"] < V0 + ACC * T[-1] * 2 / 3
+    assert summary.loc["s2", "velocity_mm_yr"] == pytest.approx(V2, abs=0.1)
+    assert summary.loc["s2", "acceleration_mm_yr2"] == pytest.approx(0.0, abs=1.0)
+
+
+def test_scene_offset_is_removed_by_the_ring(tmp_path, inventory):
+    """Without a reference pixel the scene's per-date offset stays in the mean inside; the ring
+    measures it and the relative series is the slide's own motion."""
+    cube = np.broadcast_to(COMMON[:, None, None], (DATES.size, 60, 60)).copy()
+    cube[(slice(None), *S1)] += SIGNAL[:, None, None]
+    path = tmp_path / "timeseries.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("timeseries", data=(cube / 10.0).astype("float32"))
+        f.create_dataset("date", data=np.array([str(d).replace("-", "").encode() for d in DATES]))
+        f.attrs.update({"UNIT": "cm", "X_FIRST": str(X0), "Y_FIRST": str(Y0), "X_STEP": str(PX),
+                        "Y_STEP": str(-PX), "UTM_ZONE": "48N"})
+    s1 = slide_timeseries(inventory, [open_series(path, track="asc_099")]).query("slide_id == 's1'")
+    np.testing.assert_allclose(s1["displacement_mm"], SIGNAL + COMMON, atol=1e-3)
+    np.testing.assert_allclose(s1["reference_mm"], COMMON, atol=1e-3)
+    np.testing.assert_allclose(s1["relative_mm"], SIGNAL, atol=1e-3)
+
+
+@pytest.fixture
+def licsbas_cum(tmp_path):
+    """``cum.h5`` as LiCSBAS13_sb_inv.py writes it: mm, ``imdates`` int, corner = centre of pixel (0, 0)."""
+    lon0, lat0, step = 103.9, 32.08, 0.0003
+    cube = np.zeros((DATES.size, 80, 80), "float32")
+    cube[:, 30:50, 30:50] = SIGNAL[:, None, None]
+    cube[:, 70:, :] = np.nan  # masked by LiCSBAS15
+    folder = tmp_path / "099A_05432_131313" / "TS_GEOCml1"
+    folder.mkdir(parents=True)
+    path = folder / "cum.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("imdates", data=np.array([int(str(d).replace("-", "")) for d in DATES], "int32"))
+        f.create_dataset("cum", data=cube)
+        f.create_dataset("vel", data=np.zeros((80, 80), "float32"))
+        f.create_dataset("gap", data=np.zeros((DATES.size - 1, 80, 80), "int8"))
+        for k, v in (("corner_lat", lat0), ("corner_lon", lon0), ("post_lat", -step), ("post_lon", step)):
+            f.create_dataset(k, data=v)
+        f.create_dataset("refarea", data="5:10/5:10")
+    # the slide in the mosaic CRS (UTM): the moving box shrunk by 1.5 px, reprojected
+    box = shapely.box(lon0 + 31 * step, lat0 - 48 * step, lon0 + 48 * step, lat0 - 31 * step)
+    inv = gpd.GeoDataFrame({"slide_id": ["L1"]}, geometry=[box], crs="EPSG:4326").to_crs(UTM)
+    return path, inv
+
+
+def test_licsbas_cum_reprojected_inventory(licsbas_cum):
+    path, inv = licsbas_cum
+    src = open_series(path)
+    assert src.product == "licsbas" and src.track.name == "asc_099" and src.grid.crs == "EPSG:4326"
+    assert src.grid.x0 == pytest.approx(103.9 - 0.00015) and src.grid.y0 == pytest.approx(32.08 + 0.00015)
+    table = slide_timeseries(inv, [src])
+    assert 250 < table["n_inside"].iloc[0] < 300  # 17 x 17 px centres
+    np.testing.assert_allclose(table["displacement_mm"], SIGNAL, atol=1e-4)
+    np.testing.assert_allclose(table["reference_mm"], 0.0, atol=1e-6)  # no motion in the ring
+    fit = fit_recent(DATES, table["relative_mm"].to_numpy())
+    assert fit is not None and fit.acceleration == pytest.approx(ACC, abs=1e-3)
+
+
+def test_fit_recent_span_and_noise():
+    rng = np.random.default_rng(0)
+    y = SIGNAL + rng.normal(0, 1.0, DATES.size)
+    fit = fit_recent(DATES, y)
+    assert fit is not None
+    assert fit.start >= DATES[-1] - np.timedelta64(366, "D") and fit.n == int((T >= T[-1] * 2 / 3).sum())
+    assert abs(fit.acceleration - ACC) < 3 * fit.acceleration_std  # recovered within its error
+    assert abs(fit.velocity_end - (V0 + ACC * T[-1])) < 3 * fit.velocity_end_std
+    short = fit_recent(DATES, y, recent_days=30)
+    assert short is not None and short.n == 6  # extended back to six dates
+    assert fit_recent(DATES[:4], y[:4]) is None
+
+
+def test_open_series_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        open_series(tmp_path / "nope.h5")
+    p = tmp_path / "velocity.h5"
+    with h5py.File(p, "w") as f:
+        f.create_dataset("velocity", data=np.zeros((3, 3), "float32"))
+    with pytest.raises(InputError, match="no 'timeseries'"):
+        open_series(p)
+    radar = tmp_path / "timeseries.h5"
+    with h5py.File(radar, "w") as f:
+        f.create_dataset("timeseries", data=np.zeros((2, 3, 3), "float32"))
+        f.create_dataset("date", data=np.array([b"20200101", b"20200113"]))
+    with pytest.raises(InputError, match="not geocoded"):
+        open_series(radar)
+
+
+def test_cli_timeseries(tmp_path, mintpy_ts, inventory):
+    inv_path = tmp_path / "inv.parquet"
+    inventory.to_parquet(inv_path)
+    res = CliRunner().invoke(main, ["timeseries", str(inv_path), str(mintpy_ts), "--plots", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    assert "2 of 3 slides" in res.output
+    table = pd.read_parquet(tmp_path / "inv.timeseries.parquet")
+    assert list(table.columns[:4]) == ["slide_id", "track", "date", "displacement_mm"]
+    assert not table.duplicated(["slide_id", "date", "track"]).any()
+    summary = pd.read_parquet(tmp_path / "inv.timeseries_summary.parquet").set_index("slide_id")
+    assert summary.loc["s1", "acceleration_mm_yr2"] == pytest.approx(ACC, abs=0.5)
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["s1.png", "s2.png"] and (tmp_path / "plots" / "s1.png").stat().st_size > 20_000
+    again = CliRunner().invoke(main, ["timeseries", str(inv_path), str(mintpy_ts)])
+    assert again.exit_code == 1 and "already exists" in again.output
+    bad = CliRunner().invoke(main, ["timeseries", str(inv_path), str(mintpy_ts), str(mintpy_ts),
+                                    "--track", "a", "--track", "b", "--track", "c", "--overwrite"])
+    assert bad.exit_code == 2 and "--track given 3 times for 2 series" in bad.output
+    away = gpd.GeoDataFrame({"slide_id": ["x"]}, geometry=[shapely.box(0, 0, 50, 50)], crs=UTM)
+    away.to_parquet(tmp_path / "away.parquet")
+    none = CliRunner().invoke(main, ["timeseries", str(tmp_path / "away.parquet"), str(mintpy_ts)])
+    assert none.exit_code == 1 and "none of the 1 slides" in none.output
+    assert not (tmp_path / "away.timeseries.parquet").exists()
+
+
+def test_run_writes_the_series_beside_the_inventory(tmp_path, mintpy_ts, inventory):
+    from insar_slide.grid import Grid
+    from insar_slide.run.config import load_run_config
+    from insar_slide.run.outputs import write_extras
+
+    (tmp_path / "basin.yaml").write_text(
+        f"mosaic: basin.zarr\nout: out/inventory.parquet\noutputs: {{geopackage: false, kml: false, slide_id_raster: false, "
+        f"quicklook: false, report: false, timeseries: [{mintpy_ts.name}]}}\n")
+    cfg = load_run_config(tmp_path / "basin.yaml")
+    assert cfg.outputs.timeseries == [str(mintpy_ts)]  # relative to the config's folder
+    grid = Grid(UTM, X0, Y0, PX, -PX, 60, 60)
+    written = write_extras(inventory, cfg, ds=None, grid=grid)
+    assert written == {"timeseries": str(tmp_path / "out" / "inventory.timeseries.parquet")}
+    assert timeseries_path(cfg.out) == tmp_path / "out" / "inventory.timeseries.parquet"
+    assert (tmp_path / "out" / "inventory.timeseries_summary.parquet").exists()
+
+
+MAOXIAN = REAL / "maoxian_stamps_points"
+
+
+@pytest.fixture
+def maoxian():
+    if not (MAOXIAN / "Maoxian_PS.csv").exists():
+        pytest.skip(f"{MAOXIAN} is missing")
+    inv = gpd.read_file(MAOXIAN / "Maoxian_polygon.geojson")
+    sources = [open_series(MAOXIAN / "Maoxian_PS.csv", track="asc_PS"),
+               open_series(MAOXIAN / "Maoxian_SBAS.csv", track="asc_SBAS")]
+    table = slide_timeseries(inv, sources)
+    return table, summarize(table).set_index("track")
+
+
+def test_maoxian_pre_failure_series(maoxian):
+    """The real Sentinel-1 PS and SBAS series over the Maoxian slide, which failed on 2017-06-24."""
+    table, summary = maoxian
+    assert table.groupby("track").size().to_dict() == {"asc_PS": 41, "asc_SBAS": 38}
+    assert table["date"].max() == pd.Timestamp("2017-06-18") and table["date"].min() == pd.Timestamp("2014-11-25")
+    ps, sbas = summary.loc["asc_PS"], summary.loc["asc_SBAS"]
+    assert ps["n_inside"] == 74 and sbas["n_inside"] == 597
+    # the outline (source area and runout path, 1.5 km²) as a whole: a few mm/yr away from the satellite
+    assert -15 < ps["total_mm"] < -8 and -6 < ps["velocity_mm_yr"] < -2
+    # its moving part, the fastest tenth (8 PS near the crown): ~5 cm away from the satellite in 2.6 years…
+    assert -60 < ps["fastest_total_mm"] < -45 and -26 < ps["fastest_velocity_mm_yr"] < -18
+    # …and faster over the last ten months before the failure than on average (both products)
+    assert ps["fastest_velocity_recent_mm_yr"] < ps["fastest_velocity_mm_yr"] - 5
+    assert sbas["fastest_velocity_recent_mm_yr"] < sbas["fastest_velocity_mm_yr"] - 5
+    assert ps["fastest_velocity_recent_mm_yr"] < -25 and sbas["fastest_velocity_recent_mm_yr"] < -18
+    # the ring holds only a few points (the data were cropped around the slide)
+    assert table.groupby("track")["n_reference"].max().to_dict() == {"asc_PS": 12, "asc_SBAS": 7}
+
+
+def test_maoxian_figure(maoxian, tmp_path):
+    from insar_slide.timeseries_plot import plot_slide
+
+    table, _ = maoxian
+    out = plot_slide(table, tmp_path / "maoxian.png", events=[("2017-06-24", "failure 2017-06-24")],
+                     title="Maoxian (Xinmo) landslide, Sichuan: Sentinel-1 ascending PS and SBAS (SNAP-StaMPS) "
+                           "before its failure on 2017-06-24")
+    from PIL import Image
+    with Image.open(out) as im:
+        assert im.size[0] > 1400 and im.size[1] > 900
