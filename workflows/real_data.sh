@@ -9,12 +9,16 @@
 # (matched by place; a detection nobody has looked at yet is flagged "not yet explained").
 #   bash workflows/real_data.sh                          # shipped model, 3.5-7 min on 2 cores
 #   MODEL=out/train_x/best.safetensors bash workflows/real_data.sh   # the same with another model
+#   MIN_COHERENCE=null OUT=out/real_nomask RESULTS=out/real_nomask/results bash workflows/real_data.sh
+#                                  # without the quality mask (default: run's min_coherence, 0.2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin/insar-slide}
 PY=${PY:-.venv/bin/python}
 REAL=${REAL:-../shared/data/real}
-OUT=out/real
+OUT=${OUT:-out/real}
+RESULTS=${RESULTS:-benchmarks/results}
+MIN_COHERENCE=${MIN_COHERENCE:-}
 MODEL=${MODEL:-}
 if [ -n "$MODEL" ]; then
   MODEL=$(realpath "$MODEL")        # run configs resolve relative paths against their own folder
@@ -54,6 +58,7 @@ window: $window
 halo: 64
 skip: {min_abs_rate: 10, min_hot_pixels: 4, min_valid_fraction: 0.05}
 score_threshold: $thr          # null: the model's own (0.7 for the shipped one)
+${MIN_COHERENCE:+min_coherence: $MIN_COHERENCE}
 cluster: {workers: 1, threads_per_worker: 2}
 outputs: {quicklook: false, slide_id_raster: false, geopackage: false, outline: true}
 EOF
@@ -63,4 +68,5 @@ EOF
   $BIN quicklook "$OUT/$name.zarr" --inventory "$OUT/$name.p50.parquet" --out "$OUT/$name.p50.png"
 done
 
-$PY benchmarks/real_data_table.py --dir "$OUT"
+mkdir -p "$RESULTS"
+$PY benchmarks/real_data_table.py --dir "$OUT" --results "$RESULTS"

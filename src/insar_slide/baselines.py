@@ -50,6 +50,7 @@ from .grid import Grid
 from .inventory import finish_schema, polygon_rate_stats
 from .mosaic import RATE, grid_of
 from .progress import Progress, dask_tasks
+from .quality import quality_mask
 from .run.config import BaselineConfig, HotspotConfig, KMeansConfig
 
 log = logging.getLogger(__name__)
@@ -305,18 +306,36 @@ def regions(mask: da.Array, grid: Grid, min_area_px: int) -> gpd.GeoDataFrame:
 # ---------------------------------------------------------------------------- inventory
 
 
+def masked_rate(ds: xr.Dataset, track: str, min_coherence: float | None) -> da.Array:
+    """``los_rate`` of ``track`` (lazy, Dask) through the quality mask of ``run``
+    (:func:`..quality.quality_mask`: NaN where the coherence is below ``min_coherence`` or the
+    producer's mask is 0); as stored when ``min_coherence`` is None or the layers are absent."""
+    rate = ds[RATE].sel(track=track).data
+    layers = {n: ds[n].sel(track=track).data for n in ("coherence", "mask") if n in ds}
+    if min_coherence is None or not layers:
+        return rate
+    return da.map_blocks(_drop, rate, layers.get("coherence"), layers.get("mask"), min_coherence, dtype=rate.dtype)
+
+
+def _drop(rate: np.ndarray, coherence: np.ndarray | None, mask: np.ndarray | None, min_coherence: float) -> np.ndarray:
+    drop = quality_mask(coherence, mask, min_coherence)
+    return rate if drop is None else np.where(drop, np.float32(np.nan), rate)
+
+
 def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, cfg: BaselineConfig,
                        tracks: list[str] | None = None, aoi: Any = None, run_id: str = "",
+                       min_coherence: float | None = None,
                        progress: Progress | None = None) -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
     """Run one baseline over the mosaic's tracks and return the inventory (contract 2) and notes;
-    ``progress`` hears each track's Dask tasks as ``<method> <track>``."""
+    ``min_coherence``: the run's quality mask (:func:`masked_rate`); ``progress`` hears each
+    track's Dask tasks as ``<method> <track>``."""
     grid = grid_of(ds)
     names = [str(t) for t in ds["track"].values]
     tracks = tracks or names
     frames: list[pd.DataFrame] = []
     notes: dict[str, Any] = {}
     for t in tracks:
-        rate = ds[RATE].sel(track=t).data
+        rate = masked_rate(ds, t, min_coherence)
         if not bool(da.isfinite(rate).any().compute()):
             log.warning("%s: track %s holds no measurements; skipped", method, t)
             notes[t] = "no valid pixels"

@@ -37,7 +37,7 @@ def baseline_cmd(method: str, config: str, out: str | None, no_progress: bool) -
     t0 = time.perf_counter()
     with progress_bars(not no_progress) as progress:
         gdf, notes = baseline_inventory(ds, method, cfg=cfg.baseline, tracks=cfg.tracks, aoi=aoi,  # type: ignore[arg-type]
-                                        run_id=f"{method}-baseline", progress=progress)
+                                        run_id=f"{method}-baseline", min_coherence=cfg.min_coherence, progress=progress)
     params = cfg.baseline.model_dump()
     write_inventory(gdf, target, metadata={"method": method, "config": config_record(cfg), "parameters": params,
                                            "notes": notes, "code_version": __version__}, overwrite=True)

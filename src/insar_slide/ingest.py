@@ -31,11 +31,15 @@ from .errors import GridError, InsarSlideError
 from .grid import Grid, PixelWindow, chunk_sizes
 from .mosaic import TrackInfo, build_dataset, write_mosaic, write_version
 from .progress import Progress
+from .quality import LAYER_UNITS, LONG_NAMES, PER_TRACK
 from .readers import RateSource
 
 log = logging.getLogger(__name__)
 
 Overlap = Literal["mean", "first"]
+#: What a product's ``coherence`` layer measures (recorded per track in the mosaic's attributes).
+COHERENCE_KIND = {"mintpy": "temporal coherence (MintPy)", "licsbas": "mean interferometric coherence (LiCSBAS coh_avg)",
+                  "geotiff": "coherence (GeoTIFF given at ingest)"}
 
 
 @dataclass(frozen=True)
@@ -193,13 +197,14 @@ def _merge_track(group: Sequence[RateSource]) -> TrackInfo:
 
 # ---------------------------------------------------------------------------- reading
 
-def read_block(plan: IngestPlan, track: int, win: PixelWindow) -> np.ndarray:
-    """Mosaic of one track over ``win`` of the target grid (float32 mm/yr, NaN = no data)."""
+def read_block(plan: IngestPlan, track: int, win: PixelWindow, layer: str | None = None) -> np.ndarray:
+    """Mosaic of one track over ``win`` of the target grid (float32 mm/yr, NaN = no data), or of
+    its quality ``layer`` (:mod:`.quality`) by the same overlap rule."""
     total = np.zeros((win.rows, win.cols), dtype="float64")
     count = np.zeros((win.rows, win.cols), dtype="int32")
     out = np.full((win.rows, win.cols), np.nan, dtype="float32")
     for src in plan.frames[track]:
-        piece = _warp(src, plan.grid, win) if plan.reproject else _aligned(src, plan.grid, win)
+        piece = _warp(src, plan.grid, win, layer) if plan.reproject else _aligned(src, plan.grid, win, layer)
         if piece is None:
             continue
         valid = np.isfinite(piece)
@@ -215,19 +220,23 @@ def read_block(plan: IngestPlan, track: int, win: PixelWindow) -> np.ndarray:
     return out
 
 
-def _aligned(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
+def _read(src: RateSource, win: PixelWindow, layer: str | None) -> np.ndarray:
+    return src.read(win) if layer is None else src.read_layer(layer, win)
+
+
+def _aligned(src: RateSource, grid: Grid, win: PixelWindow, layer: str | None = None) -> np.ndarray | None:
     r, c = grid.offset_of(src.grid)
     src_in_target = PixelWindow(r, c, src.grid.height, src.grid.width)
     inter = win.intersection(src_in_target)
     if inter is None:
         return None
-    data = src.read(inter.shift(-r, -c))
+    data = _read(src, inter.shift(-r, -c), layer)
     piece = np.full((win.rows, win.cols), np.nan, dtype="float32")
     piece[inter.row0 - win.row0:inter.row1 - win.row0, inter.col0 - win.col0:inter.col1 - win.col0] = data
     return piece
 
 
-def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
+def _warp(src: RateSource, grid: Grid, win: PixelWindow, layer: str | None = None) -> np.ndarray | None:
     dst = grid.window_grid(win)
     b = transform_bounds(grid.crs, src.grid.crs, *dst.bounds, densify_pts=21)
     core = src.grid.window_of_bounds(*b)
@@ -237,7 +246,7 @@ def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
     r0, c0 = max(0, core.row0 - margin), max(0, core.col0 - margin)
     r1, c1 = min(src.grid.height, core.row1 + margin), min(src.grid.width, core.col1 + margin)
     sw = PixelWindow(r0, c0, r1 - r0, c1 - c0)
-    data = src.read(sw)
+    data = _read(src, sw, layer)
     out = np.full(dst.shape, np.nan, dtype="float32")
     # Both transforms are given; rasterio may still emit a NotGeoreferencedWarning for the
     # bare arrays (filtered by the CLI; not here: this runs in Dask threads, and
@@ -251,17 +260,31 @@ def _warp(src: RateSource, grid: Grid, win: PixelWindow) -> np.ndarray | None:
     return out
 
 
-def _block(plan: IngestPlan, block_info: dict | None = None) -> np.ndarray:
+def _block(plan: IngestPlan, layer: str | None = None, block_info: dict | None = None) -> np.ndarray:
     assert block_info is not None
     (t0, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
-    return read_block(plan, t0, PixelWindow(r0, c0, r1 - r0, c1 - c0))[None]
+    return read_block(plan, t0, PixelWindow(r0, c0, r1 - r0, c1 - c0), layer)[None]
 
 
-def lazy_mosaic(plan: IngestPlan, *, chunk: int) -> da.Array:
-    """The mosaic as a Dask array ``(track, y, x)``: each chunk reads only its own windows."""
+def lazy_mosaic(plan: IngestPlan, *, chunk: int, layer: str | None = None) -> da.Array:
+    """The mosaic as a Dask array ``(track, y, x)`` (of the rates, or of a quality ``layer``):
+    each chunk reads only its own windows."""
     h, w = plan.grid.shape
     chunks = ((1,) * len(plan.tracks), chunk_sizes(h, chunk), chunk_sizes(w, chunk))
-    return da.map_blocks(_block, plan, dtype="float32", chunks=chunks, meta=np.empty((0, 0, 0), "float32"))
+    return da.map_blocks(_block, plan, layer, dtype="float32", chunks=chunks, meta=np.empty((0, 0, 0), "float32"))
+
+
+def lazy_layers(plan: IngestPlan, *, chunk: int) -> dict[str, da.Array]:
+    """The quality layers any source has (:mod:`.quality`): per track ``(track, y, x)`` (NaN on
+    a track without the layer), and ``dem`` as one ``(y, x)`` layer from every track's
+    sources, the first with a value at a pixel."""
+    names = [n for n in LAYER_UNITS if any(n in s.layer_names for group in plan.frames for s in group)]
+    out = {n: lazy_mosaic(plan, chunk=chunk, layer=n) for n in names if n in PER_TRACK}
+    if "dem" in names:
+        sources = tuple(s for group in plan.frames for s in group if "dem" in s.layer_names)
+        one = replace(plan, tracks=plan.tracks[:1], frames=(sources,), overlap="first")
+        out["dem"] = lazy_mosaic(one, chunk=chunk, layer="dem")[0]
+    return out
 
 
 def ingest(
@@ -298,7 +321,16 @@ def ingest(
     if any(s.offset or s.scale < 0 for s in sources):  # what was done to the products' values
         attrs["corrections"] = json.dumps({s.path: {"sign_flipped": s.scale < 0, "offset_mm_yr": round(s.offset, 3)}
                                            for s in sources})
-    ds = build_dataset(rate, plan.grid, plan.tracks, attrs=attrs)
+    layers = lazy_layers(plan, chunk=chunk)
+    if "coherence" in layers:  # what the coherence is, per track: the threshold means different things
+        attrs["coherence_kind"] = json.dumps({t.name: sorted({COHERENCE_KIND.get(s.product, s.product) for s in group
+                                                              if "coherence" in s.layer_names})
+                                              for t, group in zip(plan.tracks, plan.frames, strict=True)})
+    ds = build_dataset(rate, plan.grid, plan.tracks, extra=layers, attrs=attrs)
+    for name in layers:
+        ds[name].attrs.update({"units": LAYER_UNITS[name], "long_name": LONG_NAMES[name]})
+    if layers:
+        log.info("ingest: quality layers %s", ", ".join(layers))
     if version is None:
         return write_mosaic(ds, out, chunk=chunk, overwrite=overwrite, progress=progress, stage="ingest")
     write_version(ds, out, version, chunk=chunk, overwrite=overwrite, progress=progress, stage="ingest")

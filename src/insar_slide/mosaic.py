@@ -61,7 +61,8 @@ def build_dataset(
     extra: Mapping[str, da.Array] | None = None,
     attrs: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
-    """Wrap a lazy ``(track, y, x)`` rate array and optional 2-D layers as a mosaic Dataset."""
+    """Wrap a lazy ``(track, y, x)`` rate array and optional layers (``extra``: 2-D ``(y, x)``
+    or per track ``(track, y, x)``) as a mosaic Dataset."""
     if rate.ndim != 3 or rate.shape[1:] != grid.shape or rate.shape[0] != len(tracks):
         raise ValueError(f"rate shape {rate.shape} does not match {len(tracks)} tracks on a {grid.shape} grid")
     coords = {
@@ -80,8 +81,8 @@ def build_dataset(
             "positive": "toward the satellite",
         }),
     }
-    for name, arr in (extra or {}).items():
-        data_vars[name] = (("y", "x"), arr.astype("float32"))
+    for name, arr in (extra or {}).items():  # (y, x) layers, or (track, y, x) per-track layers
+        data_vars[name] = (("track", "y", "x") if arr.ndim == 3 else ("y", "x"), arr.astype("float32"))
     ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs.update({
         "insar_slide_version": __version__,
@@ -316,8 +317,12 @@ _HIST_RANGE = (-2000.0, 2000.0)
 _HIST_BIN = 0.05
 
 
-def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75, 95, 99)) -> dict[str, Any]:
+def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75, 95, 99),
+             min_coherence: float | None = None) -> dict[str, Any]:
     """Summary of a mosaic, computed lazily with Dask in one pass over the data.
+
+    With ``min_coherence`` and quality layers (:mod:`.quality`), each track's
+    ``masked_fraction``: the share of its valid pixels that the quality mask drops.
 
     Percentiles come from a histogram with 0.05 mm/yr bins over ±2000 mm/yr (values outside
     are counted in the edge bins), so they are exact to 0.05 mm/yr with bounded memory.
@@ -326,14 +331,21 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
     rate = ds[RATE].data
     nbins = round((_HIST_RANGE[1] - _HIST_RANGE[0]) / _HIST_BIN)
     edges = np.linspace(*_HIST_RANGE, nbins + 1)
-    hists, valids = [], []
+    hists, valids, dropped = [], [], []
+    quality = {n: ds[n].data for n in ("coherence", "mask") if n in ds} if min_coherence is not None else {}
     for i in range(rate.shape[0]):
         band = rate[i]
         clipped = da.clip(band, _HIST_RANGE[0], _HIST_RANGE[1] - _HIST_BIN / 2)
         h, _ = da.histogram(clipped, bins=edges)
         hists.append(h)
         valids.append(da.isfinite(band).sum())
-    hists_np, valids_np = da.compute(hists, valids)
+        drop = da.zeros(band.shape, bool, chunks=band.chunks)
+        if "coherence" in quality:
+            drop = da.logical_or(drop, quality["coherence"][i] < min_coherence)
+        if "mask" in quality:
+            drop = da.logical_or(drop, quality["mask"][i] == 0)
+        dropped.append(da.logical_and(drop, da.isfinite(band)).sum())
+    hists_np, valids_np, dropped_np = da.compute(hists, valids, dropped)
     centres = (edges[:-1] + edges[1:]) / 2
     tracks = []
     for i, name in enumerate(ds["track"].values.tolist()):
@@ -356,6 +368,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
             if "start_date" in ds.coords and "end_date" in ds.coords and str(ds["start_date"].values[i]) else "",
             "valid_fraction": round(n / (grid.height * grid.width), 4),
             "fraction_abs_ge_10": round(above10 / n, 4) if n else None,
+            "masked_fraction": (round(int(dropped_np[i]) / n, 4) if n else None) if quality else None,
             "percentiles_mm_yr": pct,
         })
     dask_chunks = ds[RATE].data.chunks
@@ -370,6 +383,7 @@ def describe(ds: xr.Dataset, *, percentiles: Sequence[float] = (1, 5, 25, 50, 75
             "bounds": list(grid.bounds),
         },
         "extent_km2": round(grid.area_km2(), 2),
+        "min_coherence": min_coherence,
         "chunks": list(chunks),
         "n_chunks": math.prod([len(c) for c in dask_chunks]),
         "variables": sorted(str(v) for v in ds.data_vars),

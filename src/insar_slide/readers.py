@@ -11,9 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import h5py
 import numpy as np
@@ -25,76 +24,13 @@ from rasterio.windows import Window
 from .errors import InputError, UnitsError
 from .grid import Grid, PixelWindow
 from .mosaic import TrackInfo
+from .quality import check_geotiff_layer, licsbas_layers, mintpy_layers
+from .sources import UNIT_SCALE, RateSource, ReadOptions, Sign, Units
+
+__all__ = ["UNIT_SCALE", "RateSource", "ReadOptions", "Sign", "Units", "open_source"]
 
 log = logging.getLogger(__name__)
-
-Units = Literal["mm/yr", "cm/yr", "m/yr"]
-Sign = Literal["toward", "away"]
-UNIT_SCALE: dict[str, float] = {"mm/yr": 1.0, "cm/yr": 10.0, "m/yr": 1000.0}
 _MINTPY_UNITS = {"m/year": "m/yr", "m/yr": "m/yr", "cm/year": "cm/yr", "cm/yr": "cm/yr", "mm/year": "mm/yr", "mm/yr": "mm/yr"}
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """What the user may say about a product that its metadata lacks or gets wrong."""
-
-    units: Units | None = None
-    crs: str | None = None
-    track: str | None = None
-    heading: float | None = None
-    incidence: float | None = None
-    keep_zeros: bool = False
-    dem_par: str | None = None
-    sign: Sign = "toward"  # what a positive stored value means: motion toward or away from the satellite
-    reference: str | None = None  # re-reference: "median" (stable-ground median) or "LAT,LON"
-
-
-@dataclass(frozen=True)
-class RateSource:
-    """A rate product opened lazily. ``scale`` turns the stored values into mm/yr toward the
-    satellite (negative for a product whose positive sign is away from it); ``offset`` (mm/yr)
-    is subtracted after, to re-reference it. ``track_from`` says where its track name came from:
-    the user (``--track``), the product's metadata, or a default (``los``: unknown)."""
-
-    path: str
-    product: str
-    grid: Grid
-    track: TrackInfo
-    units: str
-    scale: float
-    keep_zeros: bool = True
-    ref_pixel: tuple[int, int] | None = None
-    offset: float = 0.0
-    track_from: Literal["user", "metadata", "default"] = "metadata"
-
-    def read(self, win: PixelWindow) -> np.ndarray:
-        """Rates in mm/yr (float32, NaN = no data) of ``win`` in this source's own grid."""
-        raw = self._read_raw(win).astype("float32", copy=False)
-        out = raw * np.float32(self.scale) if self.scale != 1.0 else raw.copy()
-        if self.offset:
-            out -= np.float32(self.offset)
-        if not self.keep_zeros:
-            zero = raw == 0
-            if self.ref_pixel is not None:
-                rr, rc = self.ref_pixel[0] - win.row0, self.ref_pixel[1] - win.col0
-                if 0 <= rr < win.rows and 0 <= rc < win.cols:
-                    zero[rr, rc] = False
-            out[zero] = np.nan
-        return out
-
-    def sample(self, max_side: int = 1024) -> np.ndarray:
-        """A decimated copy of the whole raster (mm/yr), at most ``max_side`` pixels a side."""
-        step = max(1, math.ceil(max(self.grid.shape) / max_side))
-        return self._sample(step) * np.float32(self.scale) - np.float32(self.offset)
-
-    # -- per-format hooks
-    def _read_raw(self, win: PixelWindow) -> np.ndarray:
-        raise NotImplementedError
-
-    def _sample(self, step: int) -> np.ndarray:
-        """Stored values (not scaled), every ``step``-th pixel."""
-        return self._read_raw(PixelWindow(0, 0, *self.grid.shape))[::step, ::step].astype("float32")
-
 
 class GeoTiffSource(RateSource):
     band: int = 1
@@ -159,6 +95,9 @@ def open_source(path: str | Path, opts: ReadOptions | None = None) -> RateSource
         src: RateSource = _open_mintpy(p, opts)
     elif suffix in (".tif", ".tiff", ".vrt", ".gtiff"):
         src = _open_geotiff(p, opts)
+    elif suffix == ".csv":  # EGMS / StaMPS point products, recognised from the header, gridded
+        from .pointgrid import open_point_source
+        src = open_point_source(p, opts)
     elif _find_dem_par(p, opts) is not None:
         src = _open_licsbas(p, opts)
     else:
@@ -167,6 +106,10 @@ def open_source(path: str | Path, opts: ReadOptions | None = None) -> RateSource
             "LiCSBAS 'vel' binaries (with EQA.dem_par beside them, or pass --dem-par)"
         )
     src = _apply_track_overrides(src, opts)
+    given = [check_geotiff_layer(k, v, src.grid, product=str(p)) for k in ("coherence", "velocity_std", "dem")
+             if (v := getattr(opts, k))]
+    if given:  # a layer named by the user replaces the one found beside the product
+        src = replace(src, layers=(*[x for x in src.layers if x.name not in {g.name for g in given}], *given))
     check_content(src, declared=opts.units)
     if opts.sign == "away":
         src = replace(src, scale=-src.scale)
@@ -321,8 +264,10 @@ def _open_mintpy(p: Path, opts: ReadOptions) -> RateSource:
         if _attr(a, "REF_Y") is not None and _attr(a, "REF_X") is not None:
             ref = (int(float(_attr(a, "REF_Y") or 0)), int(float(_attr(a, "REF_X") or 0)))
         start, end = _attr(a, "START_DATE") or "", _attr(a, "END_DATE") or ""
+        layers = mintpy_layers(p, shape=(shape[0], shape[1]), datasets=list(f.keys()), unit_scale=UNIT_SCALE[units])
     track = TrackInfo(name=name, heading=heading, incidence=incidence, start_date=start, end_date=end, sources=(str(p),))
-    return MintPySource(str(p), "mintpy", grid, track, units, UNIT_SCALE[units], keep_zeros=opts.keep_zeros, ref_pixel=ref)
+    return MintPySource(str(p), "mintpy", grid, track, units, UNIT_SCALE[units], keep_zeros=opts.keep_zeros, ref_pixel=ref,
+                        layers=tuple(layers))
 
 
 def _mintpy_crs(a: h5py.AttributeManager, p: Path) -> str:
@@ -396,4 +341,5 @@ def _open_licsbas(p: Path, opts: ReadOptions) -> RateSource:
         log.warning("%s: no LiCSAR frame id in the path, track named %r; pass --track to name it", p, name)
     units = opts.units or "mm/yr"
     track = TrackInfo(name=name, sources=(str(p),))
-    return LiCSBASSource(str(p), "licsbas", grid, track, units, UNIT_SCALE[units], keep_zeros=True)
+    return LiCSBASSource(str(p), "licsbas", grid, track, units, UNIT_SCALE[units], keep_zeros=True,
+                         layers=tuple(licsbas_layers(p, (nlines, width))))

@@ -25,6 +25,12 @@ from pydantic import Field, field_validator, model_validator
 from ..config import StrictModel, load_yaml, parse_config, resolve_path
 from ..core.scales import DEFAULT_SCALES
 
+#: Default ``min_coherence``: the lowest coherence above which the rates' robust spread stops
+#: falling on the real products (Cadia temporal coherence: 5.5, 2.8, 1.6 mm/yr in the bins
+#: [0, 0.1), [0.1, 0.2), [0.2, 0.3); Campi Flegrei coh_avg: 20.2, 9.1, 7.7); Kirishima has no
+#: pixel below it. ``benchmarks/quality_layers.py`` measures it (README, "Quality layers").
+DEFAULT_MIN_COHERENCE = 0.2
+
 #: The shipped reference model (see models/*.json for its card).
 REFERENCE_MODEL = Path(__file__).resolve().parents[3] / "models" / "insar_slide_r34_fpn_cbam.safetensors"
 
@@ -147,6 +153,11 @@ class RunConfig(StrictModel):
     cluster: ClusterConfig = ClusterConfig()
     outputs: Outputs = Outputs()
     baseline: BaselineConfig = BaselineConfig()
+    min_coherence: float | None = Field(
+        DEFAULT_MIN_COHERENCE, ge=0, le=1,
+        description="quality mask: rate pixels whose track's coherence layer is below this, or whose producer's mask is "
+                    "0, are read as no data by run and the baselines (mosaics without those layers are unaffected); "
+                    "null: rates as stored")
     overwrite: bool = Field(False, description="replace an existing inventory at out made by another config or model "
                             "(a rerun of the same config replaces its own, resuming, without it)")
 

@@ -59,6 +59,7 @@ class DetectSettings:
     precision: str = "fp32"  # resolved (model.device.pick_precision): fp32, bf16 or fp16
     proposals: int | None = None  # RPN proposals per window (None: the model's)
     detections: int | None = None  # boxes per window (None: the model's)
+    min_coherence: float | None = None  # the quality mask (run.io.read_window); None: rates as stored
 
 
 def file_hash(path: str | Path) -> str:
@@ -178,7 +179,7 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
             continue
         t0 = time.perf_counter()
         try:
-            data = read_level(s.mosaic, win.track, win.read, s.group, win.scale)
+            data = read_level(s.mosaic, win.track, win.read, s.group, win.scale, min_coherence=s.min_coherence)
         except Exception as exc:  # one line naming the store, the chunk and this window
             what, fix = read_problem(s.mosaic, win.track, win.read, s.group, win.scale, exc)
             raise InputError(f"{what}, needed by window {win.key}; {fix}") from exc

@@ -22,6 +22,7 @@ import xarray as xr
 from ..core.scales import block_mean, level_shape
 from ..grid import PixelWindow
 from ..mosaic import RATE, open_basin
+from ..quality import quality_mask
 
 _STORES: dict[tuple[str, str | None, int], xr.Dataset] = {}
 _LOCK = threading.Lock()
@@ -91,11 +92,20 @@ def rate_dataset(mosaic: str, group: str | None = None) -> xr.Dataset:
         return ds
 
 
-def read_window(mosaic: str, track: str, win: PixelWindow, group: str | None = None) -> np.ndarray:
-    """``los_rate[track]`` over ``win`` as float32 (rows, cols)."""
-    arr = rate_dataset(mosaic, group)[RATE]
+def read_window(mosaic: str, track: str, win: PixelWindow, group: str | None = None, *,
+                min_coherence: float | None = None) -> np.ndarray:
+    """``los_rate[track]`` over ``win`` as float32 (rows, cols); with ``min_coherence``, NaN
+    where the quality mask drops the pixel (:func:`..quality.quality_mask`: the track's
+    ``coherence`` below it, or its producer's ``mask`` 0)."""
+    ds = rate_dataset(mosaic, group)
     rs, cs = win.slices()
-    return np.asarray(arr.sel(track=track).isel(y=rs, x=cs).values, dtype=np.float32)
+    out = np.asarray(ds[RATE].sel(track=track).isel(y=rs, x=cs).values, dtype=np.float32)
+    if min_coherence is not None:
+        layers = {n: np.asarray(ds[n].sel(track=track).isel(y=rs, x=cs).values) for n in ("coherence", "mask") if n in ds}
+        drop = quality_mask(layers.get("coherence"), layers.get("mask"), min_coherence)
+        if drop is not None:
+            out[drop] = np.nan
+    return out
 
 
 def bad_chunks(mosaic: str, track: str, win: PixelWindow, group: str | None = None) -> list[str]:
@@ -145,15 +155,16 @@ def read_problem(mosaic: str, track: str, win: PixelWindow, group: str | None, f
     return f"{store}: {where} cannot be read ({type(exc).__name__}: {first})", READ_FIX
 
 
-def read_level(mosaic: str, track: str, win: PixelWindow, group: str | None = None, factor: int = 1) -> np.ndarray:
+def read_level(mosaic: str, track: str, win: PixelWindow, group: str | None = None, factor: int = 1, *,
+               min_coherence: float | None = None) -> np.ndarray:
     """``los_rate[track]`` over ``win`` of the level at block-mean ``factor`` (``win`` in that
     level's pixels), as float32 (rows, cols); ``factor`` 1 is :func:`read_window`."""
     if factor == 1:
-        return read_window(mosaic, track, win, group)
+        return read_window(mosaic, track, win, group, min_coherence=min_coherence)
     arr = rate_dataset(mosaic, group)[RATE]
     shape = (arr.sizes["y"], arr.sizes["x"])
     if win.row1 > level_shape(shape, factor)[0] or win.col1 > level_shape(shape, factor)[1]:
         raise ValueError(f"window {win} is outside the level of factor {factor} of a {shape} grid")
     native = PixelWindow(win.row0 * factor, win.col0 * factor, min(win.rows * factor, shape[0] - win.row0 * factor),
                          min(win.cols * factor, shape[1] - win.col0 * factor))
-    return block_mean(read_window(mosaic, track, native, group), factor, (win.rows, win.cols))
+    return block_mean(read_window(mosaic, track, native, group, min_coherence=min_coherence), factor, (win.rows, win.cols))

@@ -54,6 +54,7 @@ class MergeSettings:
     outline: bool
     outline_min_abs_rate: float
     group: str | None = None
+    min_coherence: float | None = None  # the outline reads the rates through the run's quality mask
 
 
 def refine_outline(rate: np.ndarray, win: PixelWindow, grid: Grid, geom: Any, thr: float) -> Any:
@@ -93,7 +94,8 @@ def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
             if not track or win.rows == 0 or win.cols == 0:
                 outlines.append(None)
                 continue
-            outlines.append(refine_outline(read_window(s.mosaic, track, win, s.group), win, grid, geom,
+            outlines.append(refine_outline(read_window(s.mosaic, track, win, s.group, min_coherence=s.min_coherence),
+                                           win, grid, geom,
                                            s.outline_min_abs_rate))
         gdf["outline"] = gpd.GeoSeries(outlines, crs=crs)
     return gpd.GeoDataFrame(gdf, geometry="geometry", crs=crs)

@@ -224,7 +224,8 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
                            nms_iou=cfg.nms_iou, dissolve_overlap=cfg.dissolve_overlap, scales=tuple(cfg.scales),
                            window=cfg.window)
         merge_settings = MergeSettings(rules=rules, mosaic=cfg.mosaic, store=inp.store, outline=cfg.outputs.outline,
-                                       outline_min_abs_rate=cfg.outline_min_abs_rate, group=inp.group)
+                                       outline_min_abs_rate=cfg.outline_min_abs_rate, group=inp.group,
+                                       min_coherence=cfg.min_coherence)
         closed = _reduce(client, plan, merge_settings, cfg, {d["key"]: d["fp"] for d in done})  # 4. reduce
         times["reduce"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -314,7 +315,7 @@ def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunSt
     inf, store = cfg.inference, store or RunStore(str(cfg.run_path))
     return DetectSettings(mosaic=cfg.mosaic, model_path=str(cfg.model_path), model_hash=model_hash, device=cfg.device,
                           store=store, grid_key=grid.key, group=group, proposals=inf.proposals, detections=inf.detections,
-                          precision=pick_precision(inf.precision, pick_device(cfg.device)))
+                          precision=pick_precision(inf.precision, pick_device(cfg.device)), min_coherence=cfg.min_coherence)
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings,

@@ -68,14 +68,14 @@ def piece_hash(a: np.ndarray) -> str:
 
 def window_stats(mosaic: str, track: str, cores: list[PixelWindow], min_abs_rate: float,
                  group: str | None = None, pieces: list[list[PixelWindow]] | None = None, factor: int = 1,
-                 ) -> list[tuple[int, int, list[str], str]]:
+                 min_coherence: float | None = None) -> list[tuple[int, int, list[str], str]]:
     """Per core of the level at ``factor``, read straight from Zarr: (valid pixels, pixels with
     |rate| ≥ min_abs_rate, the hash of each of its ``pieces`` — rectangles in the core's own
     pixel coordinates, "" ) — or, for a core that does not read, (-1, -1, [], the problem)."""
     out: list[tuple[int, int, list[str], str]] = []
     for k, w in enumerate(cores):
         try:
-            a = read_level(mosaic, track, w, group, factor)
+            a = read_level(mosaic, track, w, group, factor, min_coherence=min_coherence)
         except Exception as exc:  # a corrupt chunk: the plan marks the windows that need it
             out.append((-1, -1, [], "; ".join(read_problem(mosaic, track, w, group, factor, exc))))
             continue
@@ -148,8 +148,8 @@ def _annotate_level(plan: WindowPlan, cfg: RunConfig, group: str | None, factor:
     for tr in plan.tracks:
         idx = sorted(pieces)  # the cores inside the AOI and their neighbours (for the halos)
         jobs += [(tr, idx[k:k + stats_batch]) for k in range(0, len(idx), stats_batch)]
-    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii], factor)
-            for tr, ii in jobs]
+    args = [(cfg.mosaic, tr, [cores[i] for i in ii], cfg.skip.min_abs_rate, group, [pieces[i] for i in ii], factor,
+             cfg.min_coherence) for tr, ii in jobs]
     results: list[Any] = []
     for k in range(0, len(args), PROGRESS_EVERY):
         results += mapper(window_stats, args[k:k + PROGRESS_EVERY])
