@@ -287,3 +287,11 @@ def test_baseline_and_update_inventories_carry_the_columns(sim):
     ref = truth.set_index("slide_id").loc[rows.index]
     for c in ("v_up_mm_yr", "v_slope_mm_yr"):
         np.testing.assert_allclose(rows[c].to_numpy(float), ref[c].to_numpy(float), rtol=1e-6, err_msg=c)
+
+
+def test_detect_takes_a_dem_on_the_rates_grid():
+    ds, _ = _plane_mosaic(25.0, 90.0)
+    with pytest.raises(InputError, match="not on the rates' grid"):
+        insar_slide.detect(ds["los_rate"], dem=ds["dem"].isel(x=slice(0, 10)))
+    with pytest.raises(InputError, match=r"dims \(y, x\)"):
+        insar_slide.detect(ds["los_rate"], dem=ds["los_rate"])

@@ -57,11 +57,28 @@ def _tracks(rate: xr.DataArray) -> list[TrackInfo]:
             for i, t in enumerate(rate["track"].values)]
 
 
+def _dem_layer(dem: xr.DataArray, cube: xr.DataArray) -> da.Array:
+    """``dem`` as a lazy (y, x) array on ``cube``'s (north-up) grid."""
+    if not isinstance(dem, xr.DataArray) or dem.dims != ("y", "x"):
+        raise InputError("dem must be an xarray DataArray with dims (y, x) (elevation, m), e.g. ds['dem']")
+    if dem.sizes["y"] > 1 and float(dem["y"][1] - dem["y"][0]) > 0:
+        dem = dem.isel(y=slice(None, None, -1))
+    if dem.shape != cube.shape[1:] or not (np.allclose(dem["x"], cube["x"]) and np.allclose(dem["y"], cube["y"])):
+        raise InputError(f"dem ({dem.sizes['y']} x {dem.sizes['x']} px) is not on the rates' grid "
+                         f"({cube.sizes['y']} x {cube.sizes['x']} px); reproject it first (dem.rio.reproject_match(rate))")
+    return dem.data if isinstance(dem.data, da.Array) else da.from_array(np.asarray(dem.values, dtype="float32"),
+                                                                           chunks=(1024, 1024))
+
+
 def detect(rate: xr.DataArray, *, model: str | Path | None = None, window: int = 1024, halo: int = 64,
            scales: list[int] | None = None, score_threshold: float | None = None, track: str = "los",
-           client: Any = None, workdir: str | Path | None = None, **config: Any) -> gpd.GeoDataFrame:
+           client: Any = None, workdir: str | Path | None = None, dem: xr.DataArray | None = None,
+           **config: Any) -> gpd.GeoDataFrame:
     """Find landslides in ``rate`` (mm/yr, + toward the satellite; dims ``(y, x)`` or
     ``(track, y, x)``, in memory or Dask-backed, with a CRS) → the inventory GeoDataFrame.
+
+    ``dem``: elevations (m, dims ``(y, x)``, on ``rate``'s grid) for the slope-parallel speed
+    ``v_slope_mm_yr`` of each slide (:mod:`insar_slide.decompose`); without it that column is NaN.
 
     ``model``: a checkpoint (default: the shipped reference model). Any other key of the run
     configuration (``skip``, ``nms_iou``, ``device``, ``cluster``, ``aoi`` …) may be given as a
@@ -76,7 +93,9 @@ def detect(rate: xr.DataArray, *, model: str | Path | None = None, window: int =
                                source="the DataArray")
     data = cube.data if isinstance(cube.data, da.Array) else da.from_array(np.asarray(cube.values, dtype="float32"),
                                                                            chunks=(1, 1024, 1024))
-    ds = build_dataset(data.astype("float32"), grid, _tracks(cube), attrs={"product": str(rate.name or "notebook")})
+    extra = {} if dem is None else {"dem": _dem_layer(dem, cube)}
+    ds = build_dataset(data.astype("float32"), grid, _tracks(cube), extra=extra,
+                       attrs={"product": str(rate.name or "notebook")})
     if client is None:
         try:
             from distributed import get_client
