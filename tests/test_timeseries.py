@@ -163,6 +163,39 @@ def test_licsbas_cum_reprojected_inventory(licsbas_cum):
     assert fit is not None and fit.acceleration == pytest.approx(ACC, abs=1e-3)
 
 
+def test_egms_l2b_points(tmp_path):
+    """An EGMS L2b CSV (documented columns, then one column per date, mm): points inside the
+    slide move at -12 mm/yr, the ring's points do not; coordinates in EPSG:3035."""
+    dates = DATES[::3]
+    t = (dates - dates[0]).astype(float) / 365.25
+    rng = np.random.default_rng(3)
+    e0, n0 = 4_300_000.0, 2_500_000.0
+    inside = [(e0 + rng.uniform(20, 280), n0 + rng.uniform(20, 280)) for _ in range(12)]
+    ring = [(e0 + 300 + rng.uniform(100, 400), n0 + rng.uniform(0, 300)) for _ in range(20)]
+    far = [(e0 + 5000, n0 + 5000)]
+    head = ["pid", "mp_type", "latitude", "longitude", "easting", "northing", "height", "height_wgs84", "line", "pixel",
+            "rmse", "temporal_coherence", "amplitude_dispersion", "incidence_angle", "track_angle", "los_east",
+            "los_north", "los_up", "mean_velocity", "mean_velocity_std", "acceleration", "acceleration_std",
+            "seasonality", "seasonality_std", *[str(d).replace("-", "") for d in dates]]
+    lines = [",".join(head)]
+    for k, (e, n) in enumerate(inside + ring + far):
+        v = -12.0 if k < len(inside) else 0.0
+        series = v * t + rng.normal(0, 0.5, t.size)
+        row = [f"P{k}", "PS", "45.0", "10.0", f"{e:.2f}", f"{n:.2f}", "500", "540", "1", "1", "1.0", "0.9", "0.2",
+               "38.5", "-10.2", "-0.6", "-0.1", "0.78", f"{v:.2f}", "0.5", "0", "0", "0", "0", *[f"{x:.2f}" for x in series]]
+        lines.append(",".join(row))
+    path = tmp_path / "EGMS_L2b_088_0297_IW2_VV_2018_2022_1.csv"
+    path.write_text("\n".join(lines) + "\n")
+    inv = gpd.GeoDataFrame({"slide_id": ["E1"]}, geometry=[shapely.box(e0, n0, e0 + 300, n0 + 300)], crs="EPSG:3035")
+    table = slide_timeseries(inv, [open_series(path)])
+    assert table["track"].unique().tolist() == ["asc_088"] and table["product"].iloc[0] == "egms_l2b"
+    assert (table["n_inside"] == 12).all() and (table["n_reference"] == 20).all()
+    r = summarize(table).iloc[0]
+    assert r["series"] == "relative_mm" and r["velocity_mm_yr"] == pytest.approx(-12.0, abs=0.5)
+    assert r["acceleration_mm_yr2"] == pytest.approx(0.0, abs=3 * r["acceleration_std"] + 1)
+    np.testing.assert_allclose(table["reference_mm"], 0.0, atol=0.5)
+
+
 def test_fit_recent_span_and_noise():
     rng = np.random.default_rng(0)
     y = SIGNAL + rng.normal(0, 1.0, DATES.size)
