@@ -126,7 +126,7 @@ def test_all_nan_raster_is_refused(tmp_path):
 
 
 def test_unknown_format_is_refused(tmp_path):
-    p = tmp_path / "rates.csv"
+    p = tmp_path / "rates.txt"
     p.write_text("1,2,3\n")
     with pytest.raises(InputError, match="unrecognised format"):
         open_source(p)

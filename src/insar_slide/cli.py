@@ -57,6 +57,9 @@ def main(verbose: int) -> None:
 @click.option("--reproject", is_flag=True, help="Warp every source onto one grid (needed when grids differ).")
 @click.option("--target-crs", help="With --reproject: the mosaic's CRS (default: the first source's).")
 @click.option("--resolution", type=float, help="With --reproject: pixel size in target-CRS units.")
+@click.option("--cell-size", type=float, help="Point products (.csv: EGMS L2a/L2b/L3, StaMPS): grid cell side in grid-CRS "
+              "units (default 30 m, the model's training pixel; EGMS L3 100 m, its own grid).")
+@click.option("--grid-crs", help="Point products: the CRS to grid the points in (default EPSG:3035 for EGMS, the local UTM zone for StaMPS).")
 @click.option("--chunk", type=int, default=1024, show_default=True, help="Chunk side (pixels); a multiple of the 512-px window.")
 @click.option("--add-version", "version", help="Add the products as a new version (label, e.g. 2018-2021) of the existing basin --out.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (or version).")
@@ -65,9 +68,10 @@ def main(verbose: int) -> None:
 def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: str | None, src_crs: str | None,
            headings: tuple[float, ...], incidences: tuple[float, ...], signs: tuple[str, ...], references: tuple[str, ...],
            dem_par: str | None, keep_zeros: bool, overlap: str, reproject: bool, target_crs: str | None,
-           resolution: float | None, chunk: int, version: str | None, overwrite: bool, no_progress: bool) -> None:
+           resolution: float | None, cell_size: float | None, grid_crs: str | None, chunk: int, version: str | None, overwrite: bool, no_progress: bool) -> None:
     """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
     from .ingest import ingest as do_ingest
+    from .pointgrid import PointSource
     from .readers import ReadOptions, open_source
     from .storage import check_target
 
@@ -81,8 +85,11 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
     for i, src in enumerate(sources):
         opts = ReadOptions(units=units, crs=src_crs, track=per["--track"][i], heading=per["--heading"][i],  # type: ignore[arg-type]
                            incidence=per["--incidence"][i], keep_zeros=keep_zeros, dem_par=dem_par,
-                           sign=per["--sign"][i] or "toward", reference=per["--reference"][i])
+                           sign=per["--sign"][i] or "toward", reference=per["--reference"][i],
+                           cell_size=cell_size, grid_crs=grid_crs)
         opened.append(open_source(src, opts))
+        if isinstance(opened[-1], PointSource):  # how the points filled the cells
+            click.echo(f"{src}: {opened[-1].cells.describe()}")
     t0 = time.perf_counter()
     with progress_bars(not no_progress) as progress:
         path = do_ingest(opened, out, reproject=reproject, crs=target_crs, resolution=resolution, overlap=overlap,  # type: ignore[arg-type]
