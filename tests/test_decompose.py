@@ -16,6 +16,7 @@ from insar_slide.decompose import (
     MAX_GAIN,
     MIN_SENSITIVITY,
     decompose,
+    gradient_en,
     los_vectors,
     slope_aspect,
     solve_slope,
@@ -116,6 +117,20 @@ def test_sensitivity_flag_where_the_fall_line_is_across_the_line_of_sight():
     assert s == pytest.approx(25.0) and sens > MIN_SENSITIVITY
     flat, sens = solve_slope(rates, S1, np.zeros(()), np.zeros(()))  # flat ground: no fall line
     assert np.isnan(flat) and sens == 0
+
+
+def test_dem_gradient_in_metres_on_projected_and_geographic_grids():
+    utm = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 8, 9)
+    x, y = utm.x_coords()[None, :], utm.y_coords()[:, None]
+    ge, gn = gradient_en(0.3 * x - 0.2 * y + np.zeros(utm.shape), utm)
+    np.testing.assert_allclose(ge, 0.3)
+    np.testing.assert_allclose(gn, -0.2)
+    geo = Grid("EPSG:4326", 10.0, 46.0, 0.0005, -0.0005, 8, 9)
+    lon, lat = geo.x_coords()[None, :], geo.y_coords()[:, None]
+    z = 0.3 * (lon - 10.0) * 111_320.0 * np.cos(np.radians(lat)) + 0.1 * (lat - 46.0) * 110_574.0
+    ge, gn = gradient_en(z, geo)
+    np.testing.assert_allclose(ge, 0.3, rtol=1e-6)
+    np.testing.assert_allclose(gn, 0.1, rtol=1e-3)  # the east term's cos(lat) varies a little along y
 
 
 # ---------------------------------------------------------------------------- on a mosaic
