@@ -19,9 +19,9 @@ from .errors import ConfigError, InputError
 @click.option("--out", help="Table (default: <inventory stem>.timeseries.parquet; the summary goes beside it as "
                             "<stem>.timeseries_summary.parquet).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Folder for one PNG per slide (<slide_id>.png).")
-@click.option("--gap", "gap_m", type=float, help="Reference ring: gap between the outline and the ring (m, default 60).")
-@click.option("--width", "width_m", type=float, help="Reference ring: its width (m, default 500).")
-@click.option("--recent-days", type=float, help="Fit velocity and acceleration over the last N days "
+@click.option("--gap", "gap_m", type=click.FloatRange(min=0.0), help="Reference ring: gap between the outline and the ring (m, default 60).")
+@click.option("--width", "width_m", type=click.FloatRange(min=0.0, min_open=True), help="Reference ring: its width (m, default 500).")
+@click.option("--recent-days", type=click.FloatRange(min=0.0, min_open=True), help="Fit velocity and acceleration over the last N days "
                                                 "(default: the last third of the series).")
 @click.option("--recent-fraction", type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Fit over this last share of the time span (default 1/3).")
