@@ -310,3 +310,12 @@ def test_detect_takes_a_dem_on_the_rates_grid():
         insar_slide.detect(ds["los_rate"], dem=ds["dem"].isel(x=slice(0, 10)))
     with pytest.raises(InputError, match=r"dims \(y, x\)"):
         insar_slide.detect(ds["los_rate"], dem=ds["los_rate"])
+
+
+def test_kml_placemarks_show_the_components(sim, tmp_path):
+    from insar_slide.gis import write_kml
+
+    _, truth = sim
+    write_kml(truth.iloc[:3], tmp_path / "t.kml")
+    text = (tmp_path / "t.kml").read_text()
+    assert text.count('<Data name="v_slope_mm_yr">') == 3 and text.count('<Data name="v_up_mm_yr">') == 3

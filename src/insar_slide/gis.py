@@ -131,7 +131,7 @@ def write_kml(gdf: gpd.GeoDataFrame, path: str | Path, *, name: str = "insar-sli
         ps = ET.SubElement(st, f"{k}PolyStyle")
         ET.SubElement(ps, f"{k}color").text = _kml_colour(colour, 0x40)
     attrs = [c for c in ("slide_id", "score", "area_m2", "rate_mean", "rate_p95_abs", "rate_track", "tracks",
-                         "status", "first_seen", "last_seen", "run_id", "model_id") if c in gdf]
+                         "v_slope_mm_yr", "v_up_mm_yr", "v_east_mm_yr", "status", "first_seen", "last_seen", "run_id", "model_id") if c in gdf]
     for i in range(len(gdf)):
         row = gdf.iloc[i]
         pm = ET.SubElement(doc, f"{k}Placemark")
