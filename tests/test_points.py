@@ -15,6 +15,7 @@ from pyproj import Transformer
 from insar_slide import open_basin
 from insar_slide.cli import main
 from insar_slide.errors import InputError
+from insar_slide.grid import PixelWindow
 from insar_slide.ingest import ingest
 from insar_slide.pointgrid import DEFAULT_CELL_M, PointSource, cell_median, grid_points
 from insar_slide.points import iter_point_chunks, read_points, sniff
@@ -191,6 +192,11 @@ def test_grid_median_count_and_lattice(tmp_path):
     np.testing.assert_allclose(cells.coherence, [[0.7, 0.7], [np.nan, np.nan], [0.4, np.nan]], rtol=1e-6)
     np.testing.assert_allclose(cells.velocity_std, [[2, 1.5], [np.nan, np.nan], [4, np.nan]], rtol=1e-6)
     assert cells.n_points == 6 and track.name == "asc_088"
+    src = open_source(path)
+    assert src.layer_names == ("coherence", "velocity_std", "point_count")
+    np.testing.assert_array_equal(src.read_layer("point_count", PixelWindow(0, 0, 3, 2)), cells.count)
+    np.testing.assert_allclose(src.read_layer("coherence", PixelWindow(2, 0, 1, 2)), [[0.4, np.nan]], rtol=1e-6)
+    assert np.isnan(src.read_layer("dem", PixelWindow(0, 0, 3, 2))).all()
     assert "6 points → 3 cells of 30 m" in cells.describe()
 
 

@@ -10,7 +10,7 @@ mosaics them without reprojection.
 
 :class:`PointSource` serves the gridded arrays through the :class:`~insar_slide.sources.RateSource`
 interface: ``read(win)`` the velocities, ``read_layer(name, win)`` the quality layers
-``coherence`` and ``velocity_std`` (and, asked by name, ``point_count``).
+``coherence`` and ``velocity_std``, and ``point_count``.
 :func:`open_point_source` is what :func:`insar_slide.readers.open_source` calls for a ``.csv``.
 """
 
@@ -187,8 +187,8 @@ def cell_median(flat: np.ndarray, values: np.ndarray, shape: tuple[int, int]) ->
 class PointSource(RateSource):
     """A point product gridded in memory (:class:`PointGrid`); ``component`` is ``los`` or, for
     EGMS L3, ``vertical`` / ``east_west`` (positive up / east instead of toward the satellite).
-    Its quality layers (``coherence``, ``velocity_std``) are the cells' medians; a GeoTIFF layer
-    given at ingest (``layers``) takes precedence."""
+    Its layers (:data:`POINT_LAYERS`) come from the cells; a GeoTIFF layer given at ingest
+    (``layers``) takes precedence."""
 
     cells: PointGrid = field(repr=False, compare=False)
     component: str = "los"
@@ -208,8 +208,10 @@ class PointSource(RateSource):
         return self.cells.velocity[win.row0:win.row1, win.col0:win.col1]
 
 
-#: The quality layers a gridded point product serves (``point_count`` on request only).
-POINT_LAYERS = ("coherence", "velocity_std")
+#: The layers a gridded point product serves: the cells' median ``coherence`` and
+#: ``velocity_std`` where the product has them, and always ``point_count`` (points per cell,
+#: 0 = none; ingest writes the layers :data:`insar_slide.quality.LAYER_UNITS` names).
+POINT_LAYERS = ("coherence", "velocity_std", "point_count")
 
 
 def open_point_source(path: str | Path, opts: ReadOptions | None = None) -> PointSource:
