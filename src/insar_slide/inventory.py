@@ -116,7 +116,7 @@ def _dem_gradient(ds: xr.Dataset, grid: Grid, win: PixelWindow) -> tuple[np.ndar
         return None
     r0, c0 = max(0, win.row0 - 1), max(0, win.col0 - 1)
     r1, c1 = min(grid.height, win.row1 + 1), min(grid.width, win.col1 + 1)
-    z = np.asarray(ds[DEM].isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype=np.float64)
+    z = np.asarray(ds[DEM].isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype=np.float32)  # float32: a block's memory
     if min(z.shape) < 2:
         return None
     ge, gn = gradient_en(z, grid, row0=r0)
@@ -193,7 +193,7 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         ge, gn = (g[local.row0:local.row1, local.col0:local.col1][inside] for g in grad)
         good = np.isfinite(ge) & np.isfinite(gn)
         if good.any():
-            out.update(dem_ge=float(ge[good].mean()), dem_gn=float(gn[good].mean()))
+            out.update(dem_ge=float(ge[good].mean(dtype=np.float64)), dem_gn=float(gn[good].mean(dtype=np.float64)))
     return out
 
 
@@ -248,7 +248,7 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
         if grad is not None:
             ge, gn = grad[0][inside], grad[1][inside]
             good = np.isfinite(ge) & np.isfinite(gn)
-            grad_sum[:] += (ge[good].sum(), gn[good].sum(), good.sum())
+            grad_sum[:] += (ge[good].sum(dtype=np.float64), gn[good].sum(dtype=np.float64), good.sum())
         return block[:, inside], int(inside.sum())
 
     for tile, part in parts:
