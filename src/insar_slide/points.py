@@ -41,7 +41,7 @@ import logging
 import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -283,8 +283,3 @@ def reproject_xy(x: np.ndarray, y: np.ndarray, *, src: str, dst: str) -> tuple[n
         return x, y
     tx, ty = Transformer.from_crs(src, dst, always_xy=True).transform(x, y)
     return np.asarray(tx, dtype="float64"), np.asarray(ty, dtype="float64")
-
-
-def with_track(table: PointTable, name: str) -> PointTable:
-    """The same table under another track name."""
-    return replace(table, track=replace(table.track, name=name))
