@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "timeseries_fit", "training.boxes", "sim.geometry", "sim.noise"]),
     ("config", ["run.config", "sim.config", "training.config"]),
     ("model", ["model", "model.cbam", "model.encoding", "model.detector", "model.checkpoint", "model.device"]),
-    ("store", ["manifest", "mosaic", "decompose", "inventory", "readers", "points", "pointgrid", "timeseries_readers", "timeseries", "ingest", "query", "run.io", "run.raster", "run.store",
+    ("store", ["manifest", "mosaic", "quality", "sources", "decompose", "inventory", "readers", "points", "pointgrid", "timeseries_readers", "timeseries", "ingest", "query", "run.io", "run.raster", "run.store",
                "training.voc"]),
     ("simulation", ["sim.objects", "sim.terrain", "sim.kinds", "sim.shapes", "sim.scene", "sim.render",
                     "sim.truth", "sim.basin"]),

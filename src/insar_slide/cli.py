@@ -52,6 +52,12 @@ def main(verbose: int) -> None:
               help="Re-reference: 'median' (subtract the product's median, stable ground) or LAT,LON (that point reads 0); "
                    "once, or once per source.")
 @click.option("--dem-par", type=click.Path(dir_okay=False), help="LiCSBAS EQA.dem_par, if not found beside the file.")
+@click.option("--coherence", "coherences", multiple=True, type=click.Path(dir_okay=False),
+              help="Coherence GeoTIFF (0-1) of the product, over one found beside it: once, or once per source.")
+@click.option("--velocity-std", "velocity_stds", multiple=True, type=click.Path(dir_okay=False),
+              help="Rate standard deviation GeoTIFF (mm/yr): once, or once per source.")
+@click.option("--dem", "dems", multiple=True, type=click.Path(dir_okay=False),
+              help="DEM GeoTIFF (m; warped onto the product's grid): once, or once per source.")
 @click.option("--keep-zeros", is_flag=True, help="MintPy: keep exact 0.0 rates (default: they are masked pixels → NaN, except the reference pixel).")
 @click.option("--overlap", type=click.Choice(["mean", "first"]), default="mean", show_default=True, help="Where frames of one track overlap.")
 @click.option("--reproject", is_flag=True, help="Warp every source onto one grid (needed when grids differ).")
@@ -67,9 +73,11 @@ def main(verbose: int) -> None:
 @_friendly
 def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: str | None, src_crs: str | None,
            headings: tuple[float, ...], incidences: tuple[float, ...], signs: tuple[str, ...], references: tuple[str, ...],
-           dem_par: str | None, keep_zeros: bool, overlap: str, reproject: bool, target_crs: str | None,
+           dem_par: str | None, coherences: tuple[str, ...], velocity_stds: tuple[str, ...], dems: tuple[str, ...],
+           keep_zeros: bool, overlap: str, reproject: bool, target_crs: str | None,
            resolution: float | None, cell_size: float | None, grid_crs: str | None, chunk: int, version: str | None, overwrite: bool, no_progress: bool) -> None:
-    """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic."""
+    """Ingest GeoTIFF / MintPy velocity.h5 / LiCSBAS vel products into one basin mosaic, with
+    their quality layers (coherence, velocity std, DEM) where found beside them or given."""
     from .ingest import ingest as do_ingest
     from .pointgrid import PointSource
     from .readers import ReadOptions, open_source
@@ -78,7 +86,8 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
     n = len(sources)
     per = {flag: _per_source(values, n, flag) for flag, values in
            (("--track", tracks), ("--heading", headings), ("--incidence", incidences), ("--sign", signs),
-            ("--reference", references))}
+            ("--reference", references), ("--coherence", coherences), ("--velocity-std", velocity_stds),
+            ("--dem", dems))}
     if version is None:
         check_target(out, overwrite=overwrite)  # a path or a URL (s3://…: AWS_* variables)
     opened = []
@@ -86,6 +95,7 @@ def ingest(sources: tuple[str, ...], out: str, tracks: tuple[str, ...], units: s
         opts = ReadOptions(units=units, crs=src_crs, track=per["--track"][i], heading=per["--heading"][i],  # type: ignore[arg-type]
                            incidence=per["--incidence"][i], keep_zeros=keep_zeros, dem_par=dem_par,
                            sign=per["--sign"][i] or "toward", reference=per["--reference"][i],
+                           coherence=per["--coherence"][i], velocity_std=per["--velocity-std"][i], dem=per["--dem"][i],
                            cell_size=cell_size, grid_crs=grid_crs)
         opened.append(open_source(src, opts))
         if isinstance(opened[-1], PointSource):  # how the points filled the cells
@@ -139,8 +149,10 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, version
 @click.argument("mosaic", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--verify", is_flag=True, help="Check every chunk written at ingest is still there (exit 1 if not).")
+@click.option("--min-coherence", type=float, default=None,
+              help="Quality mask to report the masked share of (default: run's min_coherence, 0.2).")
 @_friendly
-def info(mosaic: str, as_json: bool, verify: bool) -> None:
+def info(mosaic: str, as_json: bool, verify: bool, min_coherence: float | None) -> None:
     """Describe a basin mosaic: tracks, grid, CRS, extent, valid fraction, rate percentiles, chunks."""
     from .manifest import missing_chunks
     from .mosaic import describe, open_basin
@@ -158,7 +170,8 @@ def info(mosaic: str, as_json: bool, verify: bool) -> None:
         else:
             click.echo(f"{mosaic}: every chunk written at ingest is present")
         return
-    d = describe(ds)
+    from .run.config import DEFAULT_MIN_COHERENCE
+    d = describe(ds, min_coherence=DEFAULT_MIN_COHERENCE if min_coherence is None else min_coherence)
     if as_json:
         click.echo(json.dumps(d, indent=2))
         return
@@ -177,6 +190,9 @@ def info(mosaic: str, as_json: bool, verify: bool) -> None:
                    f"time span {t.get('time_span') or 'unknown'}  "
                    f"valid {t['valid_fraction']:.1%}  |rate|>=10: {t['fraction_abs_ge_10'] or 0:.2%}")
         click.echo(f"           rate percentiles (mm/yr): {pct}")
+        if t.get("masked_fraction") is not None:
+            click.echo(f"           quality mask (coherence < {d['min_coherence']:g} or the producer's mask): "
+                       f"{t['masked_fraction']:.1%} of its valid pixels masked")
 
 
 @main.command()

@@ -4,8 +4,7 @@ The client (this process) plans and submits; workers read their own windows from
 model (loaded once per worker), write each window's detections into the run directory, and
 reduce blocks of windows into part files. The client only sees counts and the few slides that
 straddle block borders, then streams the part files into the GeoParquet inventory.
-The run directory must be reachable at the same path from every worker (a shared file system
-on a multi-machine cluster), like the mosaic and the model.
+The run directory must be reachable at the same path from every worker (a shared file system on a multi-machine cluster), like the mosaic and the model.
 """
 
 from __future__ import annotations
@@ -50,7 +49,7 @@ from .cluster import (
     model_task_resources,
     on_interrupt,
 )
-from .config import RunConfig, config_record
+from .config import DEFAULT_MIN_COHERENCE, RunConfig, config_record
 from .detect import (
     DetectSettings,
     detect_batch,
@@ -127,6 +126,8 @@ def settings_hash(cfg: RunConfig, model_hash: str) -> str:
         del keep["scales"]
     if cfg.inference.is_default():  # and runs at the model's own inference settings those from before them
         del keep["inference"]
+    if cfg.min_coherence == DEFAULT_MIN_COHERENCE:  # and at the default quality mask (no layers: no change)
+        del keep["min_coherence"]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 
