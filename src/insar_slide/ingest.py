@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 Overlap = Literal["mean", "first"]
 #: What a product's ``coherence`` layer measures (recorded per track in the mosaic's attributes).
 COHERENCE_KIND = {"mintpy": "temporal coherence (MintPy)", "licsbas": "mean interferometric coherence (LiCSBAS coh_avg)",
-                  "geotiff": "coherence (GeoTIFF given at ingest)"}
+                  "geotiff": "coherence (GeoTIFF given at ingest)",
+                  "egms_l2a": "temporal coherence (EGMS, median of the cell's points)",
+                  "egms_l2b": "temporal coherence (EGMS, median of the cell's points)"}
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,9 @@ def check_frames_of_one_track(group: Sequence[RateSource]) -> None:
 def geometry_warnings(plan: IngestPlan) -> list[str]:
     """One line per track whose heading or incidence is unknown (neither in the metadata nor given)."""
     out = []
-    for t in plan.tracks:
+    for t, group in zip(plan.tracks, plan.frames, strict=True):
+        if getattr(group[0], "component", "los") != "los":  # an EGMS L3 component has no line of sight
+            continue
         missing = [k for k in ("heading", "incidence") if math.isnan(getattr(t, k))]
         if missing:
             out.append(f"track {t.name}: {' and '.join(missing)} unknown (not in the product's metadata); "
@@ -322,6 +326,10 @@ def ingest(
         attrs["corrections"] = json.dumps({s.path: {"sign_flipped": s.scale < 0, "offset_mm_yr": round(s.offset, 3)}
                                            for s in sources})
     layers = lazy_layers(plan, chunk=chunk)
+    components = {t.name: c for t, group in zip(plan.tracks, plan.frames, strict=True)
+                  if (c := getattr(group[0], "component", "los")) != "los"}
+    if components:  # EGMS L3: these "tracks" are motion components, positive up / east, not LOS
+        attrs["components"] = json.dumps(components)
     if "coherence" in layers:  # what the coherence is, per track: the threshold means different things
         attrs["coherence_kind"] = json.dumps({t.name: sorted({COHERENCE_KIND.get(s.product, s.product) for s in group
                                                               if "coherence" in s.layer_names})

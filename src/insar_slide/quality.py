@@ -37,13 +37,14 @@ from .grid import Grid, PixelWindow
 
 #: The layers a mosaic may carry, with their units. ``coherence``, ``velocity_std`` and
 #: ``mask`` are per track ``(track, y, x)``; ``dem`` is one ``(y, x)`` layer.
-LAYER_UNITS: dict[str, str] = {"coherence": "1", "velocity_std": "mm/yr", "dem": "m", "mask": "1"}
-PER_TRACK = ("coherence", "velocity_std", "mask")
+LAYER_UNITS: dict[str, str] = {"coherence": "1", "velocity_std": "mm/yr", "dem": "m", "mask": "1", "point_count": "1"}
+PER_TRACK = ("coherence", "velocity_std", "mask", "point_count")
 LONG_NAMES = {
     "coherence": "coherence of the rate estimate (MintPy: temporal coherence; LiCSBAS: mean interferometric coherence)",
     "velocity_std": "standard deviation of the LOS rate",
     "dem": "elevation",
     "mask": "producer's quality mask (1 = kept, 0 = masked)",
+    "point_count": "points of the point product in the cell (EGMS, StaMPS; 0 = none)",
 }
 
 @dataclass(frozen=True)

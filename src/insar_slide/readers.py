@@ -102,8 +102,8 @@ def open_source(path: str | Path, opts: ReadOptions | None = None) -> RateSource
         src = _open_licsbas(p, opts)
     else:
         raise InputError(
-            f"{p}: unrecognised format; insar-slide reads GeoTIFF (.tif), MintPy velocity (.h5) and "
-            "LiCSBAS 'vel' binaries (with EQA.dem_par beside them, or pass --dem-par)"
+            f"{p}: unrecognised format; insar-slide reads GeoTIFF (.tif), MintPy velocity (.h5), LiCSBAS 'vel' "
+            "binaries (with EQA.dem_par beside them, or pass --dem-par) and EGMS / StaMPS point exports (.csv)"
         )
     src = _apply_track_overrides(src, opts)
     given = [check_geotiff_layer(k, v, src.grid, product=str(p)) for k in ("coherence", "velocity_std", "dem")
