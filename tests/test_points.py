@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -251,6 +252,8 @@ def test_l3_up_and_east_become_two_tracks_of_one_mosaic(tmp_path):
     assert [(s.track.name, s.component) for s in srcs] == [("vertical", "vertical"), ("east_west", "east_west")]
     ds = open_basin(ingest(srcs, tmp_path / "l3.zarr"))
     assert list(ds.track.values) == ["vertical", "east_west"]
+    assert json.loads(ds.attrs["components"]) == {"vertical": "vertical", "east_west": "east_west"}
+    assert int(ds["point_count"].sum()) == 2 * int(keep.sum())  # one L3 point per filled cell, per component
     assert np.isnan(ds.heading.values).all() and np.isnan(ds.incidence.values).all()
     assert ds.los_rate.rio.transform().c == 3_200_000 and ds.los_rate.shape == (2, 5, 6)  # one L3 point per 100 m cell
     for k, vals in enumerate((up, east)):
