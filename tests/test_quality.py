@@ -144,9 +144,9 @@ def test_real_products_ingest_with_their_quality_layers(real, tmp_path):
     Campi Flegrei (LiCSBAS coh_avg, vstd, mask, hgt): each layer lands, with the masked share
     the README quotes at the default threshold."""
     want = {
-        "kirishima": (KIRISHIMA, [], {"coherence", "velocity_std"}, 0.0),
-        "cadia": (CADIA, [], {"coherence", "velocity_std"}, 0.288),
-        "campi": (CAMPI, ["--track", "desc_124"], {"coherence", "velocity_std", "mask", "dem"}, 0.338),
+        "kirishima": (KIRISHIMA, [], {"coherence", "velocity_std"}, 0.0001),
+        "cadia": (CADIA, [], {"coherence", "velocity_std"}, 0.1053),
+        "campi": (CAMPI, ["--track", "desc_124"], {"coherence", "velocity_std", "mask", "dem"}, 0.2669),
     }
     for name, (src, extra, layers, share) in want.items():
         out = tmp_path / f"{name}.zarr"
@@ -155,7 +155,7 @@ def test_real_products_ingest_with_their_quality_layers(real, tmp_path):
         ds = open_basin(out)
         assert set(ds.data_vars) - {"los_rate"} == layers, name
         got = describe(ds, min_coherence=DEFAULT_MIN_COHERENCE)["tracks"][0]["masked_fraction"]
-        assert got == pytest.approx(share, abs=0.002), name
+        assert got == pytest.approx(share, abs=0.0005), name
     ds = open_basin(tmp_path / "campi.zarr")
     assert float(ds["dem"].max()) == pytest.approx(463.49, abs=0.01)  # hgt: Monte Nuovo / Solfatara rim heights
     assert float(np.nanmedian(ds["velocity_std"].values)) == pytest.approx(0.60, abs=0.01)

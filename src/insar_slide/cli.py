@@ -150,7 +150,7 @@ def simulate(config: str, out: str, truth: str | None, seed: int | None, version
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--verify", is_flag=True, help="Check every chunk written at ingest is still there (exit 1 if not).")
 @click.option("--min-coherence", type=float, default=None,
-              help="Quality mask to report the masked share of (default: run's min_coherence, 0.2).")
+              help="Quality mask to report the masked share of (default: run's min_coherence, 0.1).")
 @_friendly
 def info(mosaic: str, as_json: bool, verify: bool, min_coherence: float | None) -> None:
     """Describe a basin mosaic: tracks, grid, CRS, extent, valid fraction, rate percentiles, chunks."""

@@ -21,7 +21,7 @@ Any of them may instead be a GeoTIFF named at ingest (``--coherence``, ``--veloc
 The **quality mask** of a run: a rate pixel is dropped (read as NaN) where its track's
 ``coherence`` is below ``min_coherence``, or where the producer's ``mask`` is 0. A pixel with
 no coherence value (NaN, or a mosaic without the layer) is kept: no layer, no mask. The default
-threshold is ``run.config.DEFAULT_MIN_COHERENCE`` (0.2, measured on the real products).
+threshold is ``run.config.DEFAULT_MIN_COHERENCE`` (0.1, measured on the real products).
 """
 
 from __future__ import annotations
