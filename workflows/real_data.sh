@@ -17,7 +17,7 @@ BIN=${BIN:-.venv/bin/insar-slide}
 PY=${PY:-.venv/bin/python}
 REAL=${REAL:-../shared/data/real}
 OUT=${OUT:-out/real}
-RESULTS=${RESULTS:-benchmarks/results}
+RESULTS=$(realpath -m "${RESULTS:-benchmarks/results}")
 MIN_COHERENCE=${MIN_COHERENCE:-}
 MODEL=${MODEL:-}
 if [ -n "$MODEL" ]; then

@@ -37,6 +37,9 @@ from .readers import RateSource
 log = logging.getLogger(__name__)
 
 Overlap = Literal["mean", "first"]
+#: Layers that are counts or classes: where frames overlap a count adds up and a mask is taken
+#: from the first frame (never averaged), and warping takes the nearest pixel, not a bilinear mix.
+CATEGORICAL: dict[str, str] = {"point_count": "sum", "mask": "first"}
 #: What a product's ``coherence`` layer measures (recorded per track in the mosaic's attributes).
 COHERENCE_KIND = {"mintpy": "temporal coherence (MintPy)", "licsbas": "mean interferometric coherence (LiCSBAS coh_avg)",
                   "geotiff": "coherence (GeoTIFF given at ingest)",
@@ -207,20 +210,21 @@ def read_block(plan: IngestPlan, track: int, win: PixelWindow, layer: str | None
     total = np.zeros((win.rows, win.cols), dtype="float64")
     count = np.zeros((win.rows, win.cols), dtype="int32")
     out = np.full((win.rows, win.cols), np.nan, dtype="float32")
+    rule = CATEGORICAL.get(layer or "", plan.overlap)  # counts add up; a mask is not averaged
     for src in plan.frames[track]:
         piece = _warp(src, plan.grid, win, layer) if plan.reproject else _aligned(src, plan.grid, win, layer)
         if piece is None:
             continue
         valid = np.isfinite(piece)
-        if plan.overlap == "first":
+        if rule == "first":
             fill = valid & np.isnan(out)
             out[fill] = piece[fill]
         else:
             total[valid] += piece[valid]
             count[valid] += 1
-    if plan.overlap == "mean":
+    if rule != "first":
         has = count > 0
-        out[has] = (total[has] / count[has]).astype("float32")
+        out[has] = (total[has] / (count[has] if rule == "mean" else 1)).astype("float32")
     return out
 
 
@@ -259,7 +263,8 @@ def _warp(src: RateSource, grid: Grid, win: PixelWindow, layer: str | None = Non
         source=data, destination=out,
         src_transform=src.grid.window_grid(sw).transform, src_crs=src.grid.crs,
         dst_transform=dst.transform, dst_crs=grid.crs,
-        src_nodata=np.nan, dst_nodata=np.nan, resampling=Resampling.bilinear,
+        src_nodata=np.nan, dst_nodata=np.nan,
+        resampling=Resampling.nearest if layer in CATEGORICAL else Resampling.bilinear,
     )
     return out
 
