@@ -66,7 +66,7 @@ def test_quality_mask_rule():
 
 
 def test_mintpy_layers_are_found_beside_velocity_and_ingested(product, tmp_path):
-    path, vel, coh = product
+    path, _, coh = product
     src = open_source(path)
     assert src.layer_names == ("velocity_std", "coherence")
     np.testing.assert_allclose(src.read_layer("velocity_std", PixelWindow(0, 0, H, W)), 1.5, rtol=1e-6)  # m/yr x 1000
@@ -80,7 +80,7 @@ def test_mintpy_layers_are_found_beside_velocity_and_ingested(product, tmp_path)
 
 
 def test_run_reads_rates_through_the_quality_mask(product, tmp_path):
-    path, vel, _ = product
+    path, _, _ = product
     out = tmp_path / "b.zarr"
     CliRunner().invoke(main, ["ingest", str(path), "--out", str(out), "--no-progress"])
     win = PixelWindow(0, 0, H, W)
@@ -135,7 +135,7 @@ def test_a_layer_that_does_not_fit_is_one_clear_error(tmp_path, rates):
     far = write_tif(tmp_path / "far.tif", rates, transform=Affine(30.0, 0, 900_000.0, 0, -30.0, 1_000_000.0))
     with pytest.raises(InputError, match="does not overlap"):
         open_source(tif, ReadOptions(track="a", coherence=str(far)))
-    with pytest.raises(InputError, match="--velocity-std .*no such file"):
+    with pytest.raises(InputError, match=r"--velocity-std .*no such file"):
         open_source(tif, ReadOptions(track="a", velocity_std=str(tmp_path / "none.tif")))
 
 
@@ -161,3 +161,35 @@ def test_real_products_ingest_with_their_quality_layers(real, tmp_path):
     assert float(np.nanmedian(ds["velocity_std"].values)) == pytest.approx(0.60, abs=0.01)
     kir = open_basin(tmp_path / "kirishima.zarr")
     assert float(np.nanmedian(kir["velocity_std"].values)) == pytest.approx(2.18, abs=0.01)  # m/year x 1000
+
+
+class _Frame:
+    """A stand-in frame of one track on a 4 x 4 lattice: rates 0, a layer of one value."""
+
+    def __init__(self, value: float, col0: int):
+        from insar_slide.grid import Grid
+        from insar_slide.mosaic import TrackInfo
+
+        self.grid = Grid("EPSG:32647", 500_000.0 + 30 * col0, 3_000_000.0, 30.0, -30.0, 4, 4)
+        self.track = TrackInfo("asc_001")
+        self.value, self.layer_names = value, ("mask", "point_count", "coherence")
+
+    def read(self, win):
+        return np.zeros((win.rows, win.cols), "float32")
+
+    def read_layer(self, name, win):
+        return np.full((win.rows, win.cols), self.value, "float32")
+
+
+def test_counts_add_up_and_masks_are_not_averaged_where_frames_overlap():
+    from insar_slide.ingest import IngestPlan, read_block
+
+    a, b = _Frame(0.0, 0), _Frame(3.0, 2)  # overlapping in columns 2-3
+    from insar_slide.grid import Grid
+
+    grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 4, 6)
+    plan = IngestPlan(grid, (a.track,), ((a, b),), reproject=False, overlap="mean")
+    win = PixelWindow(0, 0, 4, 6)
+    np.testing.assert_array_equal(read_block(plan, 0, win, "point_count")[0], [0, 0, 3, 3, 3, 3])  # summed
+    np.testing.assert_array_equal(read_block(plan, 0, win, "mask")[0], [0, 0, 0, 0, 3, 3])  # the first frame's
+    np.testing.assert_array_equal(read_block(plan, 0, win, "coherence")[0], [0, 0, 1.5, 1.5, 3, 3])  # averaged
