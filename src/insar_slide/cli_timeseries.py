@@ -25,7 +25,7 @@ from .errors import ConfigError, InputError
                                                 "(default: the last third of the series).")
 @click.option("--recent-fraction", type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Fit over this last share of the time span (default 1/3).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing table.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing table (and its summary) and existing plots.")
 @_friendly
 def timeseries_cmd(inventory: str, series: tuple[str, ...], tracks: tuple[str, ...], out: str | None,
                    plots: str | None, gap_m: float | None, width_m: float | None, recent_days: float | None,
@@ -38,7 +38,8 @@ def timeseries_cmd(inventory: str, series: tuple[str, ...], tracks: tuple[str, .
     """
     from .inventory import read_inventory
     from .storage import check_target
-    from .timeseries import series_for_inventory, timeseries_path, write_timeseries
+    from .timeseries import FASTEST_SHARE, series_for_inventory, slide_ids, timeseries_path
+    from .timeseries import write_timeseries as write_table
 
     if len(tracks) not in (0, 1, len(series)):
         raise ConfigError(f"--track given {len(tracks)} times for {len(series)} series; give it once (for all) "
@@ -47,6 +48,9 @@ def timeseries_cmd(inventory: str, series: tuple[str, ...], tracks: tuple[str, .
     target = out or timeseries_path(inventory)
     check_target(target, overwrite=overwrite)
     inv = read_inventory(inventory)
+    if plots:
+        from .timeseries_plot import check_plots
+        check_plots(plots, slide_ids(inv), overwrite=overwrite)
     t0 = time.perf_counter()
     table, summary, meta = series_for_inventory(inv, series, tracks=names, gap_m=gap_m, width_m=width_m,
                                                 recent_days=recent_days, recent_fraction=recent_fraction)
@@ -54,19 +58,22 @@ def timeseries_cmd(inventory: str, series: tuple[str, ...], tracks: tuple[str, .
         raise InputError(f"none of the {len(inv)} slides of {inventory} has a measurement of {', '.join(series)} inside it; "
                          "check that they cover the same area (the inventory's CRS is "
                          f"{inv.crs.to_string() if inv.crs else 'unset'})")
-    written = write_timeseries(table, target, summary=summary, metadata=meta, overwrite=overwrite)
+    written = write_table(table, target, summary=summary, metadata=meta, overwrite=overwrite)
     click.echo(f"{summary['slide_id'].nunique()} of {len(inv)} slides, {len(summary)} slide-track series, "
                f"{table['date'].nunique()} dates in {time.perf_counter() - t0:.1f} s → {', '.join(written)}")
     shown = summary.reindex(summary["fastest_velocity_recent_mm_yr"].abs().sort_values(ascending=False).index).head(20)
-    click.echo(f"{'slide':>14} {'track':>10} {'n':>5} {'total':>8} {'v all':>7} {'v recent':>9} {'accel':>8} "
-               f"{'fastest10%':>10}   (mm, mm/yr, mm/yr²; recent since {shown['recent_start'].min():%Y-%m-%d})"
-               if len(shown) else "")
+    starts = shown["recent_start"].dropna()  # NaT where a series has too few dates for a recent fit
+    since = f"; recent since {starts.min():%Y-%m-%d}" if len(starts) else "; too few dates for a recent fit"
+    if len(shown):
+        click.echo(f"{'slide':>14} {'track':>10} {'n':>5} {'total':>8} {'v all':>7} {'v recent':>9} {'accel':>8} "
+                   f"{f'fastest{FASTEST_SHARE:.0%}':>10}   (mm, mm/yr, mm/yr²{since})")
     for r in shown.itertuples():
         click.echo(f"{str(r.slide_id)[:14]:>14} {r.track:>10} {r.n_inside:>5} {r.total_mm:>+8.1f} {r.velocity_mm_yr:>+7.1f} "
                    f"{r.velocity_recent_mm_yr:>+9.1f} {r.acceleration_mm_yr2:>+8.1f} {r.fastest_velocity_recent_mm_yr:>+10.1f}")
     if plots:
         from .timeseries_plot import plot_slides
-        pngs = plot_slides(table, plots, recent_days=recent_days, recent_fraction=recent_fraction)
+        pngs = plot_slides(table, plots, recent_days=recent_days, recent_fraction=recent_fraction,
+                           ring_m=(meta["ring_m"][0], meta["ring_m"][1]), overwrite=overwrite)
         click.echo(f"{len(pngs)} plot(s) in {plots}")
 
 

@@ -242,32 +242,41 @@ def _open_mintpy(p: Path, opts: ReadOptions) -> RateSource:
             raise InputError(f"{p}: no 'velocity' dataset (found {sorted(f.keys())}); pass MintPy's velocity.h5 or geo_velocity.h5")
         a = f.attrs
         shape = f["velocity"].shape
-        missing = [k for k in ("X_FIRST", "Y_FIRST", "X_STEP", "Y_STEP") if _attr(a, k) is None]
-        if missing:
-            raise InputError(f"{p}: not geocoded (no {', '.join(missing)} attributes); geocode it with MintPy's geocode.py first")
-        x0, y0 = float(_attr(a, "X_FIRST") or 0), float(_attr(a, "Y_FIRST") or 0)
-        dx, dy = float(_attr(a, "X_STEP") or 0), float(_attr(a, "Y_STEP") or 0)
-        crs = opts.crs or _mintpy_crs(a, p)
-        from affine import Affine
-        grid = Grid.from_transform(crs, Affine(dx, 0, x0, 0, dy, y0), shape[0], shape[1], source=str(p))
+        grid, track, ref = mintpy_geometry(a, p, (shape[0], shape[1]), crs=opts.crs)
         unit_attr = (_attr(a, "UNIT") or "m/year").strip().lower()
         units = opts.units or _MINTPY_UNITS.get(unit_attr)
         if units is None:
             raise InputError(f"{p}: unknown UNIT attribute {unit_attr!r}; pass --units mm/yr|cm/yr|m/yr")
-        direction = (_attr(a, "ORBIT_DIRECTION") or "").upper()
-        number = _attr(a, "trackNumber") or _attr(a, "relative_orbit")
-        prefix = "asc" if direction.startswith("ASC") else "desc" if direction.startswith("DES") else "los"
-        name = f"{prefix}_{int(number):03d}" if number and number.isdigit() else prefix
-        heading = float(_attr(a, "HEADING") or "nan")
-        incidence = float(_attr(a, "CENTER_INCIDENCE_ANGLE") or "nan")
-        ref = None
-        if _attr(a, "REF_Y") is not None and _attr(a, "REF_X") is not None:
-            ref = (int(float(_attr(a, "REF_Y") or 0)), int(float(_attr(a, "REF_X") or 0)))
-        start, end = _attr(a, "START_DATE") or "", _attr(a, "END_DATE") or ""
         layers = mintpy_layers(p, shape=(shape[0], shape[1]), datasets=list(f.keys()), unit_scale=UNIT_SCALE[units])
-    track = TrackInfo(name=name, heading=heading, incidence=incidence, start_date=start, end_date=end, sources=(str(p),))
     return MintPySource(str(p), "mintpy", grid, track, units, UNIT_SCALE[units], keep_zeros=opts.keep_zeros, ref_pixel=ref,
                         layers=tuple(layers))
+
+
+def mintpy_geometry(a: h5py.AttributeManager, p: Path, shape: tuple[int, int], *,
+                    crs: str | None = None) -> tuple[Grid, TrackInfo, tuple[int, int] | None]:
+    """(grid, track, reference pixel (row, col) or None) of a geocoded MintPy file of ``shape``
+    (rows, cols) from its attributes ``a``: the grid from ``X_FIRST/Y_FIRST/X_STEP/Y_STEP``, the
+    CRS from ``crs`` or ``EPSG``/``UTM_ZONE``/degree units, the track ``asc_NNN``/``desc_NNN``
+    from ``ORBIT_DIRECTION`` and ``trackNumber``, ``HEADING``/``CENTER_INCIDENCE_ANGLE``,
+    ``START_DATE``/``END_DATE``, ``REF_Y``/``REF_X``. A radar-coordinate file is refused."""
+    missing = [k for k in ("X_FIRST", "Y_FIRST", "X_STEP", "Y_STEP") if _attr(a, k) is None]
+    if missing:
+        raise InputError(f"{p}: not geocoded (no {', '.join(missing)} attributes); geocode it with MintPy's geocode.py first")
+    x0, y0 = float(_attr(a, "X_FIRST") or 0), float(_attr(a, "Y_FIRST") or 0)
+    dx, dy = float(_attr(a, "X_STEP") or 0), float(_attr(a, "Y_STEP") or 0)
+    from affine import Affine
+    grid = Grid.from_transform(crs or _mintpy_crs(a, p), Affine(dx, 0, x0, 0, dy, y0), shape[0], shape[1], source=str(p))
+    direction = (_attr(a, "ORBIT_DIRECTION") or "").upper()
+    number = _attr(a, "trackNumber") or _attr(a, "relative_orbit")
+    prefix = "asc" if direction.startswith("ASC") else "desc" if direction.startswith("DES") else "los"
+    name = f"{prefix}_{int(number):03d}" if number and number.isdigit() else prefix
+    ref = None
+    if _attr(a, "REF_Y") is not None and _attr(a, "REF_X") is not None:
+        ref = (int(float(_attr(a, "REF_Y") or 0)), int(float(_attr(a, "REF_X") or 0)))
+    track = TrackInfo(name=name, heading=float(_attr(a, "HEADING") or "nan"),
+                      incidence=float(_attr(a, "CENTER_INCIDENCE_ANGLE") or "nan"),
+                      start_date=_attr(a, "START_DATE") or "", end_date=_attr(a, "END_DATE") or "", sources=(str(p),))
+    return grid, track, ref
 
 
 def _mintpy_crs(a: h5py.AttributeManager, p: Path) -> str:

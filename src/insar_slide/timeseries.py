@@ -6,8 +6,8 @@
 
 | column | meaning |
 | --- | --- |
-| ``displacement_mm`` | mean LOS displacement of the pixels (centres) / points inside the slide polygon, mm, + toward the satellite |
-| ``fastest_mm`` | mean of the fastest tenth of those pixels / points (largest |linear velocity| over the whole series): the moving part of an outline drawn larger than it |
+| ``displacement_mm`` | mean LOS displacement of the pixels (centres) / points inside the slide polygon, mm, + toward the satellite (EGMS L3: + up or + east, :func:`direction_of`) |
+| ``fastest_mm`` | mean of the fastest tenth (:data:`FASTEST_SHARE`) of those pixels / points, chosen by their |linear velocity| over the **first half** of the dates and reported over all of them: the moving part of an outline drawn larger than it (below) |
 | ``reference_mm`` | mean over the stable ground around it: a ring from :data:`RING_GAP_M` to ``RING_GAP_M + RING_WIDTH_M`` beyond the outline, minus every slide of the inventory (grown by the gap) |
 | ``relative_mm`` | ``displacement_mm − reference_mm``: the slide's own motion; NaN where the ring holds fewer than ``min_reference`` measurements that date |
 | ``n_inside``, ``n_reference`` | pixels / points with a value that date, inside and in the ring |
@@ -18,6 +18,16 @@ a rate map is uncertain by a pixel or two — out of its reference; 500 m of wid
 thousand 30 m pixels around even a 150 m slide (tens of PS points at typical densities) while
 staying where the atmospheric residual is still close to the slide's (the √semivariance of real
 rate maps grows from 0.8–1.9 mm/yr at 0.5 km to 2.1–2.8 mm/yr at 2 km, DESIGN.md).
+
+The fastest tenth is chosen on the first half of the dates only. Chosen on the series it then
+reports, it was biased: the pixels whose noise happened to make them look fast were picked, so
+it read faster than the ground moved (a uniform −20 mm/yr with 5 mm of noise per pixel and
+date read −21 mm/yr over its last third; tests/test_timeseries.py). Noise on the second half is
+independent of the choice, so the recent fits of ``fastest_*`` (:func:`summarize`: the last
+third by default) are free of the selection bias as long as the recent span lies in the second
+half; their whole-series velocity and total still carry the part of it the first half brings.
+|velocity| picks either sense: where parts of an outline move in opposite senses, the tenth may
+be the part moving toward the satellite.
 
 When several products of one track cover a slide, the one with the most measurements inside it
 is kept, so that (slide, date, track) is a key. :func:`summarize` fits each series: the mean
@@ -137,16 +147,20 @@ def _mean_count(vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _fastest(vals: np.ndarray, dates: np.ndarray) -> np.ndarray:
     """Per date, the mean of the :data:`FASTEST_SHARE` of the (m, k) columns (pixels/points)
-    with the largest |linear velocity| over the whole series (at least one; columns with fewer
-    than 3 values are left out)."""
+    with the largest |linear velocity| over the first half of the dates (at least one; columns
+    with fewer than 3 values there are left out; a series of fewer than 6 dates is chosen on
+    all of them). Chosen on the first half, so that the noise that made them look fast there
+    does not bias what the second half says (module docstring)."""
     m = vals.shape[0]
-    ok = np.isfinite(vals)
+    half = m if m < 2 * 3 else (m + 1) // 2
+    first = vals[:half]
+    ok = np.isfinite(first)
     n = ok.sum(axis=0)
     usable = n >= 3
     if not usable.any():
         return np.full(m, np.nan)
-    t = (np.asarray(dates, "datetime64[D]") - np.asarray(dates, "datetime64[D]")[0]).astype(float)[:, None]
-    y = np.where(ok, vals, 0.0)
+    t = (np.asarray(dates, "datetime64[D]")[:half] - np.asarray(dates, "datetime64[D]")[0]).astype(float)[:, None]
+    y = np.where(ok, first, 0.0)
     nn = np.maximum(n, 1)
     tm = np.where(ok, t, 0.0).sum(axis=0) / nn
     ym = y.sum(axis=0) / nn
@@ -181,9 +195,11 @@ def _raster_frames(src: Any, ids: np.ndarray, polys: np.ndarray, outer: np.ndarr
                 inside[r, col] = True
         in_ring = shapely.contains_xy(ring, xs[None, :], ys[:, None]) & ~inside
         step = max(1, MAX_BLOCK // max(1, win.rows * win.cols))
+        # read in blocks of dates: MintPy's all-zero (masked) pixels are found in a first pass
+        empty = src.empty_pixels(win, block=step) if step < m else None
         parts_in, parts_ref = [], []
         for d0 in range(0, m, step):
-            block = src.read(win, slice(d0, min(m, d0 + step))) if step < m else src.read(win)
+            block = src.read(win, slice(d0, min(m, d0 + step)), empty=empty) if step < m else src.read(win)
             parts_in.append(block[:, inside])
             parts_ref.append(_mean_count(block[:, in_ring]))
         vals = np.concatenate(parts_in, axis=0)
@@ -238,25 +254,38 @@ def summary_path(table_path: str | Path) -> str | Path:
 def write_timeseries(table: pd.DataFrame, path: str | Path, *, summary: pd.DataFrame | None = None,
                      metadata: dict[str, Any] | None = None, overwrite: bool = True) -> list[str]:
     """Write the table at ``path`` and, if given, ``summary`` beside it
-    (``…timeseries_summary.parquet``), each atomically (``path`` may be a URL); file-level
-    metadata (key ``insar_slide``) records ``metadata``. Returns the paths written."""
+    (``…timeseries_summary.parquet``); file-level metadata (key ``insar_slide``) records
+    ``metadata``. Both are written to temporaries first and moved into place together at the end,
+    the summary first (``path`` may be a URL): a failure leaves neither, or the old pair. Returns
+    the paths written."""
+    import contextlib
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     targets: list[tuple[pd.DataFrame, str | Path]] = [(table, path)]
     if summary is not None:
         targets.append((summary, summary_path(path)))
-    written = []
-    for df, target in targets:
-        t = target if is_url(target) else Path(target)
-        arrow = pa.Table.from_pandas(df, preserve_index=False)
-        meta = dict(arrow.schema.metadata or {})
-        meta[b"insar_slide"] = json.dumps(dict(metadata or {}), default=str).encode()
-        with staged(t, overwrite=overwrite) as tmp:
-            pq.write_table(arrow.replace_schema_metadata(meta), tmp)
-        written.append(str(t))
-    return written
+    with contextlib.ExitStack() as stack:  # exits in reverse: the summary lands, then the table
+        for df, target in targets:
+            t = target if is_url(target) else Path(target)
+            arrow = pa.Table.from_pandas(df, preserve_index=False)
+            meta = dict(arrow.schema.metadata or {})
+            meta[b"insar_slide"] = json.dumps(dict(metadata or {}), default=str).encode()
+            pq.write_table(arrow.replace_schema_metadata(meta), stack.enter_context(staged(t, overwrite=overwrite)))
+    return [str(t) for _, t in targets]
 
+
+def direction_of(track: str) -> str:
+    """The sign convention of a track's series: EGMS L3 components are up or east, the rest LOS."""
+    return {"vertical": "positive up", "east_west": "positive east"}.get(track, "positive toward the satellite")
+
+
+def outer_limits(inventory: gpd.GeoDataFrame, *, gap_m: float = RING_GAP_M, width_m: float = RING_WIDTH_M) -> gpd.GeoSeries:
+    """Each slide grown by its ring (``gap_m + width_m``): all a per-slide series reads."""
+    metric = inventory.crs if inventory.crs.is_projected else inventory.estimate_utm_crs()
+    polys = inventory.geometry.to_crs(metric).reset_index(drop=True)
+    return gpd.GeoSeries(shapely.buffer(polys.to_numpy(), gap_m + width_m), crs=metric)
 
 
 def series_for_inventory(inventory: gpd.GeoDataFrame, series: Sequence[str | Path], *,
@@ -265,25 +294,23 @@ def series_for_inventory(inventory: gpd.GeoDataFrame, series: Sequence[str | Pat
     """Open ``series`` (``tracks``: a name per file, or None) and build the table and its
     summary for ``inventory``. ``options``: ``gap_m``, ``width_m``, ``min_reference`` for
     :func:`slide_timeseries`, ``recent_fraction``, ``recent_days`` for
-    :func:`~insar_slide.timeseries_fit.summarize` (None = default). Returns (table, summary,
-    the file metadata to write with them)."""
+    :func:`~insar_slide.timeseries_fit.summarize` (None = default). Point products are read
+    only around the slides (their rings' bounding boxes). Returns (table, summary, the file
+    metadata to write with them)."""
     from .timeseries_readers import open_series
 
+    if inventory.crs is None:
+        raise InputError("the inventory has no CRS; set it (gdf.set_crs(...)) or write it with one")
     names = list(tracks) if tracks is not None else [None] * len(series)
-    sources = [open_series(p, track=t) for p, t in zip(series, names, strict=True)]
     ring = {k: options[k] for k in ("gap_m", "width_m", "min_reference") if options.get(k) is not None}
     fit = {k: options[k] for k in ("recent_fraction", "recent_days") if options.get(k) is not None}
+    gap, width = ring.get("gap_m", RING_GAP_M), ring.get("width_m", RING_WIDTH_M)
+    within = outer_limits(inventory, gap_m=gap, width_m=width)
+    sources = [open_series(p, track=t, within=within) for p, t in zip(series, names, strict=True)]
     table = slide_timeseries(inventory, sources, **ring)
-    gap = ring.get("gap_m", RING_GAP_M)
+    units = {s.track.name: f"mm, {direction_of(s.track.name)}" for s in sources}
     meta = {"series": [str(p) for p in series], "tracks": [s.track.name for s in sources],
-            "ring_m": [gap, gap + ring.get("width_m", RING_WIDTH_M)],
-            "min_reference": ring.get("min_reference", MIN_REFERENCE),
-            "recent": fit or {"recent_fraction": RECENT_FRACTION}, "units": "mm, positive toward the satellite"}
+            "ring_m": [gap, gap + width], "min_reference": ring.get("min_reference", MIN_REFERENCE),
+            "recent": fit or {"recent_fraction": RECENT_FRACTION},
+            "units": next(iter(set(units.values()))) if len(set(units.values())) == 1 else units}
     return table, summarize(table, **fit), meta
-
-
-def write_for_inventory(inventory: gpd.GeoDataFrame, series: Sequence[str | Path], target: str | Path, *,
-                        tracks: Sequence[str | None] | None = None, overwrite: bool = True, **options: Any) -> list[str]:
-    """:func:`series_for_inventory`, written at ``target`` and beside it; returns the paths."""
-    table, summary, meta = series_for_inventory(inventory, series, tracks=tracks, **options)
-    return write_timeseries(table, target, summary=summary, metadata=meta, overwrite=overwrite)

@@ -94,7 +94,9 @@ def summarize(table: pd.DataFrame, *, recent_fraction: float = RECENT_FRACTION, 
               min_dates: int = MIN_FIT_DATES) -> pd.DataFrame:
     """One row per (slide_id, track) (:data:`SUMMARY_COLUMNS`): which series was fitted
     (``series``: ``relative_mm``, or ``displacement_mm`` where the ring is too thin), its dates;
-    for it and for the fastest tenth (``fastest_*``, minus the ring likewise): the total
+    for it and for the fastest tenth (``fastest_*``, minus the ring likewise; the tenth is chosen
+    on the first half of the dates, so its recent fit is free of the selection bias, while its
+    total and whole-series velocity keep some of it: :mod:`insar_slide.timeseries`): the total
     displacement (last − first valid, mm), the mean velocity (straight line over all dates,
     mm/yr) and the recent fit (:func:`fit_recent`: the straight-line velocity over the recent
     span, the quadratic's velocity at the last date and its acceleration, with standard errors

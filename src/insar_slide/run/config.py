@@ -111,8 +111,9 @@ class Outputs(StrictModel):
     report: bool = Field(True, description="write <out stem>.html: map, sortable table and per-slide thumbnails")
     outline: bool = Field(True, description="refined outline (the deforming pixels inside the box) in column 'outline'")
     timeseries: list[str] = Field(default_factory=list, description="time-series products (MintPy timeseries.h5, LiCSBAS "
-                                  "cum.h5, EGMS/StaMPS CSV; local paths): write <out stem>.timeseries.parquet and "
-                                  "<out stem>.timeseries_summary.parquet, per-slide series (insar_slide.timeseries)")
+                                  "cum.h5, EGMS/StaMPS CSV; local paths): write <out stem>.timeseries.parquet, "
+                                  "<out stem>.timeseries_summary.parquet, per-slide series (insar_slide.timeseries), and "
+                                  "one PNG per slide in <out stem>.timeseries/")
 
     def files_beside(self) -> bool:
         """Whether any file is written beside the inventory."""

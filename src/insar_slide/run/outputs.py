@@ -1,6 +1,6 @@
 """Stage 5 of ``run``: a run's part files → one inventory in a deterministic order with stable
 ids, and the optional outputs beside it (GeoPackage, KML, ``slide_id`` raster, quick look, HTML
-report)."""
+report, per-slide time series with a folder of one plot per slide)."""
 
 from __future__ import annotations
 
@@ -81,9 +81,18 @@ def write_extras(gdf: gpd.GeoDataFrame, cfg: RunConfig, *, ds: Any, grid: Grid,
         page = f"{stem}.html"
         todo.append(("report", page, lambda: write_report(mosaic, gdf, page)))
     if cfg.outputs.timeseries:
-        from ..timeseries import timeseries_path, write_for_inventory
-        series = timeseries_path(out)
-        todo.append(("timeseries", series, lambda: write_for_inventory(gdf, cfg.outputs.timeseries, series)))
+        from ..timeseries import series_for_inventory, timeseries_path, write_timeseries
+        from ..timeseries_plot import replace_plots
+        series, plots = timeseries_path(out), f"{stem}.timeseries"
+        made: dict[str, Any] = {}
+
+        def write_series() -> None:
+            made["table"], summary, made["meta"] = series_for_inventory(gdf, cfg.outputs.timeseries)
+            write_timeseries(made["table"], series, summary=summary, metadata=made["meta"], overwrite=True)
+
+        todo.append(("timeseries", series, write_series))
+        todo.append(("timeseries_plots", plots, lambda: replace_plots(made["table"], plots,
+                                                                      ring_m=(made["meta"]["ring_m"][0], made["meta"]["ring_m"][1]))))
     for name, target, write in todo:
         try:
             write()
