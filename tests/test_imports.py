@@ -27,7 +27,7 @@ SRC = REPO / "src" / "insar_slide"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", ["version", "errors", "config", "atomic", "storage", "grid", "zarr_compat", "progress",
                     "run", "sim", "training"]),  # the last three: empty package files
-    ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "timeseries_fit", "training.boxes", "sim.geometry", "sim.noise"]),
+    ("core", ["core", "core.features", "core.scales", "core.tiling", "core.merge", "core.geometry", "timeseries_fit", "training.boxes", "sim.geometry", "sim.noise"]),
     ("config", ["run.config", "sim.config", "training.config"]),
     ("model", ["model", "model.cbam", "model.encoding", "model.detector", "model.checkpoint", "model.device"]),
     ("store", ["manifest", "mosaic", "quality", "sources", "decompose", "inventory", "readers", "points", "pointgrid", "timeseries_readers", "timeseries", "ingest", "query", "run.io", "run.raster", "run.store",

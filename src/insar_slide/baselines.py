@@ -358,7 +358,7 @@ def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, 
     if aoi is not None and len(gdf):
         gdf = gdf[shapely.intersects(aoi, np.asarray(gdf.geometry.centroid, dtype=object))].reset_index(drop=True)
     if len(gdf):
-        stats = polygon_rate_stats(ds, gdf.geometry)
+        stats = polygon_rate_stats(ds, gdf.geometry, min_coherence=min_coherence)
         gdf = gpd.GeoDataFrame(pd.concat([gdf.reset_index(drop=True), stats], axis=1), geometry="geometry", crs=grid.crs)
     prefix = {"hotspot": "hs-", "kmeans": "km-"}[method]
     gdf["slide_id"] = [prefix + hashlib.sha1(shapely.to_wkb(g)).hexdigest()[:12] for g in gdf.geometry]
@@ -366,4 +366,4 @@ def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, 
     gdf["score"] = np.nan
     gdf["run_id"] = run_id
     gdf["model_id"] = ""
-    return finish_schema(gdf, grid), notes
+    return finish_schema(gdf, grid, tracks=names), notes

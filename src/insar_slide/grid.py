@@ -17,6 +17,10 @@ from pyproj import CRS, Geod
 
 from .errors import GridError, InputError
 
+#: Metres per degree of longitude at the equator and of latitude (approximate pixel sizes).
+M_PER_DEG_LON = 111_320.0
+M_PER_DEG_LAT = 110_574.0
+
 
 @dataclass(frozen=True)
 class PixelWindow:
@@ -165,12 +169,19 @@ class Grid:
 
     def pixel_size_m(self) -> tuple[float, float]:
         """Approximate pixel size in metres (dx, |dy|), at the grid centre for geographic CRSs."""
+        dx, dy = self.pixel_size_m_rows(np.array([self.height / 2 - 0.5]))
+        return (float(dx[0]), dy)
+
+    def pixel_size_m_rows(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """Pixel size in metres (dx per row, |dy|) at the centres of pixel ``rows`` (row indices):
+        dx shrinks with the cosine of the latitude on a geographic grid, constant otherwise."""
+        rows = np.asarray(rows, dtype=float)
         crs = CRS.from_user_input(self.crs)
         if crs.is_geographic:
-            lat = math.radians(self.y0 + self.height * self.dy / 2)
-            return (self.dx * 111_320.0 * math.cos(lat), abs(self.dy) * 110_574.0)
+            lat = np.radians(self.y0 + (rows + 0.5) * self.dy)
+            return self.dx * M_PER_DEG_LON * np.cos(lat), abs(self.dy) * M_PER_DEG_LAT
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        return (self.dx * unit, abs(self.dy) * unit)
+        return np.full(rows.shape, self.dx * unit), abs(self.dy) * unit
 
     def window_of_bounds(self, xmin: float, ymin: float, xmax: float, ymax: float) -> PixelWindow:
         """Pixels that touch the map rectangle, clipped to the grid (may be empty → rows/cols 0)."""

@@ -17,6 +17,11 @@ known heading and incidence; NaN where it cannot be computed):
   tracks see (``|d·l|`` for one); ``v_slope_mm_yr`` is NaN below 0.2.
 - ``dem_slope_deg``, ``dem_aspect_deg``: slope and downslope azimuth (clockwise from north)
   of the polygon's mean DEM gradient.
+
+An EGMS L3 mosaic's ``vertical`` / ``east_west`` tracks give ``v_up_mm_yr`` / ``v_east_mm_yr``
+directly (and ``v_slope_mm_yr`` from both). With ``min_coherence`` (run, baselines, update pass
+the run's) every statistic is measured through the run's quality mask, as detection reads the
+rates. An empty inventory has the same columns, with no rows.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ import pandas as pd
 import shapely
 import xarray as xr
 
-from .decompose import DEM, gradient_en, mosaic_los, slide_components
+from .decompose import COLUMNS as DECOMPOSITION
+from .decompose import DEM, mosaic_geometry, slide_components, terrain_gradient
 from .errors import InputError
 from .grid import Grid, PixelWindow
 from .mosaic import RATE, grid_of
+from .quality import quality_mask
 from .storage import filesystem, is_url, staged
 
 COLUMNS = ["slide_id", "method", "score", "tracks", "area_m2", "rate_mean", "rate_p95_abs",
@@ -49,9 +56,11 @@ def empty_inventory(crs: str) -> gpd.GeoDataFrame:
                              for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
 
 
-def finish_schema(gdf: gpd.GeoDataFrame, grid: Grid, order: list[str] | None = None) -> gpd.GeoDataFrame:
+def finish_schema(gdf: gpd.GeoDataFrame, grid: Grid, order: list[str] | None = None, *,
+                  tracks: list[str] | None = None) -> gpd.GeoDataFrame:
     """Area (m², in a local UTM zone for geographic grids), the statistics columns even when
-    there are no rows, and the contract's columns first (``order``), extra columns after."""
+    there are no rows (the decomposition's always, the per-track ones for ``tracks``, the
+    mosaic's), and the contract's columns first (``order``), extra columns after."""
     if grid.is_geographic() and len(gdf):
         gdf["area_m2"] = gdf.geometry.to_crs(gdf.estimate_utm_crs()).area
     else:
@@ -61,14 +70,29 @@ def finish_schema(gdf: gpd.GeoDataFrame, grid: Grid, order: list[str] | None = N
             gdf[c] = pd.Series(dtype=float)
     if "rate_track" not in gdf:
         gdf["rate_track"] = pd.Series(dtype=object)
+    for c in stats_columns(tracks or [])[4:]:
+        if c not in gdf:
+            gdf[c] = pd.Series(np.nan, index=gdf.index, dtype=float)
     first = [c for c in (order or COLUMNS) if c != "geometry"]
     extra = [c for c in gdf.columns if c not in first and c != "geometry"]
     return gpd.GeoDataFrame(gdf[[*first, *extra, "geometry"]], geometry="geometry", crs=grid.crs)
 
 
-def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: int = 4096 * 4096) -> pd.DataFrame:
+def stats_columns(tracks: list[str]) -> list[str]:
+    """The columns of :func:`polygon_rate_stats`, in order, for a mosaic of ``tracks``."""
+    return ["rate_mean", "rate_p95_abs", "valid_fraction", "rate_track", *[f"valid_fraction_{t}" for t in tracks],
+            *[f"rate_mean_{t}" for t in tracks], *DECOMPOSITION]
+
+
+def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, min_coherence: float | None = None,
+                       max_block_px: int = 4096 * 4096) -> pd.DataFrame:
     """Per polygon: rate_mean, rate_p95_abs, valid_fraction, rate_track, per track
-    ``valid_fraction_<t>`` and ``rate_mean_<t>``, and the decomposition columns (module docstring).
+    ``valid_fraction_<t>`` and ``rate_mean_<t>``, and the decomposition columns (module
+    docstring); with no polygons, those columns and no rows.
+
+    ``min_coherence``: the run's quality mask, applied to every rate block read, per track
+    (:func:`insar_slide.quality.quality_mask` with the mosaic's ``coherence``/``mask`` when
+    present: a dropped pixel is no value, as detection reads it); None: the rates as stored.
 
     ``geoms`` must be in the mosaic CRS. Pixels whose centre is inside the polygon count. The
     mosaic is read once for the union window of all ``geoms`` when that window is at most
@@ -80,10 +104,10 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
     grid = grid_of(ds)
     tracks = [str(t) for t in ds["track"].values]
     if len(geoms) == 0:
-        return pd.DataFrame([])
+        return pd.DataFrame({c: pd.Series(dtype=object if c == "rate_track" else float) for c in stats_columns(tracks)})
     geoms = gpd.GeoSeries(list(geoms), crs=getattr(geoms, "crs", None))
     if _union_px(grid, geoms) <= max_block_px:
-        return _with_components(ds, tracks, pd.DataFrame(_stats_group(ds, grid, tracks, list(geoms))))
+        return _with_components(ds, tracks, pd.DataFrame(_stats_group(ds, grid, tracks, list(geoms), min_coherence)))
     side = max(1, int(np.sqrt(max_block_px)) // 2)
     cx, cy = shapely.get_coordinates(geoms.centroid).T
     col = np.floor((cx - grid.x0) / grid.dx).astype(np.int64) // side
@@ -94,10 +118,10 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
         idx = np.flatnonzero(key == k)
         group = list(geoms.iloc[idx])
         if _union_px(grid, geoms.iloc[idx]) <= max_block_px:
-            stats = _stats_group(ds, grid, tracks, group)
+            stats = _stats_group(ds, grid, tracks, group, min_coherence)
         else:
-            stats = [(_stats_group(ds, grid, tracks, [g])[0] if _window_px(grid, g) <= max_block_px
-                      else _stats_streamed(ds, grid, tracks, g, max(_MIN_TILE, side))) for g in group]
+            stats = [(_stats_group(ds, grid, tracks, [g], min_coherence)[0] if _window_px(grid, g) <= max_block_px
+                      else _stats_streamed(ds, grid, tracks, g, max(_MIN_TILE, side), min_coherence)) for g in group]
         for i, r in zip(idx, stats, strict=True):
             rows[i] = r
     return _with_components(ds, tracks, pd.DataFrame(rows))
@@ -105,13 +129,14 @@ def polygon_rate_stats(ds: xr.Dataset, geoms: gpd.GeoSeries, *, max_block_px: in
 
 def _with_components(ds: xr.Dataset, tracks: list[str], df: pd.DataFrame) -> pd.DataFrame:
     """``df`` with the decomposition columns; the mean DEM gradient columns dropped."""
-    comp = slide_components(df, tracks, mosaic_los(ds))
+    los, kinds = mosaic_geometry(ds)
+    comp = slide_components(df, tracks, los, kinds=kinds)
     return pd.concat([df.drop(columns=["dem_ge", "dem_gn"]), comp], axis=1)
 
 
 def _dem_gradient(ds: xr.Dataset, grid: Grid, win: PixelWindow) -> tuple[np.ndarray, np.ndarray] | None:
     """The DEM gradient (east, north; m/m) over ``win``, read with a one-pixel halo so that it
-    equals the whole grid's (:func:`insar_slide.decompose.gradient_en`); None without a DEM."""
+    equals the whole grid's (:func:`insar_slide.decompose.terrain_gradient`); None without a DEM."""
     if DEM not in ds or win.rows == 0 or win.cols == 0:
         return None
     r0, c0 = max(0, win.row0 - 1), max(0, win.col0 - 1)
@@ -119,7 +144,7 @@ def _dem_gradient(ds: xr.Dataset, grid: Grid, win: PixelWindow) -> tuple[np.ndar
     z = np.asarray(ds[DEM].isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype=np.float32)  # float32: a block's memory
     if min(z.shape) < 2:
         return None
-    ge, gn = gradient_en(z, grid, row0=r0)
+    ge, gn = terrain_gradient(z, grid, row0=r0)
     crop = (slice(win.row0 - r0, win.row0 - r0 + win.rows), slice(win.col0 - c0, win.col0 - c0 + win.cols))
     return np.asarray(ge)[crop], np.asarray(gn)[crop]
 
@@ -140,13 +165,27 @@ def _empty_stats(tracks: list[str]) -> dict[str, Any]:
             "dem_ge": np.nan, "dem_gn": np.nan}
 
 
-def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any]) -> list[dict[str, Any]]:
+def _read_rates(ds: xr.Dataset, win: PixelWindow, min_coherence: float | None, dtype: Any = None) -> np.ndarray:
+    """``los_rate`` (track, rows, cols) over ``win`` (a copy, as ``dtype``), through the quality
+    mask: the ``coherence`` and ``mask`` layers over the same window read once each, when present."""
+    rs, cs = win.slices()
+    block = np.array(ds[RATE].isel(y=rs, x=cs).values, dtype=dtype)
+    if min_coherence is not None:
+        layers = {n: np.asarray(ds[n].isel(y=rs, x=cs).values) for n in ("coherence", "mask")
+                  if n in ds and ds[n].dims == ("track", "y", "x")}
+        drop = quality_mask(layers.get("coherence"), layers.get("mask"), min_coherence)
+        if drop is not None:
+            block[drop] = np.nan
+    return block
+
+
+def _stats_group(ds: xr.Dataset, grid: Grid, tracks: list[str], geoms: list[Any],
+                 min_coherence: float | None = None) -> list[dict[str, Any]]:
     """Statistics of polygons read from one window: the union of their bounds."""
     xmin, ymin, xmax, ymax = shapely.total_bounds(geoms)
     union = grid.window_of_bounds(xmin, ymin, xmax, ymax)
     if union.rows and union.cols:
-        rs, cs = union.slices()
-        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values)
+        block = _read_rates(ds, union, min_coherence)
     else:
         block = np.zeros((len(tracks), 0, 0))
     grad = _dem_gradient(ds, grid, union)
@@ -220,7 +259,8 @@ def _tiles(grid: Grid, geom: Any, win: PixelWindow, side: int) -> list[tuple[Pix
     return out
 
 
-def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, side: int) -> dict[str, Any]:
+def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, side: int,
+                    min_coherence: float | None = None) -> dict[str, Any]:
     """:func:`_stats_one` for a polygon too large to read at once, tile by tile, same numbers.
 
     Pass 1 keeps per track the count, sum and a histogram of |rate| over the top 16 bits of
@@ -238,8 +278,7 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
     grad_sum = np.zeros(3)  # Σ dz/deast, Σ dz/dnorth, count
 
     def inside_values(tile: PixelWindow, part: Any, with_grad: bool = False) -> tuple[np.ndarray, int]:
-        rs, cs = tile.slices()
-        block = np.asarray(ds[RATE].isel(y=rs, x=cs).values, dtype=np.float32)
+        block = _read_rates(ds, tile, min_coherence, np.float32)
         xs = grid.x0 + (np.arange(tile.col0, tile.col1) + 0.5) * grid.dx
         ys = grid.y0 + (np.arange(tile.row0, tile.row1) + 0.5) * grid.dy
         shapely.prepare(part)

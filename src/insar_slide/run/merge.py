@@ -85,7 +85,7 @@ def finish(features: pd.DataFrame, s: MergeSettings) -> gpd.GeoDataFrame:
     if not len(gdf):
         return gdf
     ds = rate_dataset(s.mosaic, s.group)
-    stats = polygon_rate_stats(ds, gdf.geometry)
+    stats = polygon_rate_stats(ds, gdf.geometry, min_coherence=s.min_coherence)
     gdf = pd.concat([gdf, stats.reset_index(drop=True)], axis=1)
     if s.outline:
         outlines: list[Any] = []

@@ -117,8 +117,10 @@ def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame) -> np.ndarray
     return out
 
 
-def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: Any) -> gpd.GeoDataFrame:
-    """This version's rows: new and persisting detections, and known slides not detected now."""
+def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: Any, *,
+              min_coherence: float | None = None) -> gpd.GeoDataFrame:
+    """This version's rows: new and persisting detections, and known slides not detected now
+    (re-measured on ``ds`` through the run's quality mask, ``min_coherence``)."""
     m = match_identity(new, known)
     rows = new.copy()
     rows["status"] = np.where(m >= 0, "persisting", "new")
@@ -132,7 +134,7 @@ def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: An
     if len(lost):
         lost["status"] = "not_detected_now"
         lost["score"] = np.nan
-        stats = polygon_rate_stats(ds, lost.geometry)
+        stats = polygon_rate_stats(ds, lost.geometry, min_coherence=min_coherence)
         for c in ("rate_mean", "rate_p95_abs", "valid_fraction", "rate_track", *DECOMPOSITION):
             lost[c] = stats[c].to_numpy()
     both = pd.concat([rows, lost], ignore_index=True) if len(lost) else rows
@@ -213,7 +215,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
     result = run(run_cfg, client=client, progress=progress, echo=echo)
     new = result.inventory.copy()
     rows = lifecycle(new, known if len(known) else gpd.GeoDataFrame(columns=[*COLUMNS, *LIFECYCLE], geometry="geometry", crs=new.crs),
-                     label, ds)
+                     label, ds, min_coherence=cfg.min_coherence)
     rows["slide_num"] = np.arange(1, len(rows) + 1, dtype=np.int32)  # the value in the slide_id raster
     part = partition_path(hdir, label)
     with staged(part, overwrite=True) as tmp:

@@ -29,7 +29,10 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
 
     Besides the contract columns: ``slope_speed_mm_yr`` (the slide's peak speed),
     ``slope_speed_mean_mm_yr`` (its speed averaged over its pixels: what the measured
-    ``v_slope_mm_yr`` estimates, see :mod:`insar_slide.decompose`), ``slope_deg``, ``kind`` (lobate,
+    ``v_slope_mm_yr`` estimates, see :mod:`insar_slide.decompose`), ``up_mean_mm_yr``,
+    ``east_mean_mm_yr`` and ``north_mean_mm_yr`` (its velocity's components averaged over its
+    pixels, up / east / north positive: what ``v_up_mm_yr`` / ``v_east_mm_yr`` estimate, north
+    being what they neglect), ``slope_deg``, ``kind`` (lobate,
     earthflow, compound), ``length_px`` (along the slope or the centreline), and per track
     ``peak_los_<track>`` (the slide's own signed LOS rate of largest magnitude, before
     atmosphere, noise and the sensor's limit), ``measured_fraction_<track>`` (share of its
@@ -43,7 +46,7 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     if len(s) == 0:
         return empty_inventory(crs)
     polys = [object_polygon(scene, s, i) for i in range(len(s))]
-    peaks, lost, mean_speed = _peaks(scene)
+    peaks, lost, mean_speed, mean_vel = _peaks(scene)
     geoms = gpd.GeoSeries(polys, crs=crs)
     ds = open_basin(mosaic)
     stats = _stats_parallel(ds, geoms, scene.cfg.grid.chunk)
@@ -57,6 +60,9 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
         "model_id": "",
         "slope_speed_mm_yr": s.speed,
         "slope_speed_mean_mm_yr": mean_speed,
+        "up_mean_mm_yr": mean_vel[:, 2],
+        "east_mean_mm_yr": mean_vel[:, 0],
+        "north_mean_mm_yr": mean_vel[:, 1],
         "slope_deg": s.slope_deg,
         "kind": [SLIDE_KINDS[int(k)] for k in s.kind],
         "length_px": 2 * s.a,
@@ -74,13 +80,14 @@ def truth_inventory(scene: Scene, mosaic: str | Path) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(df, geometry=geoms.values, crs=crs)
 
 
-def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per slide and track: the signed LOS peak, and the share of its pixels the sensor loses;
-    per slide: its mean speed (mm/yr) over its pixels."""
+    per slide: its mean speed (mm/yr) and mean velocity (east, north, up; mm/yr) over its pixels."""
     s = scene.slides
     peaks = np.zeros((len(s), len(scene.tracks)))
     lost = np.zeros((len(s), len(scene.tracks)))
     mean_speed = np.full(len(s), np.nan)
+    mean_vel = np.full((len(s), 3), np.nan)
     for i in range(len(s)):
         rad = s.radius()[i]
         rr = np.arange(int(s.row[i] - rad), int(s.row[i] + rad) + 1, dtype=float)
@@ -88,19 +95,22 @@ def _peaks(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if s.kind[i] == 0:  # the lobate case as it always was (bit for bit)
             mask, speed = slide_velocity(scene, i, rr, cc)
             fields = [speed * float(np.dot(s.motion[i], t.los)) for t in scene.tracks]
+            vel = [speed * s.motion[i][c] for c in range(3)]
         else:
             mask, ve, vn, vu = slide_field(scene, i, rr, cc)
             fields = [ve * t.los[0] + vn * t.los[1] + vu * t.los[2] for t in scene.tracks]
             speed = np.sqrt(ve * ve + vn * vn + vu * vu)
+            vel = [ve, vn, vu]
         if mask.any():
             mean_speed[i] = float(speed[mask].mean())
+            mean_vel[i] = [float(v[mask].mean()) for v in vel]
         for k, los in enumerate(fields):
             j = np.unravel_index(np.argmax(np.abs(los)), los.shape)
             peaks[i, k] = los[j]
             if scene.cfg.radar.unwrapping_limit and mask.any():
                 _, gone = over_limit(scene, k, rr, cc, los)
                 lost[i, k] = float((gone & mask).sum() / mask.sum())
-    return peaks, lost, mean_speed
+    return peaks, lost, mean_speed, mean_vel
 
 
 def _stats_parallel(ds: Any, geoms: gpd.GeoSeries, chunk: int) -> pd.DataFrame:
