@@ -35,20 +35,21 @@ CHUNK = 1024
 HOT_EVERY = 40  # one chunk in this many holds a moving patch
 
 
-def _chunk(track: int, block_id: tuple[int, ...] | None = None, block_info: dict | None = None) -> np.ndarray:
+def _chunk(track: int, hot_every: int = HOT_EVERY, block_info: dict | None = None) -> np.ndarray:
     assert block_info is not None
     (_, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
     i, j = r0 // CHUNK, c0 // CHUNK
     rng = np.random.default_rng([7, track, i, j])
     a = np.round(rng.normal(0.0, 1.5, (r1 - r0, c1 - c0)) * 10) / 10
-    if (i * 7919 + j * 104729 + track) % HOT_EVERY == 0:
+    if (i * 7919 + j * 104729 + track) % hot_every == 0:
         yy, xx = np.ogrid[: r1 - r0, : c1 - c0]
         cy, cx = (r1 - r0) // 2, (c1 - c0) // 2
         a[(yy - cy) ** 2 + (xx - cx) ** 2 < 30**2] += 25.0
     return a.astype("float32")[None]
 
 
-def write_store(path: Path, size: int, tracks: int) -> float:
+def write_store(path: Path, size: int, tracks: int, *, hot_every: int = HOT_EVERY) -> float:
+    """Write the synthetic mosaic (module docstring) at ``path``; its seconds."""
     import dask
     import dask.array as da
 
@@ -57,7 +58,7 @@ def write_store(path: Path, size: int, tracks: int) -> float:
 
     grid = Grid("EPSG:32646", 300_000.0, 3_800_000.0, 30.0, -30.0, size, size)
     names = [TrackInfo("asc_099", heading=-12.0, incidence=39.0), TrackInfo("desc_062", heading=-168.0, incidence=39.0)]
-    parts = [da.map_blocks(_chunk, t, dtype="float32", chunks=((1,), chunk_sizes(size, CHUNK), chunk_sizes(size, CHUNK)))
+    parts = [da.map_blocks(_chunk, t, hot_every, dtype="float32", chunks=((1,), chunk_sizes(size, CHUNK), chunk_sizes(size, CHUNK)))
              for t in range(tracks)]
     rate = da.concatenate(parts, axis=0)
     t0 = time.perf_counter()

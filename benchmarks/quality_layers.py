@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import platform
 import subprocess
@@ -50,7 +51,7 @@ def noise_by_coherence(rate: np.ndarray, coh: np.ndarray) -> list[dict[str, floa
     ok = np.isfinite(rate) & np.isfinite(coh)
     med = float(np.median(rate[ok]))
     rows = []
-    for lo, hi in zip(BINS[:-1], BINS[1:], strict=True):
+    for lo, hi in itertools.pairwise(BINS):
         v = rate[ok & (coh >= lo) & (coh < hi)]
         if v.size < 20:
             continue
