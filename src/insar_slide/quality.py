@@ -3,20 +3,17 @@
 A product's **layers** are rasters on the product's own grid that say how far to trust its
 rates, found beside the product or named by the user:
 
-============== ==================================================== ===========================
-layer          MintPy                                                LiCSBAS (``vel`` beside)
-============== ==================================================== ===========================
-``coherence``  ``temporalCoherence.h5`` / ``geo_temporalCoherence.h5`` ``coh_avg`` (mean coherence
-               beside ``velocity.h5`` (temporal coherence, 0–1)       of the interferograms, 0–1)
-``velocity_std`` dataset ``velocityStd`` of ``velocity.h5`` (×1000     ``vstd`` (mm/yr)
-               for m/year)
-``dem``        ``geometryGeo.h5`` (``height``, m) beside it           ``hgt`` (m)
-``mask``       —                                                     ``mask`` (1 = kept by the
-                                                                     producer's own checks)
-============== ==================================================== ===========================
+- ``coherence`` (0–1): MintPy's temporal coherence, ``temporalCoherence.h5`` (or ``geo_…``)
+  beside ``velocity.h5``; LiCSBAS's ``coh_avg`` (mean coherence of the interferograms) beside
+  ``vel``; EGMS's ``temporal_coherence`` (cell median, :mod:`.pointgrid`);
+- ``velocity_std`` (mm/yr): dataset ``velocityStd`` of MintPy's ``velocity.h5`` (×1000 for
+  m/year); LiCSBAS ``vstd``; EGMS ``mean_velocity_std``;
+- ``dem`` (m): the ``height`` of MintPy's ``geometryGeo.h5`` beside it; LiCSBAS ``hgt``;
+- ``mask`` (1 = kept by the producer's own checks, 0 = masked): LiCSBAS ``mask``;
+- ``point_count``: points of a point product in each cell (:mod:`.pointgrid`).
 
-Any of them may instead be a GeoTIFF named at ingest (``--coherence``, ``--velocity-std``,
-``--dem``); it is read onto the product's grid (warped, bilinear, when its grid differs).
+The first three may instead be GeoTIFFs named at ingest (``--coherence``, ``--velocity-std``,
+``--dem``); each is read onto the product's grid (warped, bilinear, when its grid differs).
 
 The **quality mask** of a run: a rate pixel is dropped (read as NaN) where its track's
 ``coherence`` is below ``min_coherence``, or where the producer's ``mask`` is 0. A pixel with
@@ -35,8 +32,8 @@ import numpy as np
 from .errors import InputError
 from .grid import Grid, PixelWindow
 
-#: The layers a mosaic may carry, with their units. ``coherence``, ``velocity_std`` and
-#: ``mask`` are per track ``(track, y, x)``; ``dem`` is one ``(y, x)`` layer.
+#: The layers a mosaic may carry, with their units: those of :data:`PER_TRACK` are per track
+#: ``(track, y, x)``; ``dem`` is one ``(y, x)`` layer.
 LAYER_UNITS: dict[str, str] = {"coherence": "1", "velocity_std": "mm/yr", "dem": "m", "mask": "1", "point_count": "1"}
 PER_TRACK = ("coherence", "velocity_std", "mask", "point_count")
 LONG_NAMES = {
