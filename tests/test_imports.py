@@ -38,8 +38,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run, baselines and comparison", ["run.plan", "run.detect", "run.merge", "run.cluster", "run.outputs", "run.pipeline",
                                        "run.update",
                                        "baselines", "scoring", "scoring_tables"]),
-    ("training", ["training.metrics", "training.data", "training.mining", "training.train", "training.chips", "training.evaluate", "training.export"]),
-    ("interface", ["api", "cli_common", "cli_training", "cli_compare", "cli_timeseries", "cli", ""]),
+    ("training", ["training.metrics", "training.data", "training.mining", "training.train", "training.chips", "training.evaluate", "training.export",
+                  "training.comparators", "training.yolo", "training.detr", "training.comparator_eval"]),
+    ("interface", ["api", "cli_common", "cli_training", "cli_compare", "cli_comparators", "cli_timeseries", "cli", ""]),
 ]
 
 #: What the core layer must not import: no Dask, no xarray, no file formats.

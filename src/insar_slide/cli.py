@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .cli_common import _friendly, progress_bars, quiet_dask_logs
+from .cli_comparators import COMPARATOR_COMMANDS
 from .cli_compare import COMPARE_COMMANDS
 from .cli_timeseries import TIMESERIES_COMMANDS
 from .cli_training import TRAINING_COMMANDS
@@ -380,7 +381,7 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     click.echo(f"hits, misses and false alarms marked in {png} and {page}")
 
 
-for _cmd in [*COMPARE_COMMANDS, *TRAINING_COMMANDS, *TIMESERIES_COMMANDS]:  # baseline, compare; chips, train, evaluate, ...; timeseries
+for _cmd in [*COMPARE_COMMANDS, *TRAINING_COMMANDS, *COMPARATOR_COMMANDS, *TIMESERIES_COMMANDS]:  # baseline, compare; chips, train, evaluate, ...; timeseries
     main.add_command(_cmd)
 
 if __name__ == "__main__":  # pragma: no cover
