@@ -27,7 +27,7 @@ from .mosaic import TrackInfo
 from .quality import check_geotiff_layer, licsbas_layers, mintpy_layers
 from .sources import UNIT_SCALE, RateSource, ReadOptions, Sign, Units
 
-__all__ = ["UNIT_SCALE", "RateSource", "ReadOptions", "Sign", "Units", "open_source"]
+__all__ = ["UNIT_SCALE", "RateSource", "ReadOptions", "Sign", "Units", "frame_track", "mintpy_geometry", "open_source"]
 
 log = logging.getLogger(__name__)
 _MINTPY_UNITS = {"m/year": "m/yr", "m/yr": "m/yr", "cm/year": "cm/yr", "cm/yr": "cm/yr", "mm/year": "mm/yr", "mm/yr": "mm/yr"}
@@ -221,7 +221,7 @@ def _open_geotiff(p: Path, opts: ReadOptions) -> RateSource:
         grid = Grid.from_transform(crs, ds.transform, ds.height, ds.width, source=str(p))
         tags = ds.tags()
     units = opts.units or _units_from_tag(tags.get("units") or tags.get("UNIT") or "") or "mm/yr"
-    track = TrackInfo(name=opts.track or _frame_track(p) or "los", sources=(str(p),))
+    track = TrackInfo(name=opts.track or frame_track(p) or "los", sources=(str(p),))
     return GeoTiffSource(str(p), "geotiff", grid, track, units, UNIT_SCALE[units], keep_zeros=True)
 
 
@@ -308,7 +308,7 @@ def _find_dem_par(p: Path, opts: ReadOptions) -> Path | None:
     return None
 
 
-def _frame_track(p: Path) -> str | None:
+def frame_track(p: Path) -> str | None:
     """``desc_124`` from a LiCSAR frame id such as ``124D_04854_171313`` in the path."""
     m = re.search(r"(\d{3})([AD])_\d{5}_\d{6}", str(p.resolve()))
     return f"{'asc' if m.group(2) == 'A' else 'desc'}_{int(m.group(1)):03d}" if m else None
@@ -344,7 +344,7 @@ def _open_licsbas(p: Path, opts: ReadOptions) -> RateSource:
     # EQA corner_lat/lon are pixel *centres*: shift half a pixel to the corner.
     transform = Affine(plon, 0, clon - plon / 2, 0, plat, clat - plat / 2)
     grid = Grid.from_transform(opts.crs or "EPSG:4326", transform, nlines, width, source=str(p))
-    frame = _frame_track(p)
+    frame = frame_track(p)
     name = frame or "los"
     if not frame and not opts.track:
         log.warning("%s: no LiCSAR frame id in the path, track named %r; pass --track to name it", p, name)

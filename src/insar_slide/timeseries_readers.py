@@ -38,7 +38,7 @@ import numpy as np
 from .errors import InputError
 from .grid import Grid, PixelWindow
 from .mosaic import TrackInfo
-from .readers import _frame_track, mintpy_geometry
+from .readers import frame_track, mintpy_geometry
 
 _UNIT_TO_MM = {"m": 1000.0, "cm": 10.0, "mm": 1.0}
 
@@ -242,7 +242,7 @@ def _open_licsbas_cum(p: Path, f: h5py.File, *, track: str | None, crs: str | No
     # corner_lat/lon are the centre of pixel (0, 0): shift half a pixel to the grid corner
     grid = Grid.from_transform(crs or "EPSG:4326", Affine(plon, 0, clon - plon / 2, 0, plat, clat - plat / 2),
                                ds.shape[1], ds.shape[2], source=str(p))
-    name = track or _frame_track(p) or "los"
+    name = track or frame_track(p) or "los"
     info = TrackInfo(name=name, start_date=str(dates[0]) if dates.size else "",
                      end_date=str(dates[-1]) if dates.size else "", sources=(str(p),))
     return SeriesRaster(str(p), "licsbas", grid, info, dates, "cum", 1.0, None)
