@@ -3,12 +3,18 @@ added to the main group by :mod:`.cli`. They need the optional extra: ``pip inst
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import click
 
 from .cli_common import _friendly
+
+
+def _quiet_hub() -> None:
+    """No transformers / huggingface_hub bars while saving or loading a DETR (set before they are imported)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @click.command("train-comparator")
@@ -33,6 +39,7 @@ def train_comparator_cmd(kind: str, chips_dir: str, out: str, epochs: int, batch
     from .errors import ConfigError
     from .model.encoding import InputEncoding
 
+    _quiet_hub()
     enc = InputEncoding(clip_mm_yr=clip_mm_yr)
     limits = {k: v for k, v in (("train", max_train_chips), ("val", max_val_chips)) if v}
     t0 = time.perf_counter()
@@ -82,6 +89,7 @@ def evaluate_comparator_cmd(run: str, chips_dir: str, split: str, out: str, scor
     """Score a comparator's run folder with `insar-slide evaluate`'s code (COCO, P/R/F1, ignore regions)."""
     from .training.comparator_eval import evaluate_run
 
+    _quiet_hub()
     row = evaluate_run(run, chips_dir, out=out, split=split, score_threshold=score_threshold, device=device)
     click.echo((Path(out) / "table2.md").read_text())
     click.echo(f"{row['method']}: best F1 on this split {row['best_f1']:.3f} at score ≥ {row['best_f1_threshold']:.3f}; "
