@@ -28,13 +28,14 @@ def _quiet_hub() -> None:
 @click.option("--clip-mm-yr", type=float, default=60.0, show_default=True, help="The input encoding's clip (mm/yr).")
 @click.option("--crop-size", type=int, help="DETR only: random crops of this size, as crop_size of a train config.")
 @click.option("--init-weights", type=click.Path(dir_okay=False, exists=True), help="DETR only: a local safetensors file.")
+@click.option("--nbs", type=int, help="YOLO only: ultralytics' nominal batch (default 64: gradients accumulate over 64 / batch batches).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, help="Torch threads (default: torch's).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out after its last finished epoch.")
 @_friendly
 def train_comparator_cmd(kind: str, chips_dir: str, out: str, epochs: int, batch: int, max_train_chips: int | None,
                          max_val_chips: int | None, clip_mm_yr: float, crop_size: int | None, init_weights: str | None,
-                         seed: int, threads: int | None, resume: bool) -> None:
+                         nbs: int | None, seed: int, threads: int | None, resume: bool) -> None:
     """Train a Table 2 comparator (YOLOv5, YOLOv12: ultralytics, AGPL-3.0; DETR: transformers) on a chip set."""
     from .errors import ConfigError
     from .model.encoding import InputEncoding
@@ -44,6 +45,8 @@ def train_comparator_cmd(kind: str, chips_dir: str, out: str, epochs: int, batch
     limits = {k: v for k, v in (("train", max_train_chips), ("val", max_val_chips)) if v}
     t0 = time.perf_counter()
     if kind == "detr":
+        if nbs:
+            raise ConfigError("--nbs is for the YOLO comparators only; drop it for detr")
         from tqdm import tqdm
 
         from .training.detr import train_detr
@@ -72,7 +75,7 @@ def train_comparator_cmd(kind: str, chips_dir: str, out: str, epochs: int, batch
         from .training.yolo import train_yolo
 
         card = train_yolo(kind, chips_dir, out, epochs=epochs, batch=batch, encoding=enc, max_chips=limits, seed=seed,
-                          resume=resume)
+                          resume=resume, overrides={"nbs": nbs} if nbs else None)
     click.echo(f"trained {card['name']} ({card['backbone']}) for {card.get('epochs_done', card['epochs'])} epoch(s) "
                f"in {time.perf_counter() - t0:.0f} s; run folder {out} (checkpoint {card['weights']})")
 
