@@ -15,7 +15,7 @@ transformers freezes the backbone's stem and first stage (meant for ImageNet wei
 train, since frozen random filters would be noise. The schedule is DETR's (AdamW, lr 1e-4,
 backbone lr 1e-5 only with ``init_weights``, weight decay 1e-4, gradient clip 0.1); epoch order
 and crops are those of the Faster R-CNN (:func:`~.data.batches`, seeded by epoch), so ``resume``
-continues exactly.
+continues with the same order, crops, weights and optimizer state (dropout draws differ).
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ def build_detr(*, num_queries: int = 100) -> Any:
     kw: dict[str, Any] = {"use_timm_backbone": False, "use_pretrained_backbone": False, "num_labels": 1,
                           "num_queries": num_queries, "backbone_config": ResNetConfig(**backbone)}
     cfg = DetrConfig(**kw)
-    model = DetrForObjectDetection(cfg)
+    return _all_trainable(DetrForObjectDetection(cfg))
+
+
+def _all_trainable(model: Any) -> Any:
+    """Undo transformers' freezing of the backbone's stem and first stage (meant for ImageNet
+    weights; it happens again in every ``from_pretrained``)."""
     for p in model.parameters():
         p.requires_grad_(True)
     return model
@@ -144,7 +149,7 @@ def train_detr(chips_dir: str | Path, out: str | Path, *, epochs: int, batch: in
 
     torch.manual_seed(card["seed"])
     if resume:
-        model = DetrForObjectDetection.from_pretrained(str(run / "last"), local_files_only=True)
+        model = _all_trainable(DetrForObjectDetection.from_pretrained(str(run / "last"), local_files_only=True))
     else:
         model = build_detr()
         if init_weights:
