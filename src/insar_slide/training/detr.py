@@ -10,9 +10,10 @@ imported; a run is saved and reloaded from its own folder with ``save_pretrained
 (DETR or ResNet-50 tensors; what fits by name and shape is loaded and the rest reported).
 
 The input is the project's encoding itself (three float channels, no ImageNet normalisation),
-as for the Faster R-CNN, at native scale. Random init departs from DETR's recipe in one place:
-transformers freezes the backbone's stem and first stage (meant for ImageNet weights); here they
-train, since frozen random filters would be noise. The schedule is DETR's (AdamW, lr 1e-4,
+as for the Faster R-CNN, at native scale. Random init departs from DETR's recipe where that
+recipe assumes ImageNet weights (:func:`from_scratch`): the backbone's stem and first stage train
+(frozen random filters would be noise) and its batch norms are ordinary trainable ones (frozen
+ones at random init normalise nothing), as in the project's ResNet-34. The schedule is DETR's (AdamW, lr 1e-4,
 backbone lr 1e-5 only with ``init_weights``, weight decay 1e-4, gradient clip 0.1); epoch order
 and crops are those of the Faster R-CNN (:func:`~.data.batches`, seeded by epoch), so ``resume``
 continues with the same order, crops, weights and optimizer state (dropout draws differ).
@@ -65,15 +66,31 @@ def build_detr(*, num_queries: int = 100) -> Any:
     kw: dict[str, Any] = {"use_timm_backbone": False, "use_pretrained_backbone": False, "num_labels": 1,
                           "num_queries": num_queries, "backbone_config": ResNetConfig(**backbone)}
     cfg = DetrConfig(**kw)
-    return _all_trainable(DetrForObjectDetection(cfg))
+    return DetrForObjectDetection(cfg)
 
 
-def _all_trainable(model: Any) -> Any:
-    """Undo transformers' freezing of the backbone's stem and first stage (meant for ImageNet
-    weights; it happens again in every ``from_pretrained``)."""
+def from_scratch(model: Any) -> Any:
+    """Undo what transformers does for ImageNet weights, which a randomly initialised backbone
+    does not have (again after every ``from_pretrained``): the frozen stem and first stage train,
+    and its frozen batch norms (identity at random init: no normalisation at all) become
+    ``nn.BatchNorm2d`` with the same statistics and affine terms, as in the project's ResNet-34."""
+    _thaw_batch_norm(model)
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def _thaw_batch_norm(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if type(child).__name__ == "DetrFrozenBatchNorm2d":
+            frozen = dict(child.named_buffers())
+            bn = torch.nn.BatchNorm2d(int(frozen["running_mean"].numel()))
+            with torch.no_grad():
+                for k in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(bn, k).copy_(frozen[k])
+            setattr(module, name, bn)
+        else:
+            _thaw_batch_norm(child)
 
 
 def load_init_weights(model: torch.nn.Module, path: str | Path) -> dict[str, int]:
@@ -149,11 +166,13 @@ def train_detr(chips_dir: str | Path, out: str | Path, *, epochs: int, batch: in
 
     torch.manual_seed(card["seed"])
     if resume:
-        model = _all_trainable(DetrForObjectDetection.from_pretrained(str(run / "last"), local_files_only=True))
+        model = DetrForObjectDetection.from_pretrained(str(run / "last"), local_files_only=True)
     else:
         model = build_detr()
         if init_weights:
             card["init_weights_report"] = load_init_weights(model, init_weights)
+    if not card["init_weights"]:  # with local weights, DETR's own recipe (frozen stem, stage 1, batch norms)
+        model = from_scratch(model)
     bb = [p for n, p in model.named_parameters() if ".backbone." in n]
     rest = [p for n, p in model.named_parameters() if ".backbone." not in n]
     opt = torch.optim.AdamW([{"params": rest}, {"params": bb, "lr": card["lr"] / 10 if card["init_weights"] else card["lr"]}],
