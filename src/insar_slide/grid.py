@@ -183,6 +183,22 @@ class Grid:
         unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
         return np.full(rows.shape, self.dx * unit), abs(self.dy) * unit
 
+    def centres_inside(self, geom: object, win: PixelWindow, *, at_least_one: bool = False) -> np.ndarray:
+        """Which pixels of ``win`` have their centre inside ``geom`` (a shapely geometry in this
+        grid's CRS): bool (rows, cols). ``at_least_one``: for a polygon smaller than a pixel, the
+        pixel under its centroid (clamped to ``win``) instead of none."""
+        import shapely
+
+        xs = self.x0 + (np.arange(win.col0, win.col1) + 0.5) * self.dx
+        ys = self.y0 + (np.arange(win.row0, win.row1) + 0.5) * self.dy
+        shapely.prepare(geom)
+        inside = shapely.contains_xy(geom, xs[None, :], ys[:, None])
+        if at_least_one and not inside.any() and win.rows and win.cols:
+            c = geom.centroid  # type: ignore[attr-defined]
+            inside[min(win.rows - 1, max(0, int((c.y - self.y0) / self.dy) - win.row0)),
+                   min(win.cols - 1, max(0, int((c.x - self.x0) / self.dx) - win.col0))] = True
+        return inside
+
     def window_of_bounds(self, xmin: float, ymin: float, xmax: float, ymax: float) -> PixelWindow:
         """Pixels that touch the map rectangle, clipped to the grid (may be empty → rows/cols 0)."""
         c0 = max(0, math.floor((xmin - self.x0) / self.dx))

@@ -202,15 +202,7 @@ def _stats_one(block: np.ndarray, block_win: PixelWindow, grid: Grid, tracks: li
         return nan_row
     local = win.shift(-block_win.row0, -block_win.col0)
     sub = block[:, local.row0:local.row1, local.col0:local.col1]
-    xs = grid.x0 + (np.arange(win.col0, win.col1) + 0.5) * grid.dx
-    ys = grid.y0 + (np.arange(win.row0, win.row1) + 0.5) * grid.dy
-    shapely.prepare(geom)
-    inside = shapely.contains_xy(geom, xs[None, :], ys[:, None])  # pixel centres inside
-    if not inside.any():  # a polygon smaller than a pixel: take the pixel under its centroid
-        c = geom.centroid
-        inside = np.zeros((win.rows, win.cols), bool)
-        inside[min(win.rows - 1, max(0, int((c.y - grid.y0) / grid.dy) - win.row0)),
-               min(win.cols - 1, max(0, int((c.x - grid.x0) / grid.dx) - win.col0))] = True
+    inside = grid.centres_inside(geom, win, at_least_one=True)  # a polygon under a pixel: the pixel under its centroid
     n = int(inside.sum())
     best, best_p95 = -1, -1.0
     out = dict(nan_row)
@@ -279,10 +271,7 @@ def _stats_streamed(ds: xr.Dataset, grid: Grid, tracks: list[str], geom: Any, si
 
     def inside_values(tile: PixelWindow, part: Any, with_grad: bool = False) -> tuple[np.ndarray, int]:
         block = _read_rates(ds, tile, min_coherence, np.float32)
-        xs = grid.x0 + (np.arange(tile.col0, tile.col1) + 0.5) * grid.dx
-        ys = grid.y0 + (np.arange(tile.row0, tile.row1) + 0.5) * grid.dy
-        shapely.prepare(part)
-        inside = shapely.contains_xy(part, xs[None, :], ys[:, None])
+        inside = grid.centres_inside(part, tile)
         grad = _dem_gradient(ds, grid, tile) if with_grad else None
         if grad is not None:
             ge, gn = grad[0][inside], grad[1][inside]

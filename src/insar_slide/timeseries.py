@@ -185,15 +185,8 @@ def _raster_frames(src: Any, ids: np.ndarray, polys: np.ndarray, outer: np.ndarr
         win = grid.window_of_bounds(*lim.bounds)
         if win.rows == 0 or win.cols == 0:
             continue
-        xs = grid.x0 + (np.arange(win.col0, win.col1) + 0.5) * grid.dx
-        ys = grid.y0 + (np.arange(win.row0, win.row1) + 0.5) * grid.dy
-        inside = shapely.contains_xy(poly, xs[None, :], ys[:, None])
-        if not inside.any():  # a polygon smaller than a pixel: the pixel under its centroid
-            c = poly.centroid
-            r, col = int((c.y - grid.y0) / grid.dy) - win.row0, int((c.x - grid.x0) / grid.dx) - win.col0
-            if 0 <= r < win.rows and 0 <= col < win.cols:
-                inside[r, col] = True
-        in_ring = shapely.contains_xy(ring, xs[None, :], ys[:, None]) & ~inside
+        inside = grid.centres_inside(poly, win, at_least_one=True)  # a polygon under a pixel: the one under its centroid
+        in_ring = grid.centres_inside(ring, win) & ~inside
         step = max(1, MAX_BLOCK // max(1, win.rows * win.cols))
         # read in blocks of dates: MintPy's all-zero (masked) pixels are found in a first pass
         empty = src.empty_pixels(win, block=step) if step < m else None

@@ -61,9 +61,7 @@ def refine_outline(rate: np.ndarray, win: PixelWindow, grid: Grid, geom: Any, th
     """The largest connected set of pixels inside ``geom`` with |rate| ≥ ``thr``, as a polygon."""
     from rasterio import features as rfeatures
 
-    xs = grid.x0 + (np.arange(win.col0, win.col1) + 0.5) * grid.dx
-    ys = grid.y0 + (np.arange(win.row0, win.row1) + 0.5) * grid.dy
-    inside = shapely.contains_xy(geom, xs[None, :], ys[:, None])
+    inside = grid.centres_inside(geom, win)
     fast = inside & (np.abs(np.nan_to_num(rate, nan=0.0)) >= thr)
     lab, n = ndimage.label(fast)
     if n == 0:
