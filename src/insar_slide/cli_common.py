@@ -95,3 +95,26 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
     finally:
         for bar in bars.values():
             bar.close()
+
+
+@contextlib.contextmanager
+def epoch_bars() -> Iterator[Callable[[int, int, float], None]]:
+    """A training loop's ``on_step(step, steps_in_epoch, loss)``: one progress bar per epoch
+    with the running loss, closed when the epoch (or the block) ends."""
+    from tqdm import tqdm
+
+    bar: list[tqdm] = []
+
+    def on_step(step: int, n: int, loss: float) -> None:
+        if step == 1:
+            if bar:
+                bar.pop().close()
+            bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
+        bar[-1].set_postfix(loss=f"{loss:.3f}")
+        bar[-1].update(1)
+
+    try:
+        yield on_step
+    finally:
+        for b in bar:
+            b.close()

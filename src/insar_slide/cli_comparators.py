@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _friendly
+from .cli_common import _friendly, epoch_bars
 
 
 def _quiet_hub() -> None:
@@ -47,24 +47,12 @@ def train_comparator_cmd(kind: str, chips_dir: str, out: str, epochs: int, batch
     if kind == "detr":
         if nbs:
             raise ConfigError("--nbs is for the YOLO comparators only; drop it for detr")
-        from tqdm import tqdm
-
         from .training.detr import train_detr
 
-        bar: list[tqdm] = []
-
-        def on_step(step: int, n: int, loss: float) -> None:
-            if step == 1:
-                if bar:
-                    bar.pop().close()
-                bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
-            bar[-1].set_postfix(loss=f"{loss:.3f}")
-            bar[-1].update(1)
-
-        card = train_detr(chips_dir, out, epochs=epochs, batch=batch, crop_size=crop_size, encoding=enc, max_chips=limits,
-                          seed=seed, threads=threads, init_weights=init_weights, resume=resume, on_step=on_step)
-        for b in bar:
-            b.close()
+        with epoch_bars() as on_step:
+            card = train_detr(chips_dir, out, epochs=epochs, batch=batch, crop_size=crop_size, encoding=enc,
+                              max_chips=limits, seed=seed, threads=threads, init_weights=init_weights, resume=resume,
+                              on_step=on_step)
     else:
         if crop_size or init_weights:
             raise ConfigError("--crop-size and --init-weights are for detr only; drop them for the YOLO comparators")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import _friendly, progress_bars
+from .cli_common import _friendly, epoch_bars, progress_bars
 
 
 @click.command()
@@ -34,24 +34,11 @@ def chips(config: str, no_progress: bool) -> None:
 @_friendly
 def train_cmd(config: str, resume: bool) -> None:
     """Train the detector on a chip set (configs/train_paper.yaml, configs/train_cpu.yaml)."""
-    from tqdm import tqdm
-
     from .training.train import load_train_config, train
 
     cfg = load_train_config(config)
-    bar: list[tqdm] = []
-
-    def on_step(step: int, n: int, loss: float) -> None:
-        if step == 1:
-            if bar:
-                bar.pop().close()
-            bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
-        bar[-1].set_postfix(loss=f"{loss:.3f}")
-        bar[-1].update(1)
-
-    row = train(cfg, resume=resume, on_step=on_step)
-    for b in bar:
-        b.close()
+    with epoch_bars() as on_step:
+        row = train(cfg, resume=resume, on_step=on_step)
     click.echo(f"trained to epoch {row['epoch']}: loss {row['loss']:.3f}, val AP50 {row['AP50']:.3f}, "
                f"F1 {row['f1']:.3f}; run folder {cfg.out}")
 
