@@ -50,7 +50,7 @@ from .grid import Grid
 from .inventory import finish_schema, polygon_rate_stats
 from .mosaic import RATE, grid_of
 from .progress import Progress, dask_tasks
-from .quality import quality_mask
+from .quality import apply_mask
 from .run.config import BaselineConfig, HotspotConfig, KMeansConfig
 
 log = logging.getLogger(__name__)
@@ -314,12 +314,7 @@ def masked_rate(ds: xr.Dataset, track: str, min_coherence: float | None) -> da.A
     layers = {n: ds[n].sel(track=track).data for n in ("coherence", "mask") if n in ds}
     if min_coherence is None or not layers:
         return rate
-    return da.map_blocks(_drop, rate, layers.get("coherence"), layers.get("mask"), min_coherence, dtype=rate.dtype)
-
-
-def _drop(rate: np.ndarray, coherence: np.ndarray | None, mask: np.ndarray | None, min_coherence: float) -> np.ndarray:
-    drop = quality_mask(coherence, mask, min_coherence)
-    return rate if drop is None else np.where(drop, np.float32(np.nan), rate)
+    return da.map_blocks(apply_mask, rate, layers.get("coherence"), layers.get("mask"), min_coherence, dtype=rate.dtype)
 
 
 def baseline_inventory(ds: xr.Dataset, method: Literal["hotspot", "kmeans"], *, cfg: BaselineConfig,

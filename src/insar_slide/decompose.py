@@ -68,7 +68,7 @@ from .core.geometry import COMPONENT_VECTORS, downslope_motion, los_vectors
 from .errors import InputError
 from .grid import Grid
 from .mosaic import RATE, grid_of
-from .quality import quality_mask
+from .quality import apply_mask
 
 __all__ = ["COLUMNS", "MAX_GAIN", "MIN_SENSITIVITY", "decompose", "los_vectors", "mosaic_geometry", "slide_components",
            "slope_aspect", "solve_slope", "solve_up_east", "terrain_gradient", "up_east"]
@@ -189,12 +189,6 @@ def _up_east_block(block: np.ndarray, los: np.ndarray, kinds: list[str], max_gai
     return np.stack([up, east, gain, n]).astype(np.float32)
 
 
-def _masked_block(rate: np.ndarray, coherence: np.ndarray | None, mask: np.ndarray | None,
-                  min_coherence: float) -> np.ndarray:
-    drop = quality_mask(coherence, mask, min_coherence)
-    return rate if drop is None else np.where(drop, np.float32(np.nan), rate)
-
-
 def _slope_block(block: np.ndarray, ge: np.ndarray, gn: np.ndarray, los: np.ndarray, min_sens: float) -> np.ndarray:
     s, sens = solve_slope(block, los, ge, gn, min_sensitivity=min_sens)
     return np.stack([s, sens]).astype(np.float32)
@@ -239,7 +233,7 @@ def decompose(ds: xr.Dataset, *, min_coherence: float | None = None, max_gain: f
     layers = {n: dask_of(ds[n].isel(track=keep)).rechunk(arr.chunks) for n in ("coherence", "mask")
               if n in ds and ds[n].dims == ("track", "y", "x")}
     if min_coherence is not None and layers:
-        arr = da.map_blocks(_masked_block, arr, layers.get("coherence"), layers.get("mask"), min_coherence,
+        arr = da.map_blocks(apply_mask, arr, layers.get("coherence"), layers.get("mask"), min_coherence,
                             dtype=arr.dtype, meta=np.empty((0, 0, 0), arr.dtype))
     ue = da.map_blocks(_up_east_block, arr, los, kinds, max_gain, dtype=np.float32,
                        chunks=((4,), arr.chunks[1], arr.chunks[2]), meta=np.empty((0, 0, 0), np.float32))

@@ -42,7 +42,7 @@ from .decompose import DEM, mosaic_geometry, slide_components, terrain_gradient
 from .errors import InputError
 from .grid import Grid, PixelWindow
 from .mosaic import RATE, grid_of
-from .quality import quality_mask
+from .quality import apply_mask
 from .storage import filesystem, is_url, staged
 
 COLUMNS = ["slide_id", "method", "score", "tracks", "area_m2", "rate_mean", "rate_p95_abs",
@@ -173,9 +173,7 @@ def _read_rates(ds: xr.Dataset, win: PixelWindow, min_coherence: float | None, d
     if min_coherence is not None:
         layers = {n: np.asarray(ds[n].isel(y=rs, x=cs).values) for n in ("coherence", "mask")
                   if n in ds and ds[n].dims == ("track", "y", "x")}
-        drop = quality_mask(layers.get("coherence"), layers.get("mask"), min_coherence)
-        if drop is not None:
-            block[drop] = np.nan
+        block = apply_mask(block, layers.get("coherence"), layers.get("mask"), min_coherence)
     return block
 
 

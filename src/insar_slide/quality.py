@@ -180,3 +180,11 @@ def quality_mask(coherence: np.ndarray | None, mask: np.ndarray | None, min_cohe
     if mask is not None:
         drop |= mask == 0
     return drop
+
+
+def apply_mask(rate: np.ndarray, coherence: np.ndarray | None, mask: np.ndarray | None,
+               min_coherence: float | None) -> np.ndarray:
+    """``rate`` with NaN where :func:`quality_mask` drops the pixel (a new array; ``rate`` itself
+    when nothing is dropped). Shapes broadcast as numpy does (a block of Dask ``map_blocks`` too)."""
+    drop = quality_mask(coherence, mask, min_coherence)
+    return rate if drop is None else np.where(drop, rate.dtype.type(np.nan), rate)

@@ -22,7 +22,7 @@ import xarray as xr
 from ..core.scales import block_mean, level_shape
 from ..grid import PixelWindow
 from ..mosaic import RATE, open_basin
-from ..quality import quality_mask
+from ..quality import apply_mask
 
 _STORES: dict[tuple[str, str | None, int], xr.Dataset] = {}
 _LOCK = threading.Lock()
@@ -102,9 +102,7 @@ def read_window(mosaic: str, track: str, win: PixelWindow, group: str | None = N
     out = np.asarray(ds[RATE].sel(track=track).isel(y=rs, x=cs).values, dtype=np.float32)
     if min_coherence is not None:
         layers = {n: np.asarray(ds[n].sel(track=track).isel(y=rs, x=cs).values) for n in ("coherence", "mask") if n in ds}
-        drop = quality_mask(layers.get("coherence"), layers.get("mask"), min_coherence)
-        if drop is not None:
-            out[drop] = np.nan
+        out = apply_mask(out, layers.get("coherence"), layers.get("mask"), min_coherence)
     return out
 
 
