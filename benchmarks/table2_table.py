@@ -58,7 +58,8 @@ def collect(table2: Path, ablation: Path) -> dict[str, dict[str, Any]]:
             if held is None:
                 continue
             epochs, seconds = _faster_training(held["checkpoint"])
-            command = f"insar-slide train configs/ablation/train_{VARIANT[key]}.yaml"
+            configs = "configs/ablation_paper" if ablation.name == "ablation_paper" else "configs/ablation"
+            command = f"insar-slide train {configs}/train_{VARIANT[key]}.yaml"
         else:
             held = next(iter(_rows(table2 / "eval" / key / "metrics.json")), None)
             tune = next(iter(_rows(table2 / "eval_tuning" / key / "metrics.json")), None)
