@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Train the wide-world candidate models of issue 16 from scratch on this machine: simulate the
+# reference basins A-D and the wide basins W1-W6, cut the wide chips (native 30 m and the 2x
+# coarse level), train round 7 (the shipped model fine-tuned on them, configs/train_cpu_round7.yaml)
+# and round 8 (round 7 with hard-negative mining, configs/train_cpu_round8.yaml).
+# About 3 hours on 2 CPU cores (17-26 min an epoch, 8 epochs). Every step is skipped when its
+# result is there, and training continues where it stopped (--resume), so the script can be run
+# again after any interruption. Then: MODEL=out/train_cpu_round8/best.safetensors
+# SCALES="[1, 2]" OUT=out/eval_r8 bash workflows/wide_eval.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+mkdir -p out/reference out/wide
+for b in basin_a basin_b basin_c basin_d; do
+  [ -d "out/reference/$b.zarr" ] || "$BIN/insar-slide" simulate "configs/reference/$b.yaml" --out "out/reference/$b.zarr"
+done
+for b in w1 w2 w3 w4 w5 w6; do
+  [ -d "out/wide/$b.zarr" ] || "$BIN/insar-slide" simulate "configs/wide/$b.yaml" --out "out/wide/$b.zarr"
+done
+[ -f out/chips_wide/manifest.json ] || "$BIN/insar-slide" chips configs/wide/chips_train.yaml
+"$BIN/insar-slide" train configs/train_cpu_round7.yaml --resume
+"$BIN/insar-slide" train configs/train_cpu_round8.yaml --resume
