@@ -7,6 +7,7 @@ import shapely
 
 from insar_slide.core.merge import (
     MergeRules,
+    fuse_tracks,
     merge_boxes,
     merge_features,
     nms,
@@ -55,6 +56,41 @@ def test_one_slide_seen_by_two_windows_and_two_tracks_is_one_feature():
     feats = merge_boxes(boxes, RULES)
     assert len(feats) == 1 and feats.iloc[0]["tracks"] == "asc,desc" and feats.iloc[0]["score"] == 0.9
     assert feats.iloc[0]["n_boxes"] == 2
+
+
+def _feats(*rows):
+    return pd.DataFrame({"geometry": [shapely.box(*r[:4]) for r in rows], "score": [r[4] for r in rows],
+                         "tracks": [r[5] for r in rows], "n_boxes": 1, "scale": [r[6] if len(r) > 6 else 1 for r in rows]})
+
+
+def test_a_slide_seen_on_two_tracks_is_its_best_box_not_their_union():
+    # a 5-px slide, its two tracks' boxes 2 px apart: their union has IoU 0.36 with either
+    feats = _feats((100, 100, 105, 105, 0.9, "asc"), (102, 101, 107, 106, 0.8, "desc"))
+    assert shapely.area(shapely.envelope(shapely.union_all(feats.geometry))) == 42
+    fused = fuse_tracks(feats, 0.3)
+    assert len(fused) == 1 and fused.iloc[0]["tracks"] == "asc,desc" and fused.iloc[0]["n_boxes"] == 2
+    assert fused.iloc[0]["geometry"].equals(shapely.box(100, 100, 105, 105)) and fused.iloc[0]["score"] == 0.9
+    assert fuse_tracks(feats, 0.5).equals(feats)  # IoU 0.33 < 0.5: left to dissolve
+    assert fuse_tracks(feats, None) is feats
+    rules = MergeRules(**{**RULES.__dict__, "track_nms_iou": 0.3})
+    boxes = pd.DataFrame({"minx": [100.0, 102.0], "miny": [100.0, 101.0], "maxx": [105.0, 107.0], "maxy": [105.0, 106.0],
+                          "score": [0.9, 0.8], "track": ["asc", "desc"], "scale": [1, 1]})
+    assert shapely.bounds(merge_boxes(boxes, rules).iloc[0]["geometry"]).tolist() == [100, 100, 105, 105]
+    assert shapely.bounds(merge_boxes(boxes, RULES).iloc[0]["geometry"]).tolist() == [100, 100, 107, 106]
+
+
+def test_across_tracks_is_greedy_and_leaves_one_track_and_other_scales_alone():
+    feats = _feats((0, 0, 10, 10, 0.9, "asc"), (1, 0, 11, 10, 0.8, "desc"), (2, 0, 12, 10, 0.7, "asc"),
+                   (0, 0, 10, 10, 0.95, "desc", 2))
+    fused = fuse_tracks(feats, 0.5)
+    # desc 0.8 goes into asc 0.9; asc 0.7 overlaps only what is gone on the other track (desc 0.8)
+    # and its own track (asc 0.9): it stays; the scale-2 box is never compared with scale 1
+    assert sorted(fused["score"]) == [0.7, 0.9, 0.95]
+    assert fused.set_index("score").loc[0.9, "tracks"] == "asc,desc"
+    assert fused.set_index("score").loc[0.7, "tracks"] == "asc"
+    # the result does not depend on the row order
+    again = fuse_tracks(feats.iloc[::-1].reset_index(drop=True), 0.5)
+    assert sorted(again["score"]) == [0.7, 0.9, 0.95]
 
 
 def test_slides_near_an_inner_border_stay_open():

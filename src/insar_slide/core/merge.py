@@ -8,14 +8,20 @@ Rules (in this order):
    half a slide's extent, the owner saw the slide whole.
 2. **Cross-tile NMS** (:func:`nms`: ``torchvision.ops.batched_nms`` per track and scale, IoU
    ``nms_iou``) for the boxes near seams that two windows both own a version of.
-3. **Dissolve** (:func:`.features.dissolve`, shared with the baselines). Boxes — of one track or
+3. **Across tracks** (:func:`fuse_tracks`, when ``track_nms_iou`` is set). Boxes of different
+   tracks (at one scale) with IoU ≥ ``track_nms_iou`` are one slide seen twice: the higher-scored
+   box stands for it (greedy, as NMS) and takes the other's tracks and box count. Two tracks see
+   a slide through different look angles and noise, so their boxes of it are offset by a few
+   pixels; their union (rule 4) would be larger than the slide — for a 5-px slide often by more
+   than the 0.5 IoU at which a detection counts.
+4. **Dissolve** (:func:`.features.dissolve`, shared with the baselines). Boxes — of one track or
    of both — that share at least ``dissolve_overlap`` of the smaller one's area are one slide:
    their union is its polygon, its score the highest, ``tracks`` every track that saw it.
 
 **Scales** (:mod:`.scales`). Boxes are stored in native pixels, a box belongs to the window of
 its level whose core (×f) holds its centre, NMS runs per track *and scale*; between NMS and
 dissolve come the size gate (:func:`size_gate`) and the fragments rule
-(:func:`.scales.absorb_fragments`).
+(:func:`.scales.absorb_fragments`). Rules 3 and 4 run at every block of the reduction tree.
 
 **Closing** (:func:`split_closed`). After a block of the reduction tree merges, a slide farther
 than :func:`.scales.closing_margin` from every inner border of its block can meet nothing from
@@ -60,6 +66,7 @@ class MergeRules:
     dissolve_overlap: float
     scales: tuple[int, ...] = (1,)
     window: int = 0  # core size of the tiling (for block bounds)
+    track_nms_iou: float | None = None  # rule 3 (None: off, boxes of two tracks are dissolved)
 
 
 def empty_features() -> pd.DataFrame:
@@ -129,17 +136,71 @@ def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:
                          "scale": boxes["scale"].astype(np.int64).to_numpy()})
 
 
+def fuse_tracks(features: pd.DataFrame, iou: float | None) -> pd.DataFrame:
+    """Rule 3: features of different tracks (at one scale) with IoU ≥ ``iou`` are one slide.
+
+    Greedy in score order (ties: the earlier row), as NMS: a feature overlapping an
+    already kept one of other tracks by ``iou`` is dropped and its tracks and box count pass to
+    the highest-scored such feature. Features of the same ``tracks`` never suppress each other
+    (rule 2 has done that per track). ``iou=None`` returns ``features`` unchanged.
+    """
+    n = len(features)
+    if iou is None or n < 2:
+        return features
+    tracks = features["tracks"].astype(str).to_numpy()
+    if len(set(tracks)) < 2:
+        return features
+    features = features.reset_index(drop=True)
+    geoms = np.asarray(features["geometry"], dtype=object)
+    score = features["score"].to_numpy(np.float64)
+    scale = features["scale"].to_numpy(np.int64) if "scale" in features else np.ones(n, np.int64)
+    a, b = shapely.STRtree(geoms).query(geoms)
+    rank = np.empty(n, np.int64)
+    rank[np.lexsort((np.arange(n), -score))] = np.arange(n)
+    m = (rank[b] < rank[a]) & (tracks[a] != tracks[b]) & (scale[a] == scale[b])  # b may suppress a
+    a, b = a[m], b[m]
+    if not len(a):
+        return features
+    inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
+    union = shapely.area(geoms[a]) + shapely.area(geoms[b]) - inter
+    ok = inter >= iou * union
+    a, b = a[ok], b[ok]
+    order = np.lexsort((rank[b], rank[a]))  # by the suppressed one's rank, then its best keeper first
+    a, b = a[order], b[order]
+    parent = np.full(n, -1)
+    k = 0
+    for i in np.argsort(rank):  # rank order: a keeper's own fate is known before it is used
+        while k < len(a) and rank[a[k]] < rank[i]:
+            k += 1
+        while k < len(a) and a[k] == i:
+            if parent[i] < 0 and parent[b[k]] < 0:
+                parent[i] = b[k]
+            k += 1
+    if (parent < 0).all():
+        return features
+    sets = [set(t.split(",")) for t in tracks]
+    boxes = features["n_boxes"].to_numpy(np.int64).copy()
+    for i in np.flatnonzero(parent >= 0):
+        sets[parent[i]] |= sets[i]
+        boxes[parent[i]] += boxes[i]
+    keep = parent < 0
+    out = features[keep].copy()
+    out["tracks"] = [",".join(sorted(sets[i])) for i in np.flatnonzero(keep)]
+    out["n_boxes"] = boxes[keep]
+    return out.reset_index(drop=True)
+
+
 def merge_boxes(boxes: pd.DataFrame, rules: MergeRules) -> pd.DataFrame:
-    """A leaf's owned boxes → NMS → size gate → fragments → dissolve: its features."""
+    """A leaf's owned boxes → NMS → size gate → fragments → across tracks → dissolve: its features."""
     feats = boxes_to_features(size_gate(nms(boxes, rules), rules))
-    return dissolve(absorb_fragments(feats), rules.dissolve_overlap)
+    return dissolve(fuse_tracks(absorb_fragments(feats), rules.track_nms_iou), rules.dissolve_overlap)
 
 
 def merge_features(children: Sequence[pd.DataFrame], rules: MergeRules) -> pd.DataFrame:
-    """The open features of a block's children → fragments → dissolve."""
+    """The open features of a block's children → fragments → across tracks → dissolve."""
     opened = [c for c in children if len(c)]
     feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
-    return dissolve(absorb_fragments(feats), rules.dissolve_overlap)
+    return dissolve(fuse_tracks(absorb_fragments(feats), rules.track_nms_iou), rules.dissolve_overlap)
 
 
 def block_bounds(block: Block, grid: Grid, window: int) -> tuple[float, float, float, float]:

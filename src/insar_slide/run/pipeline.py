@@ -126,6 +126,8 @@ def settings_hash(cfg: RunConfig, model_hash: str) -> str:
         del keep["scales"]
     if cfg.inference.is_default():  # and runs at the model's own inference settings those from before them
         del keep["inference"]
+    if keep["track_nms_iou"] is None:  # runs that dissolve the two tracks' boxes keep their ids
+        del keep["track_nms_iou"]
     if cfg.min_coherence == DEFAULT_MIN_COHERENCE:  # and at the default quality mask (no layers: no change)
         del keep["min_coherence"]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
@@ -223,7 +225,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         t0 = time.perf_counter()
         rules = MergeRules(grid=inp.grid, halo=cfg.halo, tracks=tuple(plan.tracks), score_threshold=inp.score_threshold,
                            nms_iou=cfg.nms_iou, dissolve_overlap=cfg.dissolve_overlap, scales=tuple(cfg.scales),
-                           window=cfg.window)
+                           window=cfg.window, track_nms_iou=cfg.track_nms_iou)
         merge_settings = MergeSettings(rules=rules, mosaic=cfg.mosaic, store=inp.store, outline=cfg.outputs.outline,
                                        outline_min_abs_rate=cfg.outline_min_abs_rate, group=inp.group,
                                        min_coherence=cfg.min_coherence)
