@@ -88,9 +88,27 @@ def test_across_tracks_is_greedy_and_leaves_one_track_and_other_scales_alone():
     assert sorted(fused["score"]) == [0.7, 0.9, 0.95]
     assert fused.set_index("score").loc[0.9, "tracks"] == "asc,desc"
     assert fused.set_index("score").loc[0.7, "tracks"] == "asc"
-    # the result does not depend on the row order
+    # the result does not depend on the row order, ties in score included
     again = fuse_tracks(feats.iloc[::-1].reset_index(drop=True), 0.5)
     assert sorted(again["score"]) == [0.7, 0.9, 0.95]
+    tie = _feats((0, 0, 10, 10, 0.9, "asc"), (2, 0, 12, 10, 0.9, "desc"))
+    kept = [shapely.bounds(fuse_tracks(t, 0.5).iloc[0]["geometry"]).tolist() for t in (tie, tie.iloc[::-1])]
+    assert kept[0] == kept[1]
+    # a feature that already lists a track (a coarse slide that absorbed fragments) is not
+    # suppressed by, and does not suppress, a box of that track: rule 2 decides within a track
+    shared = _feats((0, 0, 10, 10, 0.9, "asc,desc"), (1, 0, 11, 10, 0.8, "asc"))
+    assert len(fuse_tracks(shared, 0.3)) == 2
+
+
+def test_update_continues_a_slide_whose_box_comes_from_the_other_track_next_time():
+    import geopandas as gpd
+
+    from insar_slide.run.update import match_identity
+
+    old = gpd.GeoDataFrame(geometry=[shapely.box(100, 100, 105, 105)])
+    new = gpd.GeoDataFrame(geometry=[shapely.box(102, 101, 107, 106)])  # 12/25 of the smaller: < 0.5
+    assert match_identity(new, old).tolist() == [-1]
+    assert match_identity(new, old, iou=0.3).tolist() == [0]  # IoU 0.32: the merge calls them one slide
 
 
 def test_slides_near_an_inner_border_stay_open():

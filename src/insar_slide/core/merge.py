@@ -21,7 +21,11 @@ Rules (in this order):
 **Scales** (:mod:`.scales`). Boxes are stored in native pixels, a box belongs to the window of
 its level whose core (×f) holds its centre, NMS runs per track *and scale*; between NMS and
 dissolve come the size gate (:func:`size_gate`) and the fragments rule
-(:func:`.scales.absorb_fragments`). Rules 3 and 4 run at every block of the reduction tree.
+(:func:`.scales.absorb_fragments`). Rules 2 and 3 run at the leaves of the reduction tree,
+where every box is still its own; above them only dissolve joins what blocks hand up, so a
+slide whose two tracks' boxes fall in different leaves (centres a pixel apart across a leaf
+border) is their union, as before rule 3. Greedy rules (NMS is one) are not associative: run
+again at every block they would make the result depend on the blocks.
 
 **Closing** (:func:`split_closed`). After a block of the reduction tree merges, a slide farther
 than :func:`.scales.closing_margin` from every inner border of its block can meet nothing from
@@ -46,7 +50,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from ..grid import Grid
-from .features import dissolve
+from .features import dissolve, order_features
 from .scales import absorb_fragments, closing_margin, gate
 from .tiling import Block, Window
 
@@ -139,26 +143,30 @@ def boxes_to_features(boxes: pd.DataFrame) -> pd.DataFrame:
 def fuse_tracks(features: pd.DataFrame, iou: float | None) -> pd.DataFrame:
     """Rule 3: features of different tracks (at one scale) with IoU ≥ ``iou`` are one slide.
 
-    Greedy in score order (ties: the earlier row), as NMS: a feature overlapping an
-    already kept one of other tracks by ``iou`` is dropped and its tracks and box count pass to
-    the highest-scored such feature. Features of the same ``tracks`` never suppress each other
-    (rule 2 has done that per track). ``iou=None`` returns ``features`` unchanged.
+    Greedy in score order (ties: :func:`.features.order_features`' order, from the bounds), as
+    NMS: a feature overlapping an already kept one by ``iou`` whose tracks it does not share is
+    dropped and its tracks and box count pass to the highest-scored such feature. Features
+    sharing a track never suppress each other (rule 2 has done that per track; a fragment's
+    coarse feature may list several). ``iou=None`` returns ``features`` unchanged.
     """
     n = len(features)
     if iou is None or n < 2:
         return features
-    tracks = features["tracks"].astype(str).to_numpy()
-    if len(set(tracks)) < 2:
+    if features["tracks"].nunique() < 2:
         return features
-    features = features.reset_index(drop=True)
+    features = order_features(features)
+    tracks = features["tracks"].astype(str).to_numpy()
+    sets = [frozenset(t.split(",")) for t in tracks]
     geoms = np.asarray(features["geometry"], dtype=object)
     score = features["score"].to_numpy(np.float64)
     scale = features["scale"].to_numpy(np.int64) if "scale" in features else np.ones(n, np.int64)
     a, b = shapely.STRtree(geoms).query(geoms)
     rank = np.empty(n, np.int64)
     rank[np.lexsort((np.arange(n), -score))] = np.arange(n)
-    m = (rank[b] < rank[a]) & (tracks[a] != tracks[b]) & (scale[a] == scale[b])  # b may suppress a
+    m = (rank[b] < rank[a]) & (scale[a] == scale[b])  # b may suppress a
     a, b = a[m], b[m]
+    disjoint = np.fromiter((not (sets[i] & sets[j]) for i, j in zip(a, b, strict=True)), bool, len(a))
+    a, b = a[disjoint], b[disjoint]
     if not len(a):
         return features
     inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
@@ -178,14 +186,14 @@ def fuse_tracks(features: pd.DataFrame, iou: float | None) -> pd.DataFrame:
             k += 1
     if (parent < 0).all():
         return features
-    sets = [set(t.split(",")) for t in tracks]
+    merged = [set(t) for t in sets]
     boxes = features["n_boxes"].to_numpy(np.int64).copy()
     for i in np.flatnonzero(parent >= 0):
-        sets[parent[i]] |= sets[i]
+        merged[parent[i]] |= merged[i]
         boxes[parent[i]] += boxes[i]
     keep = parent < 0
     out = features[keep].copy()
-    out["tracks"] = [",".join(sorted(sets[i])) for i in np.flatnonzero(keep)]
+    out["tracks"] = [",".join(sorted(merged[i])) for i in np.flatnonzero(keep)]
     out["n_boxes"] = boxes[keep]
     return out.reset_index(drop=True)
 
@@ -197,10 +205,10 @@ def merge_boxes(boxes: pd.DataFrame, rules: MergeRules) -> pd.DataFrame:
 
 
 def merge_features(children: Sequence[pd.DataFrame], rules: MergeRules) -> pd.DataFrame:
-    """The open features of a block's children → fragments → across tracks → dissolve."""
+    """The open features of a block's children → fragments → dissolve."""
     opened = [c for c in children if len(c)]
     feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
-    return dissolve(fuse_tracks(absorb_fragments(feats), rules.track_nms_iou), rules.dissolve_overlap)
+    return dissolve(absorb_fragments(feats), rules.dissolve_overlap)
 
 
 def block_bounds(block: Block, grid: Grid, window: int) -> tuple[float, float, float, float]:

@@ -146,7 +146,8 @@ class RunConfig(StrictModel):
     score_threshold: float | None = Field(None, gt=0, lt=1, description="default: the model's own")
     nms_iou: float = Field(0.5, gt=0, le=1, description="cross-tile NMS IoU (per track)")
     track_nms_iou: float | None = Field(0.3, gt=0, le=1, description="boxes of different tracks with this IoU are one "
-                                        "slide, kept as the higher-scored box (null: dissolved into their union)")
+                                        "slide, kept as the higher-scored box (null: dissolved into their union; with "
+                                        "dissolve_overlap 0.2 the rules and run ids of before 2026-12-07)")
     dissolve_overlap: float = Field(0.5, gt=0, le=1, description="boxes sharing this share of the smaller one are one slide")
     outline_min_abs_rate: float = Field(10.0, ge=0, description="refined outline: pixels at least this fast (mm/yr)")
     batch_size: int | None = Field(None, ge=1, description="windows per model call (default: 1 on CPU, where a batch "

@@ -122,14 +122,12 @@ def settings_hash(cfg: RunConfig, model_hash: str) -> str:
     """What makes two runs' inventories comparable: the config's detection settings and the model."""
     keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline",
                                 "storage_options"})
-    if keep["scales"] == [1]:  # single-scale runs keep the ids and history keys they had before scales
-        del keep["scales"]
-    if cfg.inference.is_default():  # and runs at the model's own inference settings those from before them
-        del keep["inference"]
-    if keep["track_nms_iou"] is None:  # runs that dissolve the two tracks' boxes keep their ids
-        del keep["track_nms_iou"]
-    if cfg.min_coherence == DEFAULT_MIN_COHERENCE:  # and at the default quality mask (no layers: no change)
-        del keep["min_coherence"]
+    # Settings added later drop out at the values that reproduce the runs from before them, so those
+    # runs keep their ids and history keys: one scale, the model's own inference settings, the two
+    # tracks' boxes dissolved (no track_nms_iou) and the default quality mask (no layers: no change).
+    old = {"scales": keep["scales"] == [1], "inference": cfg.inference.is_default(),
+           "track_nms_iou": keep["track_nms_iou"] is None, "min_coherence": cfg.min_coherence == DEFAULT_MIN_COHERENCE}
+    keep = {k: v for k, v in keep.items() if not old.get(k)}
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 

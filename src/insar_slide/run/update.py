@@ -96,8 +96,11 @@ def read_history(cfg: RunConfig) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), geometry="geometry", crs=parts[0].crs if parts else None)
 
 
-def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame) -> np.ndarray:
-    """For each new row, the index into ``known`` it continues, or -1."""
+def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, *, iou: float | None = None) -> np.ndarray:
+    """For each new row, the index into ``known`` it continues, or -1: polygons sharing
+    ``IDENTITY_OVERLAP`` of the smaller one, or with IoU ≥ ``iou`` (the run's ``track_nms_iou``:
+    boxes the merge calls one slide seen twice; a small slide's box may come from the other
+    track in the next version, a pixel or two off)."""
     out = np.full(len(new), -1)
     if not len(new) or not len(known):
         return out
@@ -106,8 +109,11 @@ def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame) -> np.ndarray
     if not len(ia):
         return out
     inter = shapely.area(shapely.intersection(a[ia], b[ib]))
-    frac = inter / np.maximum(np.minimum(shapely.area(a[ia]), shapely.area(b[ib])), 1e-12)
+    area_a, area_b = shapely.area(a[ia]), shapely.area(b[ib])
+    frac = inter / np.maximum(np.minimum(area_a, area_b), 1e-12)
     ok = frac >= IDENTITY_OVERLAP
+    if iou is not None:
+        ok |= inter >= iou * (area_a + area_b - inter)
     ia, ib, frac = ia[ok], ib[ok], frac[ok]
     taken = np.zeros(len(b), bool)
     for k in np.argsort(-frac, kind="stable"):
@@ -118,10 +124,10 @@ def match_identity(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame) -> np.ndarray
 
 
 def lifecycle(new: gpd.GeoDataFrame, known: gpd.GeoDataFrame, label: str, ds: Any, *,
-              min_coherence: float | None = None) -> gpd.GeoDataFrame:
+              min_coherence: float | None = None, identity_iou: float | None = None) -> gpd.GeoDataFrame:
     """This version's rows: new and persisting detections, and known slides not detected now
     (re-measured on ``ds`` through the run's quality mask, ``min_coherence``)."""
-    m = match_identity(new, known)
+    m = match_identity(new, known, iou=identity_iou)
     rows = new.copy()
     rows["status"] = np.where(m >= 0, "persisting", "new")
     if len(known):
@@ -215,7 +221,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
     result = run(run_cfg, client=client, progress=progress, echo=echo)
     new = result.inventory.copy()
     rows = lifecycle(new, known if len(known) else gpd.GeoDataFrame(columns=[*COLUMNS, *LIFECYCLE], geometry="geometry", crs=new.crs),
-                     label, ds, min_coherence=cfg.min_coherence)
+                     label, ds, min_coherence=cfg.min_coherence, identity_iou=cfg.track_nms_iou)
     rows["slide_num"] = np.arange(1, len(rows) + 1, dtype=np.int32)  # the value in the slide_id raster
     part = partition_path(hdir, label)
     with staged(part, overwrite=True) as tmp:
