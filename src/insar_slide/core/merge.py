@@ -54,6 +54,10 @@ from .features import dissolve, order_features
 from .scales import absorb_fragments, closing_margin, gate
 from .tiling import Block, Window
 
+#: Bumped whenever a rule's behaviour changes: a stored block result of other rules is recomputed
+#: (its key, ``run.merge.block_key``, holds this), the stored window detections are reused.
+#: 2: rule 3 (across tracks), 2026-12-07.
+RULES_VERSION = 2
 BOX_COLUMNS = ["minx", "miny", "maxx", "maxy", "score", "track", "scale"]
 PIXEL_COLUMNS = ["x0", "y0", "x1", "y1", "score"]
 

@@ -36,7 +36,14 @@ import pandas as pd
 import shapely
 from scipy import ndimage
 
-from ..core.merge import MergeRules, merge_boxes, merge_features, owned_boxes, split_closed
+from ..core.merge import (
+    RULES_VERSION,
+    MergeRules,
+    merge_boxes,
+    merge_features,
+    owned_boxes,
+    split_closed,
+)
 from ..core.tiling import Block, Window
 from ..grid import Grid, PixelWindow
 from ..inventory import polygon_rate_stats
@@ -103,7 +110,7 @@ def block_key(s: MergeSettings, block: Block, tiling: tuple[int, int], root: boo
     """What a block's result depends on: merge settings, its place, its windows' input fingerprints."""
     r = s.rules
     h = hashlib.sha256(json.dumps({
-        "block": block.name, "window": r.window, "tiling": list(tiling), "root": root, "halo": r.halo,
+        "block": block.name, "rules": RULES_VERSION, "window": r.window, "tiling": list(tiling), "root": root, "halo": r.halo,
         "tracks": list(r.tracks), "thr": r.score_threshold, "nms": r.nms_iou, "dissolve": r.dissolve_overlap,
         "outline": s.outline, "outline_thr": s.outline_min_abs_rate,
         "grid": [str(r.grid.crs), list(r.grid.transform)[:6], list(r.grid.shape)],
