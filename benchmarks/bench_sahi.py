@@ -10,6 +10,8 @@ this machine:
 
 - ours: ``run`` on the embedded cluster (window 1024 + halo 64, the default inference settings,
   outputs beside the inventory off), wall seconds with and without the cluster's start/stop;
+  at the native scale only (``scales: [1]``), as SAHI slices at one scale: run's default
+  ``[1, 2]`` adds the 2× block-mean level for large slides, about 1/4 more model work;
 - SAHI: ``get_sliced_prediction`` per track with SAHI's torchvision wrapper around the same
   model object, the model's score threshold, torch on every core of this process, twice:
   *matched* (slices of 1152², our window with its halo, overlapping by 128 px, no full-image
@@ -153,7 +155,7 @@ def main() -> int:
             mosaic, truth_path = simulate(sim, Path(tmp) / f"{name}.zarr")
             truth = gpd.read_parquet(truth_path)
             ref, hidden = visible_truth(truth), hidden_truth(truth)
-            cfg = RunConfig(mosaic=str(mosaic), out=f"{tmp}/{name}.parquet", window=1024, halo=64,
+            cfg = RunConfig(mosaic=str(mosaic), out=f"{tmp}/{name}.parquet", window=1024, halo=64, scales=[1],
                             cluster={"dashboard": False},
                             outputs={"quicklook": False, "report": False, "kml": False, "geopackage": False,
                                      "slide_id_raster": False})
