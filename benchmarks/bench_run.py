@@ -10,6 +10,11 @@ In one run, on this machine:
 3. **1 worker** (1 thread) and **2 workers** (1 thread each) runs of the basin; pipeline
    efficiency = bare seconds per window / (end-to-end wall seconds per computed window with
    1 worker); scaling = wall(1 worker) / wall(2 workers);
+   **the machine's ceiling for two**: the same bare forward passes split between two
+   single-threaded processes started together; ceiling = the one process's seconds / the
+   slower of the two (what two workers could reach at most on this machine's two cores, with
+   their shared cache, memory bandwidth and clocks), so the 2-worker scaling is also given as a
+   share of it;
 4. **skipped window**: the plan's seconds per planned window (each is read once for the skip
    rules) against the bare model's seconds per window;
 5. **peak memory per worker** (max RSS of the worker processes) on the 1× and 4× basins.
@@ -67,6 +72,34 @@ def bare_model(cfg: RunConfig) -> dict[str, float]:
     return {"mean_s": statistics.fmean(times), "median_s": statistics.median(times), "total_s": sum(times), "windows": len(wins)}
 
 
+def _bare_share(cfg: RunConfig, part: int, parts: int, start_at: float) -> float:
+    """Seconds one single-threaded process takes for every ``parts``-th window from ``part``,
+    starting at wall time ``start_at`` (after loading and a warm-up), so that processes overlap."""
+    torch.set_num_threads(1)
+    model, mcfg, _ = load_checkpoint(cfg.model_path)
+    inf = cfg.inference
+    apply_inference_settings(model, proposals=inf.proposals, detections=inf.detections, precision=inf.precision)
+    wins = make_plan(cfg).to_run()
+    xs = [[mcfg.encoding.encode(read_window(cfg.mosaic, w.track, w.read))] for w in wins[part::parts]]
+    with torch.inference_mode():
+        model(xs[0])  # warm-up
+        time.sleep(max(0.0, start_at - time.time()))
+        t = time.perf_counter()
+        for x in xs:
+            model(x)
+    return time.perf_counter() - t
+
+
+def parallel_ceiling(cfg: RunConfig, one_process_total_s: float) -> dict[str, float]:
+    """The bare windows split between two concurrent single-threaded processes."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    start_at = time.time() + 60  # every process has loaded its model and windows by then
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as ex:
+        secs = list(ex.map(_bare_share, [cfg, cfg], [0, 1], [2, 2], [start_at, start_at]))
+    return {"process_seconds": secs, "ceiling_speedup": one_process_total_s / max(secs)}
+
+
 def worker_peak_rss(client) -> list[float]:  # type: ignore[no-untyped-def]  # ru_maxrss is KiB on Linux
     import resource
     return [v / 1024 for v in client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss).values()]
@@ -113,6 +146,7 @@ def main() -> None:
 
     bare = bare_model(cfg(small, "bare", 1))
     result["bare_model_1_thread"] = bare
+    result["bare_model_2_processes"] = ceiling = parallel_ceiling(cfg(small, "bare", 1), bare["total_s"])
     one = timed_run(cfg(small, "w1", 1))
     two = timed_run(cfg(small, "w2", 2))
     four = timed_run(cfg(big, "w2_4x", 2))
@@ -125,6 +159,8 @@ def main() -> None:
         "pipeline_efficiency": bare["mean_s"] / per_window,
         "end_to_end_over_bare": per_window / bare["mean_s"],
         "speedup_2_workers": one["wall_s"] / two["wall_s"],  # type: ignore[operator]
+        "machine_ceiling_2_processes": ceiling["ceiling_speedup"],
+        "speedup_2_workers_share_of_ceiling": one["wall_s"] / two["wall_s"] / ceiling["ceiling_speedup"],  # type: ignore[operator]
         "skipped_window_seconds": plan_s,
         "skipped_over_model_window": plan_s / bare["mean_s"],
         "peak_rss_per_worker_mib_1x": max(two["worker_peak_rss_mib"]),  # type: ignore[arg-type]
