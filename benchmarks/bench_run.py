@@ -54,13 +54,19 @@ def simulate_basin(size: int, out: Path) -> Path:
     return out
 
 
-def bare_model(cfg: RunConfig) -> dict[str, float]:
-    """One single-threaded forward pass over every window the run computes (the same windows)."""
+def model_and_windows(cfg: RunConfig):  # type: ignore[no-untyped-def]
+    """The run's model at its inference settings (so that both sides do the same work), one
+    thread, and the windows the run computes."""
     torch.set_num_threads(1)
     model, mcfg, _ = load_checkpoint(cfg.model_path)
-    inf = cfg.inference  # the run's inference settings, so that both sides do the same work
+    inf = cfg.inference
     apply_inference_settings(model, proposals=inf.proposals, detections=inf.detections, precision=inf.precision)
-    wins = make_plan(cfg).to_run()
+    return model, mcfg, make_plan(cfg).to_run()
+
+
+def bare_model(cfg: RunConfig) -> dict[str, float]:
+    """One single-threaded forward pass over every window the run computes (the same windows)."""
+    model, mcfg, wins = model_and_windows(cfg)
     times = []
     with torch.inference_mode():
         model([mcfg.encoding.encode(read_window(cfg.mosaic, wins[0].track, wins[0].read))])  # warm-up
@@ -75,11 +81,7 @@ def bare_model(cfg: RunConfig) -> dict[str, float]:
 def _bare_share(cfg: RunConfig, part: int, parts: int, start_at: float) -> float:
     """Seconds one single-threaded process takes for every ``parts``-th window from ``part``,
     starting at wall time ``start_at`` (after loading and a warm-up), so that processes overlap."""
-    torch.set_num_threads(1)
-    model, mcfg, _ = load_checkpoint(cfg.model_path)
-    inf = cfg.inference
-    apply_inference_settings(model, proposals=inf.proposals, detections=inf.detections, precision=inf.precision)
-    wins = make_plan(cfg).to_run()
+    model, mcfg, wins = model_and_windows(cfg)
     xs = [[mcfg.encoding.encode(read_window(cfg.mosaic, w.track, w.read))] for w in wins[part::parts]]
     with torch.inference_mode():
         model(xs[0])  # warm-up

@@ -27,6 +27,21 @@ def order_features(features: pd.DataFrame) -> pd.DataFrame:
     return features.iloc[key.sort_values(list("abcde"), kind="stable").index].reset_index(drop=True)
 
 
+def absorb_into(features: pd.DataFrame, owner: np.ndarray) -> pd.DataFrame:
+    """Drop every row ``i`` with ``owner[i] >= 0``, its tracks and box count passed to row
+    ``owner[i]`` (a kept row); the kept rows in their order."""
+    tracks = [set(str(t).split(",")) for t in features["tracks"]]
+    boxes = features["n_boxes"].to_numpy(np.int64).copy()
+    for i in np.flatnonzero(owner >= 0):
+        tracks[owner[i]] |= tracks[i]
+        boxes[owner[i]] += boxes[i]
+    keep = owner < 0
+    out = features[keep].copy()
+    out["tracks"] = [",".join(sorted(tracks[i])) for i in np.flatnonzero(keep)]
+    out["n_boxes"] = boxes[keep]
+    return out.reset_index(drop=True)
+
+
 def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False) -> pd.DataFrame:
     """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively).
 

@@ -50,7 +50,7 @@ import torch
 from torchvision.ops import batched_nms
 
 from ..grid import Grid
-from .features import dissolve, order_features
+from .features import absorb_into, dissolve, order_features
 from .scales import absorb_fragments, closing_margin, gate
 from .tiling import Block, Window
 
@@ -190,16 +190,7 @@ def fuse_tracks(features: pd.DataFrame, iou: float | None) -> pd.DataFrame:
             k += 1
     if (parent < 0).all():
         return features
-    merged = [set(t) for t in sets]
-    boxes = features["n_boxes"].to_numpy(np.int64).copy()
-    for i in np.flatnonzero(parent >= 0):
-        merged[parent[i]] |= merged[i]
-        boxes[parent[i]] += boxes[i]
-    keep = parent < 0
-    out = features[keep].copy()
-    out["tracks"] = [",".join(sorted(merged[i])) for i in np.flatnonzero(keep)]
-    out["n_boxes"] = boxes[keep]
-    return out.reset_index(drop=True)
+    return absorb_into(features, parent)
 
 
 def merge_boxes(boxes: pd.DataFrame, rules: MergeRules) -> pd.DataFrame:

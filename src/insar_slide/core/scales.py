@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 import shapely
 
+from .features import absorb_into
+
 #: Default ``scales`` of a run: change this one line to make multi-scale the default.
 DEFAULT_SCALES: tuple[int, ...] = (1,)
 #: A finer feature lying at least this share of its own area inside a coarser one is its fragment.
@@ -136,16 +138,7 @@ def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
     for i in range(n):  # scale rises along every chain, so it ends
         while parent[root[i]] >= 0:
             root[i] = parent[root[i]]
-    tracks = [set(str(t).split(",")) for t in features["tracks"]]
-    boxes = features["n_boxes"].to_numpy(np.int64).copy()
-    for k in (int(j) for j in np.flatnonzero(parent >= 0)):
-        tracks[root[k]] |= tracks[k]
-        boxes[root[k]] += boxes[k]
-    keep = parent < 0
-    out = features[keep].copy()
-    out["tracks"] = [",".join(sorted(tracks[i])) for i in np.flatnonzero(keep)]
-    out["n_boxes"] = boxes[keep]
-    return out.reset_index(drop=True)
+    return absorb_into(features, np.where(parent >= 0, root, -1))
 
 
 #: A mosaic pixel farther than this share from the model's training pixel gets a warning.
