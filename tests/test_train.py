@@ -63,14 +63,40 @@ def test_train_writes_checkpoints_metrics_and_curve(chipset, tmp_path):
     assert card["model"]["variant"] == "r34" and card["epoch"] == 2 and card["data_fingerprint"]
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after(step):
+    def on_step(s, n, loss):
+        if s == step:
+            raise _Interrupted
+    return on_step
+
+
 @pytest.mark.slow
 def test_resume_continues_exactly(chipset, tmp_path):
-    train(_cfg(chipset, tmp_path / "full"))
-    train(_cfg(chipset, tmp_path / "split", epochs=1))
-    train(_cfg(chipset, tmp_path / "split"), resume=True)
-    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "split" / "last.safetensors"))
+    # Two steps an epoch, the state stored after every step. The cut run is killed after step 1
+    # of epoch 1, resumed to the end of epoch 1 (from its stored step, not from scratch), then
+    # resumed at the epoch boundary to epoch 2; it ends with the weights and losses of a run
+    # that was never interrupted.
+    train(_cfg(chipset, tmp_path / "full", checkpoint_every_steps=1))
+    cut = tmp_path / "cut"
+    with pytest.raises(_Interrupted):
+        train(_cfg(chipset, cut, checkpoint_every_steps=1), on_step=_stop_after(1))
+    assert (cut / "partial.safetensors").is_file() and not (cut / "last.safetensors").exists()
+    with pytest.raises(InputError, match="--resume"):
+        train(_cfg(chipset, cut))  # a fresh run would throw the stored step away
+    steps = []
+    train(_cfg(chipset, cut, epochs=1), resume=True, on_step=lambda s, n, loss: steps.append(s))
+    assert steps == [2]
+    assert not (cut / "partial.safetensors").exists()  # removed once its epoch is finished
+    train(_cfg(chipset, cut), resume=True)
+    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(cut / "last.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    losses = [[float(r["loss"]) for r in csv.DictReader((d / "metrics.csv").open())] for d in (tmp_path / "full", cut)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     with pytest.raises(InputError, match="--resume"):
         train(_cfg(chipset, tmp_path / "full"))
     # resuming a finished run changes nothing and reports its last epoch

@@ -14,9 +14,12 @@ mkdir -p out/reference out/wide
 for b in basin_a basin_b basin_c basin_d; do
   [ -d "out/reference/$b.zarr" ] || "$BIN/insar-slide" simulate "configs/reference/$b.yaml" --out "out/reference/$b.zarr"
 done
-for b in w1 w2 w3 w4 w5 w6; do
-  [ -d "out/wide/$b.zarr" ] || "$BIN/insar-slide" simulate "configs/wide/$b.yaml" --out "out/wide/$b.zarr"
-done
-[ -f out/chips_wide/manifest.json ] || "$BIN/insar-slide" chips configs/wide/chips_train.yaml
+# the wide basins are only read by the chips; once the chips are cut they are not needed again
+if [ ! -f out/chips_wide/manifest.json ]; then
+  for b in w1 w2 w3 w4 w5 w6; do
+    [ -d "out/wide/$b.zarr" ] || "$BIN/insar-slide" simulate "configs/wide/$b.yaml" --out "out/wide/$b.zarr"
+  done
+  "$BIN/insar-slide" chips configs/wide/chips_train.yaml
+fi
 "$BIN/insar-slide" train configs/train_cpu_round7.yaml --resume
 "$BIN/insar-slide" train configs/train_cpu_round8.yaml --resume

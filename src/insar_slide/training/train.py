@@ -3,8 +3,11 @@
 Each epoch: a pass over the training chips (optionally random crops, for CPU budgets), a
 checkpoint (``last.safetensors`` + ``train_state.safetensors`` for ``--resume``), validation
 metrics (COCO via faster-coco-eval, P/R/F1 at IoU 0.5), a row in ``metrics.csv``; the best
-epoch by validation AP50 is kept as ``best.safetensors``; ``loss.png`` at the end. Data order
-and crops are seeded per epoch, so a resumed run continues exactly where it stopped.
+epoch by validation AP50 is kept as ``best.safetensors``; ``loss.png`` at the end. Within an
+epoch, every ``checkpoint_every_steps`` steps the weights, momentum, running losses and the torch
+random state go to ``partial.safetensors`` (one atomic file), so that an interrupted epoch is
+not lost. Data order and crops are seeded per epoch, so a resumed run continues exactly where
+it stopped: it replays the epoch's data order up to the stored step and carries on.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +93,8 @@ class TrainConfig(StrictModel):
                                                   "the training chips and oversample them (training/mining.py)")
     ignore_regions: bool = Field(False, description="anchors and proposals inside the chips' ignore regions (slides "
                                  "not labelled, slides the chip or crop edge cuts off) are not sampled as background")
+    checkpoint_every_steps: int | None = Field(25, ge=1, description="within an epoch, store the state for --resume every "
+                                               "this many steps (partial.safetensors); null: at epoch ends only")
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -183,7 +188,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
             return dict(meta.get("metrics") or {"epoch": start - 1})
         log.info("resuming %s after epoch %d", out, start - 1)
     else:
-        if (out / "last.safetensors").exists() and not resume:
+        if not resume and ((out / "last.safetensors").exists() or (out / PARTIAL).exists()):
             raise InputError(f"{out} already holds a training run; pass --resume to continue it, or choose another out")
         model = build_model(mcfg).to(device)
         if cfg.init_weights:
@@ -204,16 +209,25 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
         train_chips = [replace(c, hard=hard.get(c.path.stem, c.hard)) for c in train_chips]
     oversample, focus = (hn.oversample, hn.focus) if hn is not None else (1, 0.0)
     steps_per_epoch = math.ceil(len(epoch_items(train_chips, oversample)) / cfg.batch_size)
+    partial = _load_partial(out, start, model, opt, params, device) if resume else None
     row: dict[str, Any] = {}
     for epoch in range(start, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         t0 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
-        n = 0
+        n = skip = 0
+        if partial is not None:
+            skip, n, sums, seconds = partial.step, partial.step, dict(partial.sums), partial.seconds
+            torch.set_rng_state(partial.rng)
+            t0 -= seconds
+            log.info("resuming %s in epoch %d after step %d of %d", out, epoch, skip, steps_per_epoch)
+            partial = None
         for step, (imgs, targets) in enumerate(batches(
                 train_chips, mcfg.encoding, epoch=epoch, seed=cfg.seed, batch_size=cfg.batch_size, crop_size=cfg.crop_size,
                 ignore_regions=cfg.ignore_regions, oversample=oversample, focus=focus)):
+            if step < skip:  # replayed, not trained: the crops draw from the epoch's generator in order
+                continue
             global_step = (epoch - 1) * steps_per_epoch + step
             warm = min(1.0, (global_step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
             for g in opt.param_groups:
@@ -229,6 +243,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v.item()
+            every = cfg.checkpoint_every_steps
+            if every and n % every == 0 and n < steps_per_epoch:
+                _save_partial(out, model, opt, params, epoch, n, sums, time.perf_counter() - t0)
             if on_step:
                 on_step(step + 1, steps_per_epoch, sums["loss"] / n)
         preds = predict_chips(model, val_chips, mcfg.encoding, device) if val_chips else []
@@ -237,8 +254,57 @@ def train(cfg: TrainConfig, *, resume: bool = False, on_step: StepCallback | Non
                **{k: metrics.get(k, float("nan")) for k in ("AP", "AP50", "AP75", "precision", "recall", "f1")},
                "seconds": time.perf_counter() - t0}
         _save_epoch(out, model, mcfg, opt, params, cfg, epoch, row)
+        (out / PARTIAL).unlink(missing_ok=True)
     _plot_losses(out)
     return row
+
+
+PARTIAL = "partial.safetensors"
+
+
+@dataclass(frozen=True)
+class _Partial:
+    step: int
+    sums: dict[str, float]
+    seconds: float
+    rng: torch.Tensor
+
+
+def _save_partial(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                  epoch: int, step: int, sums: dict[str, float], seconds: float) -> None:
+    """The state of an epoch after ``step`` steps, in one atomic file (weights, momentum, torch RNG)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"momentum.{i}": opt.state[p]["momentum_buffer"].detach().cpu().contiguous()
+                    for i, p in enumerate(params) if "momentum_buffer" in opt.state.get(p, {})})
+    tensors["rng"] = torch.get_rng_state()
+    meta = {"epoch": epoch, "step": step, "sums": sums, "seconds": seconds}
+    with atomic_path(out / PARTIAL, overwrite=True) as tmp:
+        save_file(tensors, str(tmp), metadata={"insar_slide_partial": json.dumps(meta)})
+
+
+def _load_partial(out: Path, epoch: int, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                  params: list[torch.nn.Parameter], device: torch.device) -> _Partial | None:
+    """Load the stored state of ``epoch`` into ``model`` and ``opt``; None when there is none
+    for that epoch (a partial state of an earlier epoch is stale: its epoch was finished)."""
+    path = out / PARTIAL
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["insar_slide_partial"])
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read the stored state of the interrupted epoch ({exc}); delete the file "
+                         "to resume from the last finished epoch instead") from exc
+    if int(meta["epoch"]) != epoch:
+        return None
+    state = load_file(str(path))
+    model.load_state_dict({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")})
+    for i, p in enumerate(params):
+        if f"momentum.{i}" in state:
+            opt.state[p]["momentum_buffer"] = state[f"momentum.{i}"].to(device)
+    return _Partial(step=int(meta["step"]), sums={k: float(v) for k, v in meta["sums"].items()},
+                    seconds=float(meta["seconds"]), rng=state["rng"])
 
 
 def _save_epoch(out: Path, model: torch.nn.Module, mcfg: ModelConfig, opt: torch.optim.Optimizer, params: list[torch.nn.Parameter],
