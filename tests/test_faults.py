@@ -194,6 +194,34 @@ def test_the_scheduler_killed_is_one_line_naming_it_and_a_rerun_resumes(tmp_path
           f"{res.summary.windows['reused']} of {res.summary.windows['run']} windows")
 
 
+def test_after_ctrl_c_the_clusters_shutdown_logs_are_dropped_and_others_kept():
+    import io
+    import logging
+
+    from insar_slide import cli_common
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cli_common.quiet_after_ctrl_c()
+        logging.getLogger("distributed.scheduler").error("before: kept")
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+        logging.getLogger("distributed.scheduler").error("Couldn't gather keys")
+        logging.getLogger("tornado.application").error("Exception in callback")
+        logging.getLogger("insar_slide.run").error("after: kept")
+    finally:
+        cli_common.STOPPING.clear()
+        signal.signal(signal.SIGINT, previous)
+        root.removeHandler(handler)
+    assert stream.getvalue().splitlines() == ["before: kept", "after: kept"]
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_saves_and_says_how_to_resume(tmp_path, basin, model_file, undisturbed):
     cfg = _config(tmp_path, basin, model_file)

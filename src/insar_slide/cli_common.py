@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
@@ -58,6 +60,39 @@ def quiet_dask_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
     logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    quiet_after_ctrl_c()
+
+
+#: Set by Ctrl-C (SIGINT) in a command that runs a Dask cluster: from then on the cluster's
+#: shutdown is expected, and what Dask and tornado log about it is not news.
+STOPPING = threading.Event()
+
+
+class _AfterCtrlC(logging.Filter):
+    """Drops the records of Dask and tornado after Ctrl-C: the futures cancelled mid-gather
+    (the scheduler's "Couldn't gather keys … forgotten"), and distributed 2026.8's ``sync()``
+    whose ``cancel`` callback fails with a NameError on the loop thread when the interrupt
+    comes before its future exists. The run's own one line says what was saved."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (STOPPING.is_set() and record.name.split(".")[0] in ("distributed", "tornado"))
+
+
+def quiet_after_ctrl_c() -> None:
+    """Mark Ctrl-C before it raises KeyboardInterrupt (the cluster's threads log while the main
+    thread unwinds, so the mark must come first) and filter the root handlers with
+    :class:`_AfterCtrlC`. Only in the main thread, and only over Python's default handler."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        STOPPING.set()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_sigint)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _AfterCtrlC) for f in handler.filters):
+            handler.addFilter(_AfterCtrlC())
 
 
 #: What a stage's bar counts (Dask tasks where the library reports a computation's tasks).
