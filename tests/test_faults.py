@@ -28,6 +28,7 @@ from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
 from insar_slide.run.config import load_run_config
 from insar_slide.run.pipeline import run
+from insar_slide.run.plan import make_plan
 
 from .conftest import dask_processes, new_bucket
 
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.slow
 CLI = str(Path(sys.executable).with_name("insar-slide"))
 GRID = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 512, 640)
 SLIDES = [(60, 60), (200, 330), (400, 120), (420, 560), (250, 250), (120, 500)]
+#: Windows of a run at the default scales [1, 2]: 4 x 5 native cores and 2 x 3 at the x2 level.
+N_WINDOWS = 20 + 6
 
 
 def _rates() -> np.ndarray:
@@ -279,7 +282,7 @@ def test_a_full_output_disk_keeps_the_previous_inventory_history_and_windows(tmp
         after = {p: p.read_bytes() for p in disk.rglob("*") if p.is_file()}
         assert after == before  # the inventory and its history untouched, no temporaries left
         res = subprocess.run([CLI, "update", str(cfg), "--no-progress"], capture_output=True, text=True)
-        assert res.returncode == 0 and "20 reused" in res.stdout, res.stdout + res.stderr
+        assert res.returncode == 0 and f"{N_WINDOWS} reused" in res.stdout, res.stdout + res.stderr
         assert '"v2"' in (disk / "inv.parquet.history" / "state.json").read_text()
 
 
@@ -309,12 +312,22 @@ def test_a_corrupt_chunk_names_store_variable_chunk_and_window(tmp_path, basin, 
     assert res.returncode == 1 and len(lines) == 1, res.stderr
     assert f"{store}: chunk los_rate/c/0/2/3 cannot be read" in lines[0] and "needed by window asc/r0000" in lines[0]
     assert "re-ingest" in lines[0] and "windows done and kept" in lines[0]
-    kept = len(_results(tmp_path))
-    assert kept == 20 - 9  # the windows that do not read the chunk (it lies under 9 windows' reads)
+    # The chunk (rows 256-383, cols 384-511) lies under the reads of 9 native windows and, in
+    # native pixels, of 4 of the 6 x2 windows. A window that does not read it may be stopped
+    # unstarted when the run gives up; one that does is never stored.
+    readers = {w.key.split("/")[1] for w in make_plan(load_run_config(cfg)).windows if _native_read_overlaps(w, 256, 384, 384, 512)}
+    assert len(readers) == 9 + 4
+    kept = {Path(name).stem for name in _results(tmp_path)}
+    assert kept and not kept & readers
     chunk.write_bytes(good)
     r = run(load_run_config(cfg), echo=lambda s: None)
-    assert r.summary.windows["reused"] == kept and r.summary.windows["computed"] == 9
+    assert r.summary.windows["reused"] == len(kept) and r.summary.windows["computed"] == N_WINDOWS - len(kept)
     _same(undisturbed, r.inventory)
+
+
+def _native_read_overlaps(w, row0: int, row1: int, col0: int, col1: int) -> bool:  # type: ignore[no-untyped-def]
+    f = w.scale
+    return w.read.row0 * f < row1 and w.read.row1 * f > row0 and w.read.col0 * f < col1 and w.read.col1 * f > col0
 
 
 class _Proxy:
@@ -376,7 +389,7 @@ def test_an_s3_endpoint_that_stops_answering_is_retried_then_one_line_and_resume
     saved = len(_results(tmp_path))
     proxy.refuse = False
     r = subprocess.run([CLI, "run", str(cfg), "--no-progress"], capture_output=True, text=True)
-    assert r.returncode == 0 and f"{saved} of 20 windows unchanged" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"{saved} of {N_WINDOWS} windows unchanged" in r.stdout, r.stdout + r.stderr
     _same(undisturbed, gpd.read_parquet(tmp_path / "inv.parquet"))
     print(f"\nS3 endpoint down: one-line error {failed_after:.1f} s after it stopped answering; "
-          f"rerun reused {saved} of 20 windows")
+          f"rerun reused {saved} of {N_WINDOWS} windows")

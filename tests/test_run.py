@@ -107,7 +107,7 @@ def _map_box(r0: int, c0: int, r1: int, c1: int) -> shapely.Geometry:
 
 
 def test_plan_tiles_exactly_and_gives_reasons(tmp_path, basin, model_file):
-    cfg = load_run_config(_config(tmp_path, basin, model_file))
+    cfg = load_run_config(_config(tmp_path, basin, model_file, scales=[1]))  # the native tiling (test_scales: the levels)
     plan = make_plan(cfg)
     asc = [w for w in plan.windows if w.track == "asc"]
     assert (plan.n_rows, plan.n_cols) == (3, 3) and len(asc) == 9
@@ -124,7 +124,7 @@ def test_plan_tiles_exactly_and_gives_reasons(tmp_path, basin, model_file):
 
     aoi = tmp_path / "aoi.gpkg"
     gpd.GeoDataFrame(geometry=[_map_box(0, 0, 250, 250)], crs=GRID.crs).to_file(aoi)
-    cfg2 = load_run_config(_config(tmp_path, basin, model_file, aoi={"polygons": str(aoi)}))
+    cfg2 = load_run_config(_config(tmp_path, basin, model_file, scales=[1], aoi={"polygons": str(aoi)}))
     p2 = make_plan(cfg2)
     assert {w.index for w in p2.windows if w.status != "outside_aoi" and w.track == "asc"} == {(0, 0)}
     res = CliRunner().invoke(main, ["plan", str(tmp_path / "basin.yaml")])
@@ -138,7 +138,7 @@ EVERY_WINDOW = {"min_abs_rate": 0.0, "min_hot_pixels": 1, "min_valid_fraction": 
 def test_input_hashes_change_exactly_with_the_bytes_a_window_reads(tmp_path, basin, model_file):
     """The plan's per-window input hash (from one read per core) changes iff the window's
     read area (core + halo) changes: a pixel in a neighbour's halo strip counts, one beyond it
-    does not."""
+    does not; for a window of a coarse level, its read area's native footprint."""
     rates = _rates()
     rates[0, 300, 300] += 1.0  # core (1, 1), inside the halos of (0, 0), (0, 1), (1, 0)
     rates[0, 100, 400] += 1.0  # core (0, 1), 80 px from (0, 0)'s read area and 48 px from (0, 2)'s
@@ -157,13 +157,19 @@ def test_input_hashes_change_exactly_with_the_bytes_a_window_reads(tmp_path, bas
             continue
         n_run += 1
         t = ("asc", "desc").index(a.track)
-        rs, cs = a.read.slices()
+        f = a.scale
+        rs, cs = slice(a.read.row0 * f, a.read.row1 * f), slice(a.read.col0 * f, a.read.col1 * f)
         differs = not np.array_equal(old[t][rs, cs], new[t][rs, cs], equal_nan=True)
         assert (a.input_hash != b.input_hash) == differs, a.key
-    assert n_run == 18
+    assert n_run == 18 + 8  # 3 x 3 native and 2 x 2 coarse (x2) windows per track
     changed_keys = {a.key for a, b in zip(before.windows, after.windows, strict=True) if a.input_hash != b.input_hash}
     assert changed_keys == {"asc/r00000_c00000", "asc/r00000_c00001", "asc/r00001_c00000", "asc/r00001_c00001",
-                            "desc/r00002_c00002"}
+                            "desc/r00002_c00002",
+                            # the x2 level reads 64 level px = 128 native px of halo: (300, 300) lies under
+                            # asc x2 (0, 0) only, (100, 400) under asc x2 (0, 0) and (0, 1), (599, 699)
+                            # under desc x2 (0, 1) and (1, 1)
+                            "asc/x2_r00000_c00000", "asc/x2_r00000_c00001", "desc/x2_r00000_c00001",
+                            "desc/x2_r00001_c00001"}
 
 
 # ---------------------------------------------------------------------------- merge
@@ -297,7 +303,7 @@ def test_outputs_raster_geopackage_kml_report_and_metadata(tmp_path, basin, mode
                                                               "geopackage": True, "kml": True, "report": True,
                                                               "outline": True})
     meta = inventory_metadata(tmp_path / "inv.parquet")
-    assert meta["windows"]["planned"] == 18 and meta["windows"]["skipped_no_data"] >= 1
+    assert meta["windows"]["planned"] == 18 + 8 and meta["windows"]["skipped_no_data"] >= 1  # native 3 x 3, x2 2 x 2
     assert meta["model_hash"] == file_hash(model_file) and meta["config"]["window"] == 256
     layer = xr.open_zarr(tmp_path / "inv.slide_id.zarr")["slide_id"]
     rate = xr.open_zarr(basin)["los_rate"].sel(track="desc")

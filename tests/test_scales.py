@@ -210,6 +210,22 @@ def test_bad_scales_are_one_line_errors(tmp_path, basin, model_file):
     assert load_run_config(_config(tmp_path, basin, model_file, scales=[2, 1])).scales == [1, 2]
 
 
+def test_the_default_scales_fit_a_small_mosaic_and_set_ones_are_checked(tmp_path, model_file, caplog):
+    # A 100 x 140 px product (a single volcano): its x2 level would be 50 x 70 px, under 64 a
+    # side. On the default scales it is planned at the native level with a warning; a config
+    # that asks for x2 is told why that cannot be.
+    small_grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 100, 140)
+    small = tmp_path / "small.zarr"
+    write_mosaic(build_dataset(da.from_array(np.full((1, 100, 140), -20.0, "float32"), chunks=(1, 100, 140)), small_grid,
+                              [TrackInfo("asc", -12.0, 40.0, "2020-01-01", "2021-01-01", ("test",))]), small, chunk=128)
+    with caplog.at_level("WARNING"):
+        plan = make_plan(load_run_config(_config(tmp_path, small, model_file)))
+    assert plan.scales == (1,) and plan.tilings == {1: (1, 2)}  # 128-px cores
+    assert "x2 level of this 100 x 140 px mosaic would be 50 x 70 px" in caplog.text and "detecting at [1]" in caplog.text
+    with pytest.raises(ConfigError, match="factor 2 gives a 50 x 70 px level"):
+        make_plan(load_run_config(_config(tmp_path, small, model_file, scales=[1, 2])))
+
+
 def test_plan_shows_the_windows_of_every_scale(tmp_path, basin, model_file):
     plan = make_plan(load_run_config(_config(tmp_path, basin, model_file, scales=[1, 2])))
     assert plan.tilings == {1: (4, 5), 2: (2, 3)}
@@ -228,7 +244,7 @@ def test_plan_shows_the_windows_of_every_scale(tmp_path, basin, model_file):
 @pytest.mark.parametrize("reduce_block", [1, 4])
 def test_a_slide_larger_than_the_window_is_reported_once(tmp_path, basin, model_file, reduce_block):
     (tmp_path / "one").mkdir()
-    single = _config(tmp_path / "one", basin, model_file, reduce_block=reduce_block)
+    single = _config(tmp_path / "one", basin, model_file, scales=[1], reduce_block=reduce_block)
     _inject(single)
     run(load_run_config(single), echo=lambda s: None)
     frags = gpd.read_parquet(tmp_path / "one" / "inv.parquet")

@@ -195,7 +195,7 @@ def test_cli_demo_runs_the_reference_model(tmp_path):
     out = tmp_path / "demo"
     for name in ("basin.zarr", "basin.truth.parquet", "inventory.parquet", "inventory.png", "inventory.slide_id.zarr"):
         assert (out / name).exists(), name
-    assert "windows: 8 planned" in res.output and "against the simulated truth" in res.output
+    assert "windows: 10 planned" in res.output and "against the simulated truth" in res.output
     import geopandas as gpd
     assert len(gpd.read_parquet(out / "inventory.parquet")) > 0
 

@@ -31,7 +31,7 @@ from insar_slide.run.detect import (
     fingerprint,
     loaded_models,
 )
-from insar_slide.run.io import read_window
+from insar_slide.run.io import read_level
 from insar_slide.run.pipeline import detect_settings, run
 from insar_slide.run.plan import make_plan
 from insar_slide.run.update import history_dir, read_history, update
@@ -220,12 +220,12 @@ def test_update_recomputes_only_changed_windows(quiet_basin, tmp_path, model_fil
     run1 = {w.key for w in plan1.to_run()}
     changed = 0
     for w in plan2.to_run():
-        a = read_window(cfg.mosaic, w.track, w.read)
-        b = read_window(cfg.mosaic, w.track, w.read, "versions/v2")
+        a = read_level(cfg.mosaic, w.track, w.read, factor=w.scale)
+        b = read_level(cfg.mosaic, w.track, w.read, "versions/v2", factor=w.scale)
         changed += int(w.key not in run1 or not np.array_equal(a, b, equal_nan=True))
     second = update(cfg, echo=messages.append)
     assert second.windows["computed"] == changed and second.windows["reused"] == len(plan2.to_run()) - changed
-    assert changed == 2  # the north-west window of each track
+    assert changed == 4  # the north-west window of each track, at the native and the x2 level
     # The reduction blocks away from the change keep their stored results (and parts) ...
     assert 0 < second.blocks["reused"] < second.blocks["total"]
     # ... and give the inventory a full recomputation gives.

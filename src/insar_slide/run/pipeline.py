@@ -32,11 +32,7 @@ from ..model.checkpoint import read_metadata, resolve_score_threshold, training_
 from ..model.device import pick_device, pick_precision
 from ..mosaic import grid_of, open_basin, resolve_version_group
 from ..progress import Progress
-from ..storage import (
-    check_target,
-    exists,
-    use_options,
-)
+from ..storage import check_target, exists, use_options
 from ..version import __version__
 from .cluster import (
     OutputError,
@@ -58,7 +54,7 @@ from .detect import (
 )
 from .merge import BlockJob, BlockResult, MergeSettings, block_key, reduce_leaf, reduce_node
 from .outputs import assemble, write_extras
-from .plan import aoi_geometry, check_levels, make_plan
+from .plan import aoi_geometry, fit_scales, make_plan
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -135,6 +131,7 @@ def settings_hash(cfg: RunConfig, model_hash: str) -> str:
 class Inputs:
     """Stage 1's result: the model and the mosaic checked, the run directory ready."""
 
+    cfg: RunConfig  # the run's config with the scales this mosaic takes (:func:`.plan.fit_scales`)
     model_hash: str
     score_threshold: float
     ds: Any
@@ -172,12 +169,12 @@ def _inputs(cfg: RunConfig) -> Inputs:
     meta, model_hash = read_metadata(model_path), file_hash(model_path)  # refuses non-safetensors files first
     thr = resolve_score_threshold(cfg.score_threshold, meta)
     use_options(cfg.storage_options, cfg.mosaic, cfg.out)
+    ds, group = open_basin(cfg.mosaic, cfg.version), resolve_version_group(cfg.mosaic, cfg.version)
+    grid = grid_of(ds)
+    cfg = fit_scales(cfg, grid)
     run_id = "run-" + settings_hash(cfg, model_hash)[:12]
     replace_out = may_replace(cfg, run_id)
     check_target(cfg.out, overwrite=replace_out)
-    ds, group = open_basin(cfg.mosaic, cfg.version), resolve_version_group(cfg.mosaic, cfg.version)
-    grid = grid_of(ds)
-    check_levels(cfg, grid)
     if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
         log.warning(advice)
     store = RunStore(str(cfg.run_path)).prepare()
@@ -185,7 +182,7 @@ def _inputs(cfg: RunConfig) -> Inputs:
     aoi = aoi_geometry(cfg.aoi, grid.crs) if cfg.aoi is not None else None
     pure = plan_windows(grid, tracks, window=cfg.window, halo=cfg.halo, scales=cfg.scales, aoi=aoi)
     n_windows = sum(w.status == "pending" for w in pure.windows)
-    return Inputs(model_hash, thr, ds, grid, group, store, run_id, replace_out, n_windows)
+    return Inputs(cfg, model_hash, thr, ds, grid, group, store, run_id, replace_out, n_windows)
 
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
@@ -198,6 +195,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         model_threads = cfg.cluster.threads_per_worker
     t_start = time.perf_counter()
     inp, times = _inputs(cfg), {}  # 1. inputs
+    cfg = inp.cfg
     t0 = time.perf_counter()
     state: dict[str, Any] = {}  # what an interruption can count (the plan, once made)
     own = cluster_client(cfg, n_windows=inp.n_windows)

@@ -21,6 +21,7 @@ pixels under it) and hashed as block means.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -40,7 +41,9 @@ from ..progress import Progress, steps_of
 from .config import AreaOfInterest, RunConfig
 from .io import read_level, read_problem
 
-__all__ = ["Window", "WindowPlan", "aoi_geometry", "check_levels", "make_plan", "thread_map", "window_stats"]
+__all__ = ["Window", "WindowPlan", "aoi_geometry", "fit_scales", "make_plan", "thread_map", "window_stats"]
+
+log = logging.getLogger(__name__)
 
 def aoi_geometry(aoi: AreaOfInterest, crs: str) -> shapely.Geometry:
     """The area of interest as one geometry in ``crs`` (a buffered river line, or polygons)."""
@@ -90,14 +93,23 @@ Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], Sequence[Any]
 MIN_LEVEL_PX = 64  # a coarser level has too few pixels to show a slide
 
 
-def check_levels(cfg: RunConfig, grid: Grid) -> None:
-    """Every coarse level must be at least ``MIN_LEVEL_PX`` a side; one smaller than a window is
-    one ragged window (it sees the whole basin at once)."""
-    for f in cfg.scales:
-        rows, cols = level_shape(grid.shape, f)
-        if f > 1 and min(rows, cols) < MIN_LEVEL_PX:
-            raise ConfigError(f"scales: factor {f} gives a {rows} x {cols} px level of the {grid.height} x {grid.width} px "
-                              f"mosaic, under {MIN_LEVEL_PX} px a side, too coarse to show a slide; drop the factor")
+def fit_scales(cfg: RunConfig, grid: Grid) -> RunConfig:
+    """``cfg`` with the scales this mosaic can take. Every coarse level must be at least
+    ``MIN_LEVEL_PX`` a side (one smaller than a window is one ragged window: it sees the whole
+    basin at once). A factor the config sets that gives a smaller level is a config error; the
+    *default* scales instead drop it, with a warning, so that a small product (a single valley
+    or volcano) runs at its finer levels on the defaults."""
+    too_coarse = [f for f in cfg.scales if f > 1 and min(level_shape(grid.shape, f)) < MIN_LEVEL_PX]
+    if not too_coarse:
+        return cfg
+    rows, cols = level_shape(grid.shape, too_coarse[0])
+    if "scales" in cfg.model_fields_set:
+        raise ConfigError(f"scales: factor {too_coarse[0]} gives a {rows} x {cols} px level of the {grid.height} x {grid.width} "
+                          f"px mosaic, under {MIN_LEVEL_PX} px a side, too coarse to show a slide; drop the factor")
+    kept = [f for f in cfg.scales if f not in too_coarse]
+    log.warning("scales: the default's x%d level of this %d x %d px mosaic would be %d x %d px, under %d px a side; "
+                "detecting at %s", too_coarse[0], grid.height, grid.width, rows, cols, MIN_LEVEL_PX, kept)
+    return cfg.model_copy(update={"scales": kept})
 
 
 def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: int = 16,
@@ -118,7 +130,7 @@ def make_plan(cfg: RunConfig, *, stats_map: Mapper | None = None, stats_batch: i
     unknown = [t for t in tracks if t not in names]
     if unknown:
         raise ConfigError(f"tracks: {unknown} not in {cfg.mosaic} (it has {names})")
-    check_levels(cfg, grid)
+    cfg = fit_scales(cfg, grid)
     geom = aoi_geometry(cfg.aoi, grid.crs) if cfg.aoi is not None else None
     plan = plan_windows(grid, tracks, window=cfg.window, halo=cfg.halo, scales=cfg.scales, aoi=geom)
     windows: list[Window] = []

@@ -50,6 +50,7 @@ from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
 from .pipeline import RunSummary, run, settings_hash
+from .plan import fit_scales
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,10 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
         raise InputError(f"version {label} is already in the history at {hdir}, before {state['versions'][-1]}; "
                          "an update only moves forward: pass a later version, or none for the newest")
     model_hash = file_hash(cfg.model_path) if cfg.model_path.is_file() else ""
-    key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
     ds = open_basin(cfg.mosaic, label if newest["group"] else None)
     grid = grid_of(ds)
+    cfg = fit_scales(cfg, grid)
+    key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
     grid_key = grid.key
     known = gpd.GeoDataFrame()
     if state is None:
