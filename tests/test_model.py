@@ -249,3 +249,32 @@ def test_inference_settings_reach_the_model_and_boxes_stay_fp32():
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         det = model([x])[0]
     assert det["boxes"].float().dtype == torch.float32 and len(det["boxes"]) <= 50
+
+
+def test_batchnorm_folded_into_the_convolutions_gives_the_same_detections():
+    from pathlib import Path
+
+    from insar_slide.model.detector import fold_batchnorm
+    from insar_slide.run.detect import apply_inference_settings
+
+    model, cfg, _ = load_checkpoint(Path(__file__).parents[1] / "models" / "insar_slide_r34_fpn_cbam.safetensors")
+    rate = np.random.default_rng(3).normal(0, 3, (256, 256)).astype("float32")
+    yy, xx = np.mgrid[0:256, 0:256]
+    rate[((yy - 120) / 30) ** 2 + ((xx - 100) / 18) ** 2 <= 1] = -45.0
+    rate[((yy - 40) / 12) ** 2 + ((xx - 200) / 10) ** 2 <= 1] = -30.0
+    x = cfg.encoding.encode(rate)
+    with torch.inference_mode():
+        before = model([x])[0]
+        folded = fold_batchnorm(model)
+        after = folded([x])[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert len(before["boxes"]) > 0 and len(after["boxes"]) == len(before["boxes"])
+    torch.testing.assert_close(after["boxes"], before["boxes"], atol=0.05, rtol=0)
+    torch.testing.assert_close(after["scores"], before["scores"], atol=1e-4, rtol=0)
+    with torch.inference_mode():  # and as run uses it: folded, channels-last weights
+        optimized = apply_inference_settings(folded)([x])[0]
+    assert folded.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(optimized["boxes"], before["boxes"], atol=0.05, rtol=0)
+    torch.testing.assert_close(optimized["scores"], before["scores"], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(build_model(ModelConfig()).train())
