@@ -41,7 +41,7 @@ from insar_slide.run import pipeline
 from insar_slide.run.cluster import READ_AHEAD_THREADS
 from insar_slide.run.config import RunConfig, default_model
 from insar_slide.run.detect import apply_inference_settings
-from insar_slide.run.io import read_window
+from insar_slide.run.io import read_level
 from insar_slide.run.plan import make_plan
 from insar_slide.sim.basin import simulate
 from insar_slide.sim.config import demo_config
@@ -64,14 +64,19 @@ def model_and_windows(cfg: RunConfig):  # type: ignore[no-untyped-def]
     return model, mcfg, make_plan(cfg).to_run()
 
 
+def _read(cfg: RunConfig, w):  # type: ignore[no-untyped-def]
+    """A window as the run reads it: at its scale's level (the block mean for a coarse window)."""
+    return read_level(cfg.mosaic, w.track, w.read, factor=w.scale, min_coherence=cfg.min_coherence)
+
+
 def bare_model(cfg: RunConfig) -> dict[str, float]:
     """One single-threaded forward pass over every window the run computes (the same windows)."""
     model, mcfg, wins = model_and_windows(cfg)
     times = []
     with torch.inference_mode():
-        model([mcfg.encoding.encode(read_window(cfg.mosaic, wins[0].track, wins[0].read))])  # warm-up
+        model([mcfg.encoding.encode(_read(cfg, wins[0]))])  # warm-up
         for w in wins:
-            x = [mcfg.encoding.encode(read_window(cfg.mosaic, w.track, w.read))]
+            x = [mcfg.encoding.encode(_read(cfg, w))]
             t = time.perf_counter()
             model(x)
             times.append(time.perf_counter() - t)
@@ -82,7 +87,7 @@ def _bare_share(cfg: RunConfig, part: int, parts: int, start_at: float) -> float
     """Seconds one single-threaded process takes for every ``parts``-th window from ``part``,
     starting at wall time ``start_at`` (after loading and a warm-up), so that processes overlap."""
     model, mcfg, wins = model_and_windows(cfg)
-    xs = [[mcfg.encoding.encode(read_window(cfg.mosaic, w.track, w.read))] for w in wins[part::parts]]
+    xs = [[mcfg.encoding.encode(_read(cfg, w))] for w in wins[part::parts]]
     with torch.inference_mode():
         model(xs[0])  # warm-up
         time.sleep(max(0.0, start_at - time.time()))
@@ -146,6 +151,7 @@ def main() -> None:
                          outputs={"quicklook": False, "slide_id_raster": False, "report": False, "kml": False,
                                   "geopackage": False})
 
+    result["scales"] = list(cfg(small, "bare", 1).scales)
     bare = bare_model(cfg(small, "bare", 1))
     result["bare_model_1_thread"] = bare
     result["bare_model_2_processes"] = ceiling = parallel_ceiling(cfg(small, "bare", 1), bare["total_s"])
