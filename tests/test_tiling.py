@@ -80,3 +80,21 @@ def test_a_geographic_grid_still_gets_km2():
     ran = plan.with_windows([replace(w, status="run") for w in plan.windows])
     run_line = next(line for line in str(ran).splitlines() if line.strip().startswith("run "))
     assert f"{1000 * 1000 * px_km2:.1f} km²" in run_line
+
+
+def test_detection_tasks_group_one_track_scale_and_shape_and_come_largest_first():
+    from insar_slide.run.detect import window_batches
+
+    plan = plan_windows(GRID, ["asc", "desc"], window=512, halo=64, scales=(1, 2))
+    windows = list(plan.windows)
+    for batch in (1, 3):
+        batches = window_batches(windows, batch)
+        assert sorted(w.key for b in batches for w in b) == sorted(w.key for w in windows)  # each window once
+        assert all(len(b) <= batch and len({(w.track, w.scale, w.read.rows, w.read.cols) for w in b}) == 1
+                   for b in batches)
+        sizes = [sum(w.read.rows * w.read.cols for w in b) for b in batches]
+        assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1]
+    # one window a batch: the largest native windows (576 x 640 px here) first, a small coarse edge last
+    first, last = window_batches(windows, 1)[0][0], window_batches(windows, 1)[-1][0]
+    assert first.scale == 1 and (first.read.rows, first.read.cols) == (576, 640)
+    assert last.scale == 2 and last.read.rows * last.read.cols == min(w.read.rows * w.read.cols for w in windows)

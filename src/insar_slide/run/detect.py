@@ -173,6 +173,19 @@ def _stopped(name: str) -> bool:
         return False
 
 
+def window_batches(windows: list[Window], batch: int) -> list[list[Window]]:
+    """The detection tasks: batches of up to ``batch`` windows of one track, one scale and one
+    shape (torchvision pads a batch to its largest image, and padding changes the proposals,
+    so mixing shapes would make the detections depend on the batch size), largest first:
+    the run gives them falling priorities in this order, so that the small edge and coarse
+    windows come last and even out the workers' ends (longest-processing-time-first)."""
+    groups: dict[tuple[str, int, int, int], list[Window]] = {}
+    for w in windows:
+        groups.setdefault((w.track, w.scale, w.read.rows, w.read.cols), []).append(w)
+    batches = [mine[i:i + batch] for mine in groups.values() for i in range(0, len(mine), batch)]
+    return sorted(batches, key=lambda b: -sum(w.read.rows * w.read.cols for w in b))
+
+
 def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any]]:
     """Detections for ``windows`` (one track), written to the run directory; a summary per window."""
     out: list[dict[str, Any]] = []

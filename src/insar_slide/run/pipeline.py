@@ -46,12 +46,7 @@ from .cluster import (
     on_interrupt,
 )
 from .config import DEFAULT_MIN_COHERENCE, RunConfig, config_record
-from .detect import (
-    DetectSettings,
-    detect_batch,
-    file_hash,
-    unchanged,
-)
+from .detect import DetectSettings, detect_batch, file_hash, unchanged, window_batches
 from .merge import BlockJob, BlockResult, MergeSettings, block_key, reduce_leaf, reduce_node
 from .outputs import assemble, write_extras
 from .plan import aoi_geometry, fit_scales, make_plan
@@ -255,16 +250,7 @@ def _detect_stage(client: Any, cfg: RunConfig, plan: WindowPlan, settings: Detec
     done, compute = unchanged(todo, settings)
     if done:
         echo(f"{len(done)} of {len(todo)} windows unchanged since an earlier run: their detections are reused")
-    batches: list[list[Window]] = []
-    # A batch holds windows of one track and one shape: torchvision pads a batch to its
-    # largest image, and padding changes the proposals, so mixing shapes would make the
-    # detections depend on the batch size.
-    batch = cfg.batch_size or (4 if pick_device(cfg.device).type == "cuda" else 1)
-    groups: dict[tuple[str, int, int, int], list[Window]] = {}
-    for w in compute:
-        groups.setdefault((w.track, w.scale, w.read.rows, w.read.cols), []).append(w)
-    for mine in groups.values():
-        batches += [mine[i:i + batch] for i in range(0, len(mine), batch)]
+    batches = window_batches(compute, cfg.batch_size or (4 if pick_device(cfg.device).type == "cuda" else 1))
     computed, failed = _detect(client, batches, settings, progress)
     if failed and client.status != "running":  # its futures were cancelled: the scheduler is gone
         raise lost_scheduler(state, RuntimeError("client stopped"))
@@ -332,8 +318,8 @@ def _detect(client: Any, batches: list[list[Window]], s: DetectSettings,
     # (distributed.scheduler.allowed-failures, 3).
     resources = model_task_resources(s.device, client.scheduler_info().get("workers", {}))
     futures = {client.submit(detect_batch, b, s, pure=False, retries=DETECT_RETRIES, resources=resources,
-                             key=f"detect-{b[0].key.replace('/', '-')}-{i}"): b
-               for i, b in enumerate(batches)}
+                             key=f"detect-{b[0].key.replace('/', '-')}-{i}", priority=len(batches) - i): b
+               for i, b in enumerate(batches)}  # in the given order (window_batches: largest first)
     total = sum(len(b) for b in batches)
     in_a_row = 0
     stop = Event(s.stop_event, client=client) if s.stop_event else None
