@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from insar_slide.cli import main
+from insar_slide.cli_common import epoch_bars
 from insar_slide.errors import InputError
 from insar_slide.sim import basin as sim_basin
 from insar_slide.sim.config import SimConfig
@@ -88,7 +89,8 @@ def test_resume_continues_exactly(chipset, tmp_path):
     with pytest.raises(InputError, match="--resume"):
         train(_cfg(chipset, cut))  # a fresh run would throw the stored step away
     steps = []
-    train(_cfg(chipset, cut, epochs=1), resume=True, on_step=lambda s, n, loss: steps.append(s))
+    with epoch_bars() as bar_step:  # the CLI's progress bar starts inside the epoch, as the run does
+        train(_cfg(chipset, cut, epochs=1), resume=True, on_step=lambda s, n, loss: (steps.append(s), bar_step(s, n, loss)))
     assert steps == [2]
     assert not (cut / "partial.safetensors").exists()  # removed once its epoch is finished
     train(_cfg(chipset, cut), resume=True)

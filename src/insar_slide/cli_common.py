@@ -135,16 +135,17 @@ def progress_bars(enabled: bool = True) -> Iterator[Callable[[str, int, int], No
 @contextlib.contextmanager
 def epoch_bars() -> Iterator[Callable[[int, int, float], None]]:
     """A training loop's ``on_step(step, steps_in_epoch, loss)``: one progress bar per epoch
-    with the running loss, closed when the epoch (or the block) ends."""
+    with the running loss, closed when the epoch (or the block) ends. A run resumed inside an
+    epoch starts its bar at the step it resumed from."""
     from tqdm import tqdm
 
     bar: list[tqdm] = []
 
     def on_step(step: int, n: int, loss: float) -> None:
-        if step == 1:
+        if step == 1 or not bar:  # a new epoch, or the first step after resuming inside one
             if bar:
                 bar.pop().close()
-            bar.append(tqdm(total=n, desc="epoch", unit="batch", leave=False))
+            bar.append(tqdm(total=n, initial=step - 1, desc="epoch", unit="batch", leave=False))
         bar[-1].set_postfix(loss=f"{loss:.3f}")
         bar[-1].update(1)
 
