@@ -208,7 +208,7 @@ def test_ingest_warns_about_unknown_geometry_and_a_far_pixel(tmp_path, rates, ca
         ingest([open_source(fine, ReadOptions(track="t"))], tmp_path / "m.zarr", chunk=128)
     text = caplog.text
     assert "heading and incidence unknown" in text and "--heading and --incidence" in text
-    assert "17.0 m" in text and "--reproject --resolution 30" in text
+    assert "17.0 m" in text and "--reproject --resolution 30" in text and "run resamples every window" in text
 
 
 def test_ingest_shows_progress(tmp_path, rates):

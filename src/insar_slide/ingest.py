@@ -120,8 +120,8 @@ def geometry_warnings(plan: IngestPlan) -> list[str]:
 
 
 def pixel_warning(grid: Grid) -> str | None:
-    """A line when the mosaic's pixel is far from the reference model's training pixel, with
-    the ingest option that resamples it."""
+    """A line when the mosaic's pixel is far from the reference model's training pixel: what
+    ``run`` does about it, and the ingest option that resamples the mosaic itself."""
     from .core.scales import PIXEL_TOLERANCE
     from .model.checkpoint import read_metadata, training_pixel_m
     from .run.config import default_model
@@ -135,8 +135,8 @@ def pixel_warning(grid: Grid) -> str | None:
         return None
     unit = f"{model_m:g}" if not grid.is_geographic() else f"{model_m * grid.dx / grid.pixel_size_m()[0]:.6f}"
     return (f"the mosaic's pixel ({px:.1f} m) is more than {PIXEL_TOLERANCE:.0%} off the reference model's training "
-            f"pixel ({model_m:g} m); to resample, ingest with --reproject --resolution {unit}, or set `scales` in the "
-            "run config (insar-slide run advises a factor)")
+            f"pixel ({model_m:g} m); insar-slide run resamples every window to it (inference.match_pixel), or ingest "
+            f"with --reproject --resolution {unit} to store the mosaic at it")
 
 
 def _union_grid(sources: Sequence[RateSource]) -> Grid:

@@ -143,8 +143,17 @@ def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
     return absorb_into(features, np.where(parent >= 0, root, -1))
 
 
-#: A mosaic pixel farther than this share from the model's training pixel gets a warning.
+#: A mosaic pixel farther than this share from the model's training pixel is resampled to it
+#: (``inference.match_pixel``) or, with that off, gets a warning.
 PIXEL_TOLERANCE = 0.25
+
+
+def pixel_resample(mosaic_m: float, model_m: float) -> float:
+    """The factor by which a window is resampled so that its pixel is the model's training
+    pixel (``mosaic_m / model_m``: 40 m → 30 m is 4/3, an upsampling), or 1.0 when the two are
+    within :data:`PIXEL_TOLERANCE` (the model sees the pixels as stored)."""
+    ratio = mosaic_m / model_m
+    return 1.0 if abs(ratio - 1) <= PIXEL_TOLERANCE else ratio
 
 
 def pixel_advice(mosaic_m: float, model_m: float, scales: tuple[int, ...]) -> str | None:

@@ -90,6 +90,8 @@ class InferenceConfig(StrictModel):
                             "(AVX512-BF16/AMX), fp32 otherwise; fp16 is CUDA only")
     proposals: int | None = Field(300, ge=1, description="RPN proposals kept per window after NMS (null: the model's, 1000)")
     detections: int | None = Field(None, ge=1, description="boxes kept per window (default: the model's)")
+    match_pixel: bool = Field(True, description="resample every window to the model's training pixel when the mosaic's "
+                                                "pixel is more than 25 % off it (a 20 m or 40 m product for a 30 m model)")
 
     def is_default(self) -> bool:
         return self == InferenceConfig()

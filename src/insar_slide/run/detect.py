@@ -11,7 +11,9 @@ in one call (reusing any whose result appeared meanwhile).
 A window of a coarse level (``scale`` f > 1) reads the block mean of the native pixels under
 it; its fingerprint also holds its scale (a scale-1 fingerprint is the one from before scales
 existed, so earlier run directories resume), and its boxes are stored ×f, in the native pixel
-frame like every other window's.
+frame like every other window's. With ``resample`` ≠ 1 (a mosaic whose pixel is not the
+model's training pixel, ``inference.match_pixel``), every window is resampled by it after
+encoding (:meth:`~insar_slide.model.encoding.InputEncoding.resize`) and its boxes scaled back.
 
 The model is loaded once per process and kept (keyed by the checkpoint's hash); model calls in
 one process are serialised by a lock and use the worker's thread count, so tasks of one worker
@@ -60,6 +62,7 @@ class DetectSettings:
     proposals: int | None = None  # RPN proposals per window (None: the model's)
     detections: int | None = None  # boxes per window (None: the model's)
     min_coherence: float | None = None  # the quality mask (run.io.read_window); None: rates as stored
+    resample: float = 1.0  # windows resampled by this before the model (to its training pixel; see run.config)
 
 
 def file_hash(path: str | Path) -> str:
@@ -76,8 +79,8 @@ def fingerprint(win: Window, s: DetectSettings) -> str:
     if win.scale != 1:
         doc["scale"] = win.scale
     # inference settings other than the model's own (fp32, its proposals and detections)
-    doc.update({k: v for k, v in (("precision", s.precision), ("proposals", s.proposals), ("detections", s.detections))
-                if v not in (None, "fp32")})
+    doc.update({k: v for k, v in (("precision", s.precision), ("proposals", s.proposals), ("detections", s.detections),
+                                  ("resample", s.resample)) if v not in (None, "fp32", 1.0)})
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -208,14 +211,15 @@ def detect_batch(windows: list[Window], s: DetectSettings) -> list[dict[str, Any
     if todo:
         model, mcfg, lock = worker_model(s)
         dev = next(model.parameters()).device
-        imgs = [mcfg.encoding.encode(d).to(dev) for _, d, _, _ in todo]
+        imgs = [mcfg.encoding.resize(mcfg.encoding.encode(d).to(dev), s.resample) for _, d, _, _ in todo]
         dtype = autocast_dtype(s.precision)
         with lock, torch.inference_mode(), torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             t0 = time.perf_counter()
             dets = model(imgs)
             model_s = (time.perf_counter() - t0) / len(todo)
-        for (win, _, fp, read_s), det in zip(todo, dets, strict=True):
+        for (win, data, fp, read_s), img, det in zip(todo, imgs, dets, strict=True):
             boxes = det["boxes"].detach().float().cpu().numpy().astype(np.float64)
+            boxes *= [data.shape[1] / img.shape[2], data.shape[0] / img.shape[1]] * 2  # resampled → window pixels
             boxes += [win.read.col0, win.read.row0, win.read.col0, win.read.row0]
             meta: dict[str, Any] = {"fingerprint": fp, "window": win.key, "model": s.model_hash}
             if win.scale != 1:

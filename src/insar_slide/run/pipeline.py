@@ -23,7 +23,7 @@ import geopandas as gpd
 import numpy as np
 
 from ..core.merge import MergeRules
-from ..core.scales import first_block, pixel_advice
+from ..core.scales import first_block, pixel_advice, pixel_resample
 from ..core.tiling import Block, Window, WindowPlan, plan_windows
 from ..errors import InputError
 from ..grid import Grid
@@ -136,6 +136,7 @@ class Inputs:
     run_id: str
     replace_out: bool  # an inventory at out may be replaced (:func:`may_replace`)
     n_windows: int  # windows of every scale and track inside the AOI, before the skip rules
+    resample: float = 1.0  # windows resampled by this to the model's training pixel (inference.match_pixel)
 
 
 def may_replace(cfg: RunConfig, run_id: str) -> bool:
@@ -170,14 +171,16 @@ def _inputs(cfg: RunConfig) -> Inputs:
     run_id = "run-" + settings_hash(cfg, model_hash)[:12]
     replace_out = may_replace(cfg, run_id)
     check_target(cfg.out, overwrite=replace_out)
-    if (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta), tuple(cfg.scales))):
-        log.warning(advice)
+    mosaic_m, model_m = float(np.mean(grid.pixel_size_m())), training_pixel_m(meta)
+    resample = pixel_resample(mosaic_m, model_m) if cfg.inference.match_pixel else 1.0
+    if resample == 1.0 and (advice := pixel_advice(mosaic_m, model_m, tuple(cfg.scales))):
+        log.warning("%s (or resample every window to it: inference.match_pixel: true, the default)", advice)
     store = RunStore(str(cfg.run_path)).prepare()
     tracks = cfg.tracks or [str(t) for t in ds["track"].values]
     aoi = aoi_geometry(cfg.aoi, grid.crs) if cfg.aoi is not None else None
     pure = plan_windows(grid, tracks, window=cfg.window, halo=cfg.halo, scales=cfg.scales, aoi=aoi)
     n_windows = sum(w.status == "pending" for w in pure.windows)
-    return Inputs(cfg, model_hash, thr, ds, grid, group, store, run_id, replace_out, n_windows)
+    return Inputs(cfg, model_hash, thr, ds, grid, group, store, run_id, replace_out, n_windows, resample)
 
 
 def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
@@ -210,6 +213,8 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store, group=inp.group),
                            stop_event=f"insar-slide-stop-{uuid.uuid4().hex}", threads=model_threads)
         state.update(plan=plan, settings=settings)
+        if inp.resample != 1.0:
+            echo(f"windows resampled by {inp.resample:.3g} to the model's training pixel (inference.match_pixel)")
         t0 = time.perf_counter()
         done = _detect_stage(client, cfg, plan, settings, state, progress, echo)  # 3. detect
         times["detect"] = time.perf_counter() - t0
@@ -280,6 +285,8 @@ def _write_stage(cfg: RunConfig, inp: Inputs, plan: WindowPlan, closed: dict[Blo
                 "code_version": __version__, "run_id": inp.run_id, "windows": counts, "score_threshold": inp.score_threshold}
     if len(cfg.scales) > 1:
         metadata["windows_by_scale"] = plan.scale_counts()
+    if inp.resample != 1.0:
+        metadata["resample"] = inp.resample
     outputs: dict[str, str] = {}
     try:
         write_inventory(gdf, cfg.out, metadata=metadata, overwrite=inp.replace_out)
@@ -298,9 +305,12 @@ def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunSt
     """What every detection task needs; ``group``: the mosaic version's (resolved here when None)."""
     group = group if group is not None else resolve_version_group(cfg.mosaic, cfg.version)
     inf, store = cfg.inference, store or RunStore(str(cfg.run_path))
+    resample = (pixel_resample(float(np.mean(grid.pixel_size_m())), training_pixel_m(read_metadata(cfg.model_path)))
+                if inf.match_pixel else 1.0)
     return DetectSettings(mosaic=cfg.mosaic, model_path=str(cfg.model_path), model_hash=model_hash, device=cfg.device,
                           store=store, grid_key=grid.key, group=group, proposals=inf.proposals, detections=inf.detections,
-                          precision=pick_precision(inf.precision, pick_device(cfg.device)), min_coherence=cfg.min_coherence)
+                          precision=pick_precision(inf.precision, pick_device(cfg.device)), min_coherence=cfg.min_coherence,
+                          resample=resample)
 
 
 def _detect(client: Any, batches: list[list[Window]], s: DetectSettings,
