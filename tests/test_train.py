@@ -342,6 +342,9 @@ def test_export_model_fp16_with_card(two_models, chipset, tmp_path):
     card = json.loads((tmp_path / "ref.json").read_text())
     assert card["command"] == "x" and card["data"]["chip_manifest"]["chips"] > 0 and card["parameters"] > 30e6
     assert card["score_threshold"] == 0.7  # the operating point run and evaluate default to
+    from insar_slide.model.checkpoint import read_metadata
+    # the training pixel survives the export (it was lost before 2026-12-07: every export read as 30 m)
+    assert card["pixel_size_m"] == read_metadata(tmp_path / "ref.safetensors")["pixel_size_m"] == read_metadata(b)["pixel_size_m"]
     assert (tmp_path / "ref.safetensors").stat().st_size < 80 * 2**20
 
 

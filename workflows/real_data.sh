@@ -10,7 +10,9 @@
 #   bash workflows/real_data.sh                          # shipped model, 3.5-7 min on 2 cores
 #   MODEL=out/train_x/best.safetensors bash workflows/real_data.sh   # the same with another model
 #   MIN_COHERENCE=null OUT=out/real_nomask RESULTS=out/real_nomask/results bash workflows/real_data.sh
-#                                  # without the quality mask (default: run's min_coherence, 0.2)
+#                                  # without the quality mask (default: run's min_coherence, 0.1)
+#   MATCH_PIXEL=false OUT=out/real_native RESULTS=out/real_native/results bash workflows/real_data.sh
+#                                  # at each product's own pixel (default: resampled to the model's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin/insar-slide}
@@ -19,6 +21,8 @@ REAL=${REAL:-../shared/data/real}
 OUT=${OUT:-out/real}
 RESULTS=$(realpath -m "${RESULTS:-benchmarks/results}")
 MIN_COHERENCE=${MIN_COHERENCE:-}
+MATCH_PIXEL=${MATCH_PIXEL:-}
+INFERENCE=${MATCH_PIXEL:+"inference: {match_pixel: $MATCH_PIXEL}"}
 MODEL=${MODEL:-}
 if [ -n "$MODEL" ]; then
   MODEL=$(realpath "$MODEL")        # run configs resolve relative paths against their own folder
@@ -59,6 +63,7 @@ halo: 64
 skip: {min_abs_rate: 10, min_hot_pixels: 4, min_valid_fraction: 0.05}
 score_threshold: $thr          # null: the model's own (0.7 for the shipped one)
 ${MIN_COHERENCE:+min_coherence: $MIN_COHERENCE}
+$INFERENCE
 cluster: {workers: 1, threads_per_worker: 2}
 outputs: {quicklook: false, slide_id_raster: false, geopackage: false, outline: true}
 EOF

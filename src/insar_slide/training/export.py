@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..model.checkpoint import load_checkpoint, resolve_score_threshold, save_checkpoint
+from ..model.checkpoint import (
+    load_checkpoint,
+    resolve_score_threshold,
+    save_checkpoint,
+    training_pixel_m,
+)
 from ..version import __version__
 
 MAX_MB = 80.0
@@ -32,6 +37,7 @@ def export_model(src: str | Path, out: str | Path, *, eval_json: str | Path | No
         "note": note,
         "epoch": meta.get("epoch"),
         "score_threshold": resolve_score_threshold(score_threshold, meta, use_model_value=False),
+        "pixel_size_m": training_pixel_m(meta),  # run resamples other pixels to it (inference.match_pixel)
         "training_config": meta.get("training_config"),
         "data": {"chip_manifest": {k: manifest.get(k) for k in ("chips", "windows", "train", "val", "boxes_train", "boxes_val")},
                  "sources": [s.get("mosaic") for s in manifest.get("config", {}).get("sources", [])],
