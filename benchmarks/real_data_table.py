@@ -244,7 +244,7 @@ def main() -> None:
                "model": Path(meta.get("model", "")).name, "model_hash": meta.get("model_hash", "")[:12],
                "score_threshold": meta.get("score_threshold"), "window": meta.get("config", {}).get("window"),
                "scales": sorted(int(k[1:]) for k in meta.get("windows_by_scale", {"x1": {}})),
-               "resample": meta.get("resample", 1.0),
+               "resample": meta.get("resample", [1.0, 1.0]),
                "n_detections": len(ops), "per_1000_km2": round(1000 * len(ops) / area, 1) if area else None,
                "n_false_alarms": sum(d["verdict"] == "false alarm" for d in ops),
                "detections": ops, "below_threshold": ctx,
@@ -291,9 +291,11 @@ def markdown(out: dict) -> str:
         "",
         f"`workflows/real_data.sh` ({out['date']}, code at {out['commit']}), model `{p0['model']}` (sha256 {p0['model_hash']}…), "
         f"operating threshold {p0['score_threshold']}; one window covering each product (halo 64 px, clipped) at "
-        "each scale of the run that fits it (" + ", ".join(f"{p['name']} {p['scales']}" for p in out["products"]) + "), "
-        "windows resampled to the model's training pixel (" + ", ".join(f"{p['name']} ×{p['resample']:.3g}" for p in out["products"])
-        + "; `inference.match_pixel`). "
+        "each scale of the run that fits it (" + ", ".join(f"{p['name']} {p['scales']}" for p in out["products"]) + ")"
+        + (", windows resampled to the model's training pixel (`inference.match_pixel`; rows × cols: "
+           + ", ".join(f"{p['name']} {p['resample'][0]:.3g} × {p['resample'][1]:.3g}" for p in out["products"]) + ")"
+           if any(p["resample"] != [1.0, 1.0] for p in out["products"]) else ", each at its own pixel")
+        + ". "
         "None of these products has landslide labels: each detection was looked at (crop PNGs under "
         "`out/real/crops/`) and explained in `benchmarks/results/real_data_explained.yaml`. A moving slope "
         "(e.g. a mine wall or embankment) is a legitimate detection; volcanic uplift, a subsidence bowl on flat "

@@ -3,6 +3,7 @@ is resampled to the model's pixel before the model and its boxes are scaled back
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import dask.array as da
@@ -14,7 +15,7 @@ import shapely
 import torch
 import yaml
 
-from insar_slide.core.scales import pixel_resample
+from insar_slide.core.scales import describe_resample, pixel_resample
 from insar_slide.grid import Grid
 from insar_slide.model.encoding import InputEncoding
 from insar_slide.mosaic import TrackInfo, build_dataset, write_mosaic
@@ -22,10 +23,42 @@ from insar_slide.run.config import load_run_config
 from insar_slide.run.pipeline import run
 
 
-def test_resample_factor_is_the_pixel_ratio_outside_the_tolerance():
-    assert pixel_resample(30.0, 30.0) == 1.0 and pixel_resample(36.0, 30.0) == 1.0 and pixel_resample(25.0, 30.0) == 1.0
-    assert pixel_resample(40.0, 30.0) == pytest.approx(4 / 3) and pixel_resample(20.0, 30.0) == pytest.approx(2 / 3)
-    assert pixel_resample(100.0, 30.0) == pytest.approx(10 / 3)
+def test_resample_factors_are_the_pixel_ratios_outside_the_tolerance():
+    assert pixel_resample((30.0, 30.0), 30.0) == (1.0, 1.0) == pixel_resample((36.0, 25.0), 30.0)
+    assert pixel_resample((40.0, 40.0), 30.0) == pytest.approx((4 / 3, 4 / 3))
+    assert pixel_resample((20.0, 20.0), 30.0) == pytest.approx((2 / 3, 2 / 3))
+    # each axis its own: Campi Flegrei's 84 x 111 m LiCSBAS pixels, a geographic grid at 60 N
+    assert pixel_resample((84.3, 111.1), 30.0) == pytest.approx((111.1 / 30, 84.3 / 30))
+    geo = Grid("EPSG:4326", 10.0, 60.3, 0.0003, -0.0003, 100, 100)
+    fy, fx = pixel_resample(geo.pixel_size_m(), 30.0)
+    assert fy == pytest.approx(33.4 / 30, rel=0.01) and fx == pytest.approx(16.6 / 30, rel=0.02)
+    assert describe_resample((0.5, 0.5)) == "0.5" and describe_resample((3.7, 2.81)) == "3.7 (rows) x 2.81 (cols)"
+
+
+def test_fingerprints_and_run_ids_hold_the_resampling_and_nothing_else_moves(tmp_path):
+    from insar_slide.core.tiling import plan_windows
+    from insar_slide.run.detect import DetectSettings, fingerprint
+    from insar_slide.run.pipeline import settings_hash
+    from insar_slide.run.store import RunStore
+
+    grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 30.0, -30.0, 256, 256)
+    win = replace(plan_windows(grid, ["asc"], window=256, halo=32).windows[0], input_hash="x")
+    s = DetectSettings(mosaic="m", model_path="p", model_hash="h", device="cpu", store=RunStore(str(tmp_path)), grid_key="g")
+    fps = {fingerprint(win, replace(s, **kw)) for kw in ({}, {"resample": (0.5, 0.5)}, {"resample": (0.5, 0.6)},
+                                                          {"proposals": 1}, {"detections": 1})}
+    assert len(fps) == 5  # proposals 1 is not the model's own (None); every factor is its own window result
+    cfg = load_run_config_from({"mosaic": "m.zarr", "out": "o.parquet"}, tmp_path)
+    off = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"match_pixel": False})})
+    # match_pixel alone changes no run id: only the factors it leads to do
+    assert settings_hash(cfg, "h") == settings_hash(off, "h") != settings_hash(cfg, "h", (0.5, 0.5))
+    auto = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"precision": "auto"})})
+    auto_off = auto.model_copy(update={"inference": auto.inference.model_copy(update={"match_pixel": False})})
+    assert settings_hash(auto, "h") == settings_hash(auto_off, "h") != settings_hash(cfg, "h")
+
+
+def load_run_config_from(doc: dict, folder: Path):  # type: ignore[no-untyped-def]
+    (folder / "basin.yaml").write_text(yaml.safe_dump(doc))
+    return load_run_config(folder / "basin.yaml")
 
 
 @pytest.mark.parametrize("factor", [0.5, 2 / 3, 4 / 3])
@@ -33,7 +66,7 @@ def test_resize_keeps_rates_away_from_holes_and_the_encoding(factor):
     enc = InputEncoding()
     rate = np.full((60, 90), -30.0, dtype=np.float32)
     rate[20:40, 30:60] = np.nan  # a hole
-    out = enc.resize(enc.encode(rate), factor)
+    out = enc.resize(enc.encode(rate), (factor, factor))
     assert out.shape == (3, round(60 * factor), round(90 * factor))
     valid = out[2] > 0
     assert set(out[2].unique().tolist()) <= {0.0, 1.0}
@@ -44,7 +77,8 @@ def test_resize_keeps_rates_away_from_holes_and_the_encoding(factor):
     # the hole keeps its size (within a pixel of the resampled grid on each side)
     rows = np.flatnonzero((~valid).any(dim=1).numpy())
     assert abs(rows[0] - 20 * factor) <= 1 and abs(rows[-1] + 1 - 40 * factor) <= 1
-    assert enc.resize(enc.encode(rate), 1.0).shape == (3, 60, 90)
+    assert enc.resize(enc.encode(rate), (1.0, 1.0)).shape == (3, 60, 90)
+    assert enc.resize(enc.encode(rate), (0.5, 2.0)).shape == (3, 30, 180)
 
 
 def _slides() -> np.ndarray:
@@ -85,5 +119,5 @@ def test_a_15_m_mosaic_is_read_at_30_m_and_its_slides_land_where_the_30_m_run_pu
         best = max(shapely.area(shapely.intersection(g, h)) / shapely.area(shapely.union(g, h)) for h in at15.geometry)
         assert best > 0.85
     meta = pq.read_metadata(tmp_path / "at15.parquet").metadata
-    assert b'"resample": 0.5' in meta[b"insar_slide"]
+    assert b'"resample": [0.5, 0.5]' in meta[b"insar_slide"]
     assert b'"resample"' not in pq.read_metadata(tmp_path / "at30.parquet").metadata[b"insar_slide"]

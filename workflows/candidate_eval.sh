@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-MODEL=$(realpath "${MODEL:-models/insar_slide_r34_fpn_cbam.safetensors}")
+MODEL=$(realpath -m "${MODEL:-models/insar_slide_r34_fpn_cbam.safetensors}")
 [ -f "$MODEL" ] || { echo "MODEL=$MODEL: no such file" >&2; exit 1; }
 OUT=$(realpath -m "${OUT:-out/candidate_shipped}")
 STEPS=${STEPS:-"heldout_chips heldout tuning demo real wide"}

@@ -148,12 +148,22 @@ def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
 PIXEL_TOLERANCE = 0.25
 
 
-def pixel_resample(mosaic_m: float, model_m: float) -> float:
-    """The factor by which a window is resampled so that its pixel is the model's training
-    pixel (``mosaic_m / model_m``: 40 m → 30 m is 4/3, an upsampling), or 1.0 when the two are
-    within :data:`PIXEL_TOLERANCE` (the model sees the pixels as stored)."""
-    ratio = mosaic_m / model_m
-    return 1.0 if abs(ratio - 1) <= PIXEL_TOLERANCE else ratio
+def pixel_resample(pixel_m: tuple[float, float], model_m: float) -> tuple[float, float]:
+    """The factors (rows, cols) by which a window is resampled so that its pixel is the model's
+    training pixel: ``|dy| / model_m`` and ``dx / model_m`` (40 m → 30 m is 4/3, an upsampling;
+    each axis its own, so a geographic grid's narrower pixels at high latitude are evened out),
+    or ``(1.0, 1.0)`` when both are within :data:`PIXEL_TOLERANCE` of it (the model sees the
+    pixels as stored). ``pixel_m`` is ``(dx, |dy|)`` in metres (:meth:`~insar_slide.grid.Grid.pixel_size_m`)."""
+    fy, fx = pixel_m[1] / model_m, pixel_m[0] / model_m
+    if abs(fy - 1) <= PIXEL_TOLERANCE and abs(fx - 1) <= PIXEL_TOLERANCE:
+        return (1.0, 1.0)
+    return (fy, fx)
+
+
+def describe_resample(factor: tuple[float, float]) -> str:
+    """``0.5`` for an even factor, ``3.7 (rows) x 2.81 (cols)`` for an uneven one."""
+    fy, fx = factor
+    return f"{fy:.3g}" if abs(fy - fx) < 1e-3 * max(fy, fx) else f"{fy:.3g} (rows) x {fx:.3g} (cols)"
 
 
 def pixel_advice(mosaic_m: float, model_m: float, scales: tuple[int, ...]) -> str | None:

@@ -37,22 +37,24 @@ class InputEncoding:
         out = np.stack([scaled, np.abs(scaled), valid.astype(np.float32)])
         return torch.from_numpy(out.astype(np.float32, copy=False))
 
-    def resize(self, image: torch.Tensor, factor: float) -> torch.Tensor:
-        """An encoded window (3, rows, cols) resampled by ``factor`` (> 1 upsamples) to
-        ``round(rows·factor) × round(cols·factor)``, NaN-aware: the rate is the bilinear
+    def resize(self, image: torch.Tensor, factor: tuple[float, float]) -> torch.Tensor:
+        """An encoded window (3, rows, cols) resampled by ``factor`` = (rows, cols) (> 1
+        upsamples) to ``round(rows·fy) × round(cols·fx)``, NaN-aware: the rate is the bilinear
         (antialiased when shrinking) average of the *valid* pixels around each new one (the
         interpolated ``rate·valid`` over the interpolated ``valid``; ``abs_rate`` its absolute
         value, as in :meth:`encode`), and a new pixel is valid where at least half of that
         weight is, so holes neither grow nor leak zeros into the rates. Used to show the model a mosaic at its training pixel (``run``'s
         ``inference.match_pixel``)."""
-        if factor == 1.0:
+        if tuple(factor) == (1.0, 1.0):
             return image
+        if self.channels != CHANNELS:
+            raise ValueError(f"resize knows the channels {CHANNELS}, not {self.channels}")
         rows, cols = image.shape[-2:]
-        size = (max(1, round(rows * factor)), max(1, round(cols * factor)))
+        size = (max(1, round(rows * factor[0])), max(1, round(cols * factor[1])))
         valid = image[2:3]
         both = torch.cat([image[:1] * valid, valid])[None]
         out = torch.nn.functional.interpolate(both, size=size, mode="bilinear", align_corners=False,
-                                              antialias=factor < 1)[0]
+                                              antialias=min(factor) < 1)[0]
         w = out[1:2]
         keep = w >= 0.5
         rate = torch.where(keep, out[:1] / w.clamp_min(1e-6), torch.zeros_like(w)).clamp(-1.0, 1.0)

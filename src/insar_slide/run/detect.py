@@ -11,7 +11,7 @@ in one call (reusing any whose result appeared meanwhile).
 A window of a coarse level (``scale`` f > 1) reads the block mean of the native pixels under
 it; its fingerprint also holds its scale (a scale-1 fingerprint is the one from before scales
 existed, so earlier run directories resume), and its boxes are stored ×f, in the native pixel
-frame like every other window's. With ``resample`` ≠ 1 (a mosaic whose pixel is not the
+frame like every other window's. With ``resample`` ≠ (1, 1) (a mosaic whose pixel is not the
 model's training pixel, ``inference.match_pixel``), every window is resampled by it after
 encoding (:meth:`~insar_slide.model.encoding.InputEncoding.resize`) and its boxes scaled back.
 
@@ -62,7 +62,7 @@ class DetectSettings:
     proposals: int | None = None  # RPN proposals per window (None: the model's)
     detections: int | None = None  # boxes per window (None: the model's)
     min_coherence: float | None = None  # the quality mask (run.io.read_window); None: rates as stored
-    resample: float = 1.0  # windows resampled by this before the model (to its training pixel; see run.config)
+    resample: tuple[float, float] = (1.0, 1.0)  # (rows, cols) factors to the model's training pixel (run.config)
 
 
 def file_hash(path: str | Path) -> str:
@@ -79,8 +79,10 @@ def fingerprint(win: Window, s: DetectSettings) -> str:
     if win.scale != 1:
         doc["scale"] = win.scale
     # inference settings other than the model's own (fp32, its proposals and detections)
-    doc.update({k: v for k, v in (("precision", s.precision), ("proposals", s.proposals), ("detections", s.detections),
-                                  ("resample", s.resample)) if v not in (None, "fp32", 1.0)})
+    doc.update({k: v for k, v in (("precision", s.precision), ("proposals", s.proposals), ("detections", s.detections))
+                if v not in (None, "fp32")})
+    if tuple(s.resample) != (1.0, 1.0):
+        doc["resample"] = list(s.resample)
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 

@@ -23,7 +23,7 @@ import geopandas as gpd
 import numpy as np
 
 from ..core.merge import MergeRules
-from ..core.scales import first_block, pixel_advice, pixel_resample
+from ..core.scales import describe_resample, first_block, pixel_advice
 from ..core.tiling import Block, Window, WindowPlan, plan_windows
 from ..errors import InputError
 from ..grid import Grid
@@ -49,7 +49,7 @@ from .config import DEFAULT_MIN_COHERENCE, RunConfig, config_record
 from .detect import DetectSettings, detect_batch, file_hash, unchanged, window_batches
 from .merge import BlockJob, BlockResult, MergeSettings, block_key, reduce_leaf, reduce_node
 from .outputs import assemble, write_extras
-from .plan import aoi_geometry, fit_scales, make_plan
+from .plan import aoi_geometry, fit_scales, make_plan, window_resample
 from .store import RunStore
 
 log = logging.getLogger(__name__)
@@ -109,16 +109,20 @@ class RunResult:
     outputs: dict[str, str] = field(default_factory=dict)
 
 
-def settings_hash(cfg: RunConfig, model_hash: str) -> str:
-    """What makes two runs' inventories comparable: the config's detection settings and the model."""
-    keep = cfg.model_dump(exclude={"cluster", "outputs", "overwrite", "run_dir", "out", "batch_size", "baseline",
-                                "storage_options"})
+def settings_hash(cfg: RunConfig, model_hash: str, resample: tuple[float, float] = (1.0, 1.0)) -> str:
+    """What makes two runs' inventories comparable: the config's detection settings, the model
+    and the factors the windows are resampled by (:func:`.plan.window_resample`; not the
+    ``match_pixel`` switch itself, which changes nothing on a mosaic at the model's pixel)."""
+    keep = cfg.model_dump(exclude={"cluster": True, "outputs": True, "overwrite": True, "run_dir": True, "out": True,
+                                   "batch_size": True, "baseline": True, "storage_options": True, "inference": {"match_pixel"}})
     # Settings added later drop out at the values that reproduce the runs from before them, so those
     # runs keep their ids and history keys: one scale, the model's own inference settings, the two
     # tracks' boxes dissolved (no track_nms_iou) and the default quality mask (no layers: no change).
-    old = {"scales": keep["scales"] == [1], "inference": cfg.inference.is_default(),
+    old = {"scales": keep["scales"] == [1], "inference": cfg.inference.model_copy(update={"match_pixel": True}).is_default(),
            "track_nms_iou": keep["track_nms_iou"] is None, "min_coherence": cfg.min_coherence == DEFAULT_MIN_COHERENCE}
     keep = {k: v for k, v in keep.items() if not old.get(k)}
+    if tuple(resample) != (1.0, 1.0):
+        keep["resample"] = [round(v, 6) for v in resample]
     return hashlib.sha256(json.dumps({"cfg": keep, "model": model_hash}, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -136,7 +140,7 @@ class Inputs:
     run_id: str
     replace_out: bool  # an inventory at out may be replaced (:func:`may_replace`)
     n_windows: int  # windows of every scale and track inside the AOI, before the skip rules
-    resample: float = 1.0  # windows resampled by this to the model's training pixel (inference.match_pixel)
+    resample: tuple[float, float] = (1.0, 1.0)  # (rows, cols) factors to the model's pixel (inference.match_pixel)
 
 
 def may_replace(cfg: RunConfig, run_id: str) -> bool:
@@ -168,12 +172,12 @@ def _inputs(cfg: RunConfig) -> Inputs:
     ds, group = open_basin(cfg.mosaic, cfg.version), resolve_version_group(cfg.mosaic, cfg.version)
     grid = grid_of(ds)
     cfg = fit_scales(cfg, grid)
-    run_id = "run-" + settings_hash(cfg, model_hash)[:12]
+    resample = window_resample(cfg, grid, meta)
+    run_id = "run-" + settings_hash(cfg, model_hash, resample)[:12]
     replace_out = may_replace(cfg, run_id)
     check_target(cfg.out, overwrite=replace_out)
-    mosaic_m, model_m = float(np.mean(grid.pixel_size_m())), training_pixel_m(meta)
-    resample = pixel_resample(mosaic_m, model_m) if cfg.inference.match_pixel else 1.0
-    if resample == 1.0 and (advice := pixel_advice(mosaic_m, model_m, tuple(cfg.scales))):
+    if resample == (1.0, 1.0) and (advice := pixel_advice(float(np.mean(grid.pixel_size_m())), training_pixel_m(meta),
+                                                          tuple(cfg.scales))):
         log.warning("%s (or resample every window to it: inference.match_pixel: true, the default)", advice)
     store = RunStore(str(cfg.run_path)).prepare()
     tracks = cfg.tracks or [str(t) for t in ds["track"].values]
@@ -210,11 +214,12 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         times["plan"] = time.perf_counter() - t0
         echo(plan.format())
         inp.store.write_json("plan.json", plan.summary())
-        settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store, group=inp.group),
+        settings = replace(detect_settings(cfg, inp.grid, model_hash=inp.model_hash, store=inp.store, group=inp.group,
+                                           resample=inp.resample),
                            stop_event=f"insar-slide-stop-{uuid.uuid4().hex}", threads=model_threads)
         state.update(plan=plan, settings=settings)
-        if inp.resample != 1.0:
-            echo(f"windows resampled by {inp.resample:.3g} to the model's training pixel (inference.match_pixel)")
+        if inp.resample != (1.0, 1.0):
+            echo(f"windows resampled by {describe_resample(inp.resample)} to the model's training pixel (inference.match_pixel)")
         t0 = time.perf_counter()
         done = _detect_stage(client, cfg, plan, settings, state, progress, echo)  # 3. detect
         times["detect"] = time.perf_counter() - t0
@@ -285,8 +290,8 @@ def _write_stage(cfg: RunConfig, inp: Inputs, plan: WindowPlan, closed: dict[Blo
                 "code_version": __version__, "run_id": inp.run_id, "windows": counts, "score_threshold": inp.score_threshold}
     if len(cfg.scales) > 1:
         metadata["windows_by_scale"] = plan.scale_counts()
-    if inp.resample != 1.0:
-        metadata["resample"] = inp.resample
+    if inp.resample != (1.0, 1.0):
+        metadata["resample"] = list(inp.resample)
     outputs: dict[str, str] = {}
     try:
         write_inventory(gdf, cfg.out, metadata=metadata, overwrite=inp.replace_out)
@@ -301,12 +306,12 @@ def _write_stage(cfg: RunConfig, inp: Inputs, plan: WindowPlan, closed: dict[Blo
 
 
 def detect_settings(cfg: RunConfig, grid: Grid, *, model_hash: str, store: RunStore | None = None,
-                    group: str | None = None) -> DetectSettings:
-    """What every detection task needs; ``group``: the mosaic version's (resolved here when None)."""
+                    group: str | None = None, resample: tuple[float, float] | None = None) -> DetectSettings:
+    """What every detection task needs; ``group``: the mosaic version's and ``resample`` the
+    windows' factors (:func:`.plan.window_resample`), each worked out here when None."""
     group = group if group is not None else resolve_version_group(cfg.mosaic, cfg.version)
     inf, store = cfg.inference, store or RunStore(str(cfg.run_path))
-    resample = (pixel_resample(float(np.mean(grid.pixel_size_m())), training_pixel_m(read_metadata(cfg.model_path)))
-                if inf.match_pixel else 1.0)
+    resample = resample if resample is not None else window_resample(cfg, grid)
     return DetectSettings(mosaic=cfg.mosaic, model_path=str(cfg.model_path), model_hash=model_hash, device=cfg.device,
                           store=store, grid_key=grid.key, group=group, proposals=inf.proposals, detections=inf.detections,
                           precision=pick_precision(inf.precision, pick_device(cfg.device)), min_coherence=cfg.min_coherence,

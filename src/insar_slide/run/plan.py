@@ -31,7 +31,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from ..core.scales import level_shape
+from ..core.scales import level_shape, pixel_resample
 from ..core.tiling import Window, WindowPlan, classify, combine_hashes, plan_windows, read_sources
 from ..errors import ConfigError, InputError
 from ..grid import Grid, PixelWindow
@@ -91,6 +91,30 @@ Mapper = Callable[[Callable[..., Any], Sequence[tuple[Any, ...]]], Sequence[Any]
 
 
 MIN_LEVEL_PX = 64  # a coarser level has too few pixels to show a slide
+
+
+#: Above this side (px) of the resampled read area, run warns that the model's memory grows.
+MAX_MODEL_SIDE = 4096
+
+
+def window_resample(cfg: RunConfig, grid: Grid, meta: dict[str, Any] | None = None) -> tuple[float, float]:
+    """The (rows, cols) factors by which ``run`` resamples every window to the model's training
+    pixel (``inference.match_pixel``; :func:`~insar_slide.core.scales.pixel_resample`), from
+    the checkpoint's metadata ``meta`` (read from ``cfg.model`` when None); ``(1.0, 1.0)`` when
+    off, within tolerance or without a model file. Warns when the model would see windows
+    larger than :data:`MAX_MODEL_SIDE` px (a 100 m product read at 30 m), naming a window
+    that keeps them at the size it sees at its own pixel."""
+    from ..model.checkpoint import read_metadata, training_pixel_m
+
+    if not cfg.inference.match_pixel or (meta is None and not cfg.model_path.is_file()):
+        return (1.0, 1.0)
+    f = pixel_resample(grid.pixel_size_m(), training_pixel_m(meta if meta is not None else read_metadata(cfg.model_path)))
+    side = (cfg.window + 2 * cfg.halo) * max(f)
+    if side > MAX_MODEL_SIDE:
+        log.warning("windows of %d px (window %d + halo) are resampled by %.3g: the model sees %d px a side and needs "
+                    "about %.0fx its memory; set `window: %d` to keep the model's windows at their usual size",
+                    cfg.window + 2 * cfg.halo, cfg.window, max(f), side, max(f) ** 2, max(64, round(cfg.window / max(f) / 64) * 64))
+    return f
 
 
 def fit_scales(cfg: RunConfig, grid: Grid) -> RunConfig:

@@ -50,7 +50,7 @@ from ..storage import exists, join, read_text, staged, use_options
 from .config import RunConfig
 from .detect import file_hash
 from .pipeline import RunSummary, run, settings_hash
-from .plan import fit_scales
+from .plan import fit_scales, window_resample
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def update(cfg: RunConfig, *, version: str | None = None, client: Any = None, pr
     ds = open_basin(cfg.mosaic, label if newest["group"] else None)
     grid = grid_of(ds)
     cfg = fit_scales(cfg, grid)
-    key = settings_hash(cfg.model_copy(update={"version": None}), model_hash)
+    key = settings_hash(cfg.model_copy(update={"version": None}), model_hash, window_resample(cfg, grid))
     grid_key = grid.key
     known = gpd.GeoDataFrame()
     if state is None:
