@@ -121,3 +121,19 @@ def test_a_15_m_mosaic_is_read_at_30_m_and_its_slides_land_where_the_30_m_run_pu
     meta = pq.read_metadata(tmp_path / "at15.parquet").metadata
     assert b'"resample": [0.5, 0.5]' in meta[b"insar_slide"]
     assert b'"resample"' not in pq.read_metadata(tmp_path / "at30.parquet").metadata[b"insar_slide"]
+
+
+def test_a_window_the_model_would_see_too_large_is_named_with_a_smaller_one(tmp_path, caplog):
+    from insar_slide.run.plan import window_resample
+
+    grid = Grid("EPSG:32647", 500_000.0, 3_000_000.0, 100.0, -100.0, 4096, 4096)
+    cfg = load_run_config_from({"mosaic": "m.zarr", "out": "o.parquet", "window": 2048, "halo": 64}, tmp_path)
+    with caplog.at_level("WARNING"):
+        assert window_resample(cfg, grid, {}) == pytest.approx((10 / 3, 10 / 3))  # {}: a checkpoint of 30 m
+    assert "the model sees 7253 px a side" in caplog.text and "set `window: 640`" in caplog.text
+    caplog.clear()
+    small = cfg.model_copy(update={"window": 640})
+    off = cfg.model_copy(update={"inference": cfg.inference.model_copy(update={"match_pixel": False})})
+    with caplog.at_level("WARNING"):
+        assert window_resample(small, grid, {}) == pytest.approx((10 / 3, 10 / 3)) and window_resample(off, grid, {}) == (1.0, 1.0)
+    assert not caplog.text
