@@ -43,8 +43,8 @@ class InputEncoding:
         (antialiased when shrinking) average of the *valid* pixels around each new one (the
         interpolated ``rate·valid`` over the interpolated ``valid``; ``abs_rate`` its absolute
         value, as in :meth:`encode`), and a new pixel is valid where at least half of that
-        weight is, so holes neither grow nor leak zeros into the rates. Used to show the model a mosaic at its training pixel (``run``'s
-        ``inference.match_pixel``)."""
+        weight is, so holes neither grow nor leak zeros into the rates. Used to show the model
+        a mosaic at its training pixel (``run``'s ``inference.match_pixel``)."""
         if tuple(factor) == (1.0, 1.0):
             return image
         if self.channels != CHANNELS:
