@@ -32,7 +32,8 @@ def collect(folder: Path) -> dict[str, Any]:
     m = folder / "eval_heldout" / "metrics.json"
     if m.is_file():
         r = json.loads(m.read_text())[0]
-        out["heldout_chips"] = {k: r.get(k) for k in ("AP50", "AP", "precision", "recall", "f1", "best_f1_threshold")}
+        out["heldout_chips"] = {k: r.get(k) for k in ("AP50", "AP", "precision", "recall", "f1", "best_f1_threshold",
+                                                         "score_threshold")}
     for name in ("heldout", "tuning"):
         if (c := _compare(folder / name / "compare" / "table.csv")) is not None:
             out[name] = c
@@ -65,7 +66,9 @@ def rows(fig: dict[str, Any]) -> dict[str, str]:
     res: dict[str, str] = {}
     if "heldout_chips" in fig:
         h = fig["heldout_chips"]
-        res["held-out chips: AP50 / P / R / F1 at 0.7"] = " / ".join(f(h[k]) for k in ("AP50", "precision", "recall", "f1"))
+        res["held-out chips: AP50 / P / R / F1 at the model's threshold"] = (
+            " / ".join(f(h[k]) for k in ("AP50", "precision", "recall", "f1"))
+            + (f" (at {h['score_threshold']:g})" if h.get("score_threshold") is not None else ""))
     for name in ("heldout", "tuning"):
         if name in fig:
             c = fig[name]

@@ -7,7 +7,8 @@
 #   bash workflows/candidate_eval.sh          # the shipped model, into out/candidate_shipped
 # Steps (about 20 min on 2 idle cores; each skipped when its result is there, so a rerun
 # continues; STEPS="heldout_chips heldout tuning demo real wide" runs a subset):
-#   heldout_chips  insar-slide evaluate on the held-out chips at 0.7 (the card's metrics_heldout)
+#   heldout_chips  insar-slide evaluate on the held-out chips at the model's own threshold (the card's
+#                  metrics_heldout; a checkpoint straight from training: its training config's)
 #   heldout        run + compare on the held-out basin (README "Comparison", Table 4)
 #   tuning         run + compare on the tuning basin
 #   demo           insar-slide demo (scores itself against its truth)
@@ -41,8 +42,7 @@ basin_run() {  # name, simulate config: run the model on a reference basin and s
 if has heldout_chips && [ ! -f "$OUT/eval_heldout/metrics.json" ]; then
   [ -d out/reference/heldout.zarr ] || "$BIN/insar-slide" simulate configs/reference/heldout.yaml --out out/reference/heldout.zarr
   [ -f out/chips_heldout/manifest.json ] || "$BIN/insar-slide" chips configs/reference/chips_heldout.yaml
-  "$BIN/insar-slide" evaluate "$MODEL" --chips out/chips_heldout --out "$OUT/eval_heldout" --score-threshold 0.7 \
-    > "$OUT/eval_heldout.txt"
+  "$BIN/insar-slide" evaluate "$MODEL" --chips out/chips_heldout --out "$OUT/eval_heldout" > "$OUT/eval_heldout.txt"
 fi
 has heldout && basin_run heldout configs/reference/heldout.yaml
 has tuning && basin_run tuning configs/reference/tuning.yaml
