@@ -24,7 +24,7 @@ import yaml
 from click.testing import CliRunner
 
 from insar_slide.cli import main
-from insar_slide.core.merge import MergeRules, merge_boxes, split_closed
+from insar_slide.core.merge import MergeRules, merge_boxes, merge_features, split_closed
 from insar_slide.core.scales import (
     absorb_fragments,
     block_mean,
@@ -157,6 +157,28 @@ def test_a_large_coarse_box_absorbs_its_native_fragments_and_a_small_slide_besid
     assert big["tracks"] == "asc,desc" and big["n_boxes"] == 4 and big["score"] == 0.8
     small = feats[feats["scale"] == 1].iloc[0]
     assert small["geometry"].equals(_map_box(260, 300, 300, 340)) and small["n_boxes"] == 1
+
+
+def test_with_nested_share_small_whole_slides_inside_a_coarse_box_stay_their_own():
+    # round 8 on the demo: one coarse box on an unwrapping block held ten small slides the native
+    # level found whole; with nested_share they stay slides, and real fragments still join
+    boxes = _boxes((BIG, 0.8, "asc", 2),
+                   ((48, 308, 120, 376), 0.95, "asc", 1),   # 72 x 68 px: 8.6 % of the big box, a fragment
+                   ((100, 400, 110, 410), 0.97, "asc", 1),  # 10 x 10 px inside: 0.18 %
+                   ((200, 500, 212, 508), 0.9, "desc", 1))  # 12 x 8 px inside: 0.17 %
+    joined = merge_boxes(boxes, S)
+    assert len(joined) == 1 and joined["n_boxes"].iloc[0] == 4
+    kept = merge_boxes(boxes, replace(S, nested_share=0.02))
+    assert len(kept) == 3
+    big = kept[kept["scale"] == 2].iloc[0]
+    assert big["n_boxes"] == 2 and big["geometry"].equals(_map_box(*BIG))
+    small = kept[kept["scale"] == 1].sort_values("score", ascending=False)
+    assert small.geometry.iloc[0].equals(_map_box(100, 400, 110, 410)) and small["tracks"].iloc[1] == "desc"
+    # the same rule one level up the reduction tree, and at one scale it changes nothing
+    assert len(merge_features([kept.iloc[:1], kept.iloc[1:]], replace(S, nested_share=0.02))) == 3
+    one = boxes.assign(scale=1)
+    pd.testing.assert_frame_equal(merge_boxes(one, replace(S, scales=(1,), nested_share=0.02)),
+                                  merge_boxes(one, replace(S, scales=(1,))))
 
 
 def test_a_small_coarse_box_gives_way_to_the_native_detection():

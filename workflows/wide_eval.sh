@@ -6,7 +6,10 @@
 #   SCALES="[1, 2]"   run's scales (default: the run config's own default)
 #   THRESHOLD=0.7     score threshold (default: the model's own)
 #   MATCH_PIXEL=false windows at the mosaic's own pixel (default: the run's, resampled to the model's)
-#   OUT=dir      results (default: out/eval_wide); BASINS="tuning test_20m ..." to run a subset
+#   EXTRA="nested_share: 0.05"   more lines of run config (YAML), e.g. a merge rule to try
+#   OUT=dir      results (default: out/eval_wide); BASINS="tuning test_20m ..." to run a subset. A rerun
+#                into a folder that holds an earlier run's <basin>/inventory.parquet.run reuses its
+#                windows where only merge settings changed
 # Writes per basin <OUT>/<basin>/ (inventory, quick look, compare tables, scores.json) and the
 # summary <OUT>/wide_eval.md and .json (benchmarks/wide_eval_table.py).
 set -euo pipefail
@@ -28,6 +31,7 @@ for b in $BASINS; do
     [ -n "${SCALES:-}" ] && echo "scales: $SCALES"
     [ -n "${THRESHOLD:-}" ] && echo "score_threshold: $THRESHOLD"
     [ -n "${MATCH_PIXEL:-}" ] && echo "inference: {match_pixel: $MATCH_PIXEL}"
+    [ -n "${EXTRA:-}" ] && echo "$EXTRA"
     echo "outputs: {quicklook: true, slide_id_raster: false, outline: true}"
   } > "$OUT/$b/basin.yaml"
   "$BIN/insar-slide" run "$OUT/$b/basin.yaml" --no-progress --overwrite > "$OUT/$b/run.log" 2>&1 || { tail -5 "$OUT/$b/run.log"; exit 1; }

@@ -42,13 +42,18 @@ def absorb_into(features: pd.DataFrame, owner: np.ndarray) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False) -> pd.DataFrame:
+def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool = False,
+             nested_share: float = 0.0) -> pd.DataFrame:
     """Union the features that share ≥ ``overlap`` of the smaller one's area (transitively).
 
     ``across_tracks_only``: only pairs seen on different tracks are tested (features of one
     track known to be disjoint, like connected regions, whose exact tests can be costly).
     A merged feature's score is the highest, ``tracks`` every track, ``n_boxes`` the sum
     (``scale``, when present, the largest). The result is in :func:`order_features` order.
+
+    ``nested_share`` (with a ``scale`` column): features of different scales whose smaller one
+    covers less than this share of the larger one's area are not joined — a few small slides
+    the native level sees whole are not parts of one box of a coarser level drawn around them.
 
     The rule is applied until nothing merges: a union can share enough with a third feature
     that each of its parts alone did not (found by a property test), so one pass would not be
@@ -71,6 +76,10 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
         inter = shapely.area(shapely.intersection(geoms[a], geoms[b]))
         small = np.minimum(shapely.area(geoms[a]), shapely.area(geoms[b]))
         ok = inter >= overlap * small
+        if nested_share > 0 and "scale" in features:
+            scale = features["scale"].to_numpy(np.int64)
+            large = np.maximum(shapely.area(geoms[a]), shapely.area(geoms[b]))
+            ok &= (scale[a] == scale[b]) | (small >= nested_share * large)
         a, b = a[ok], b[ok]
     _, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
     if len(a) == 0:
@@ -89,4 +98,5 @@ def dissolve(features: pd.DataFrame, overlap: float, *, across_tracks_only: bool
             row["scale"] = int(sub["scale"].max())
         rows.append(row)
     merged = order_features(pd.DataFrame(rows, columns=columns))
-    return dissolve(merged, overlap, across_tracks_only=across_tracks_only) if len(merged) > 1 else merged
+    return (dissolve(merged, overlap, across_tracks_only=across_tracks_only, nested_share=nested_share)
+            if len(merged) > 1 else merged)

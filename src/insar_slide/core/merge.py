@@ -21,7 +21,8 @@ Rules (in this order):
 **Scales** (:mod:`.scales`). Boxes are stored in native pixels, a box belongs to the window of
 its level whose core (×f) holds its centre, NMS runs per track *and scale*; between NMS and
 dissolve come the size gate (:func:`size_gate`) and the fragments rule
-(:func:`.scales.absorb_fragments`). Rules 2 and 3 run at the leaves of the reduction tree,
+(:func:`.scales.absorb_fragments`); with ``nested_share`` a finer feature smaller than that share
+of a coarser one around it is neither its fragment nor dissolved into it. Rules 2 and 3 run at the leaves of the reduction tree,
 where every box is still its own; above them only dissolve joins what blocks hand up, so a
 slide whose two tracks' boxes fall in different leaves (centres a pixel apart across a leaf
 border) is their union, as before rule 3. Greedy rules (NMS is one) are not associative: run
@@ -75,6 +76,7 @@ class MergeRules:
     scales: tuple[int, ...] = (1,)
     window: int = 0  # core size of the tiling (for block bounds)
     track_nms_iou: float | None = None  # rule 3 (None: off, boxes of two tracks are dissolved)
+    nested_share: float = 0.0  # a finer feature smaller than this share of a coarser one is not its part
 
 
 def empty_features() -> pd.DataFrame:
@@ -196,14 +198,15 @@ def fuse_tracks(features: pd.DataFrame, iou: float | None) -> pd.DataFrame:
 def merge_boxes(boxes: pd.DataFrame, rules: MergeRules) -> pd.DataFrame:
     """A leaf's owned boxes → NMS → size gate → fragments → across tracks → dissolve: its features."""
     feats = boxes_to_features(size_gate(nms(boxes, rules), rules))
-    return dissolve(fuse_tracks(absorb_fragments(feats), rules.track_nms_iou), rules.dissolve_overlap)
+    return dissolve(fuse_tracks(absorb_fragments(feats, rules.nested_share), rules.track_nms_iou), rules.dissolve_overlap,
+                    nested_share=rules.nested_share)
 
 
 def merge_features(children: Sequence[pd.DataFrame], rules: MergeRules) -> pd.DataFrame:
     """The open features of a block's children → fragments → dissolve."""
     opened = [c for c in children if len(c)]
     feats = pd.concat(opened, ignore_index=True) if opened else empty_features()
-    return dissolve(absorb_fragments(feats), rules.dissolve_overlap)
+    return dissolve(absorb_fragments(feats, rules.nested_share), rules.dissolve_overlap, nested_share=rules.nested_share)
 
 
 def block_bounds(block: Block, grid: Grid, window: int) -> tuple[float, float, float, float]:

@@ -108,12 +108,14 @@ def closing_margin(halo: int, scales: tuple[int, ...]) -> int:
     return halo * max(scales) + 1
 
 
-def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
+def absorb_fragments(features: pd.DataFrame, min_share: float = 0.0) -> pd.DataFrame:
     """Rule 2: drop the fragments of coarser features, giving their tracks and box counts to them.
 
     ``features``: columns geometry (shapely, one frame), score, tracks (comma-joined), n_boxes,
     scale. A fragment's absorber is the coarser feature it lies most inside (ties: the coarser,
     then the higher score, then the first); chains (1 inside 2 inside 4) end at the coarsest.
+    ``min_share``: a fragment's area must be at least this share of its absorber's (smaller
+    features inside stay their own: a run's ``nested_share``).
     """
     n = len(features)
     if n < 2 or features["scale"].nunique() < 2:
@@ -129,6 +131,8 @@ def absorb_fragments(features: pd.DataFrame) -> pd.DataFrame:
     if len(a):
         share = shapely.area(shapely.intersection(geoms[a], geoms[b])) / np.maximum(shapely.area(geoms[a]), 1e-300)
         ok = share >= FRAGMENT_INSIDE
+        if min_share > 0:
+            ok &= shapely.area(geoms[a]) >= min_share * shapely.area(geoms[b])
         a, b, share = a[ok], b[ok], share[ok]
         order = np.lexsort((b, -score[b], -scale[b], -share, a))  # per a: the best absorber first
         a, b = a[order], b[order]

@@ -117,9 +117,10 @@ def settings_hash(cfg: RunConfig, model_hash: str, resample: tuple[float, float]
                                    "batch_size": True, "baseline": True, "storage_options": True, "inference": {"match_pixel"}})
     # Settings added later drop out at the values that reproduce the runs from before them, so those
     # runs keep their ids and history keys: one scale, the model's own inference settings, the two
-    # tracks' boxes dissolved (no track_nms_iou) and the default quality mask (no layers: no change).
+    # tracks' boxes dissolved (no track_nms_iou), the default quality mask, nested slides always joined.
     old = {"scales": keep["scales"] == [1], "inference": cfg.inference.model_copy(update={"match_pixel": True}).is_default(),
-           "track_nms_iou": keep["track_nms_iou"] is None, "min_coherence": cfg.min_coherence == DEFAULT_MIN_COHERENCE}
+           "track_nms_iou": keep["track_nms_iou"] is None, "min_coherence": cfg.min_coherence == DEFAULT_MIN_COHERENCE,
+           "nested_share": cfg.nested_share == 0}
     keep = {k: v for k, v in keep.items() if not old.get(k)}
     if tuple(resample) != (1.0, 1.0):
         keep["resample"] = [round(v, 6) for v in resample]
@@ -226,7 +227,7 @@ def run(cfg: RunConfig, *, client: Any = None, progress: Progress | None = None,
         t0 = time.perf_counter()
         rules = MergeRules(grid=inp.grid, halo=cfg.halo, tracks=tuple(plan.tracks), score_threshold=inp.score_threshold,
                            nms_iou=cfg.nms_iou, dissolve_overlap=cfg.dissolve_overlap, scales=tuple(cfg.scales),
-                           window=cfg.window, track_nms_iou=cfg.track_nms_iou)
+                           window=cfg.window, track_nms_iou=cfg.track_nms_iou, nested_share=cfg.nested_share)
         merge_settings = MergeSettings(rules=rules, mosaic=cfg.mosaic, store=inp.store, outline=cfg.outputs.outline,
                                        outline_min_abs_rate=cfg.outline_min_abs_rate, group=inp.group,
                                        min_coherence=cfg.min_coherence)
