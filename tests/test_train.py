@@ -250,6 +250,33 @@ def test_cli_evaluate_writes_tables_and_curve(chipset, two_models, tmp_path):
     assert "best F1 on this split" in res.output
 
 
+def test_several_chip_folders_pool_into_one_split(chipset, tmp_path):
+    # one operating threshold chosen on every validation set at once: `evaluate --chips A --chips B`
+    import shutil
+
+    from insar_slide.training.data import read_split, read_splits
+    from insar_slide.training.evaluate import best_f1, pr_curve
+    from insar_slide.training.train import evaluate_predictions
+
+    other = tmp_path / "other"
+    shutil.copytree(chipset, other)
+    one, coco1 = read_split(chipset, "train")
+    both, coco = read_splits([str(chipset), str(other)], "train")
+    assert len(both) == 2 * len(one) > 0 and len(coco["images"]) == 2 * len(coco1["images"])
+    assert len({im["id"] for im in coco["images"]}) == len(coco["images"])
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"]) == 2 * len(coco1["annotations"])
+    assert {str(c.path.parent.parent) for c in both} == {str(chipset), str(other)}
+    # the truth as detections, a false alarm on the second folder's first chip: every id must point
+    # at its own chip for AP50 and recall to be 1
+    preds = [(c.boxes, np.linspace(0.9, 0.99, len(c.boxes))) for c in both]
+    k = len(one)
+    preds[k] = (np.vstack([preds[k][0], [[0, 0, 8, 8]]]), np.r_[preds[k][1], 0.5])
+    m = evaluate_predictions(both, coco, preds, 0.8)
+    assert m["AP50"] == pytest.approx(1.0) and m["recall"] == pytest.approx(1.0) and m["precision"] == pytest.approx(1.0)
+    assert best_f1(*pr_curve(both, preds))["best_f1_threshold"] >= 0.9
+    assert read_splits(str(chipset), "train")[1] == coco1
+
+
 def test_best_f1_threshold_counts_tied_scores_together():
     from insar_slide.training.evaluate import best_f1
 

@@ -45,20 +45,21 @@ def train_cmd(config: str, resume: bool) -> None:
 
 @click.command("evaluate")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--chips", "chips_dir", required=True, type=click.Path(file_okay=False), help="Chip folder (from `insar-slide chips`).")
+@click.option("--chips", "chips_dir", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Chip folder (from `insar-slide chips`); repeat it to pool several, e.g. every validation set.")
 @click.option("--split", default="val", show_default=True, type=click.Choice(["train", "val"]))
 @click.option("--out", required=True, type=click.Path(), help="Output folder for tables and the PR curve.")
 @click.option("--score-threshold", type=float, help="For P/R/F1 (default: the one the model was trained with).")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda"]), show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @_friendly
-def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: str, split: str, out: str, score_threshold: float | None, device: str,
+def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: tuple[str, ...], split: str, out: str, score_threshold: float | None, device: str,
                  no_progress: bool) -> None:
     """COCO metrics, P/R/F1 at IoU 0.5, a PR curve, and Table 2 (ablation) for several checkpoints."""
     from .training.evaluate import evaluate
 
     with progress_bars(not no_progress) as progress:
-        df = evaluate(list(checkpoints), chips_dir, out=out, split=split, device=device, score_threshold=score_threshold,
+        df = evaluate(list(checkpoints), chips_dir[0] if len(chips_dir) == 1 else list(chips_dir), out=out, split=split, device=device, score_threshold=score_threshold,
                       progress=progress)
     click.echo((Path(out) / "table2.md").read_text())
     for r in df.to_dict("records"):

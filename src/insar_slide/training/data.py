@@ -47,6 +47,27 @@ def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, An
     return chips, coco
 
 
+def read_splits(folders: str | Path | list[str] | list[Path], split: str) -> tuple[list[Chip], dict[str, Any]]:
+    """:func:`read_split` of one folder, or of several pooled into one set: their COCO image and
+    annotation ids renumbered, so that metrics and the best-F1 threshold are those of the union
+    (an operating threshold chosen on every validation set at once)."""
+    if isinstance(folders, (str, Path)):
+        return read_split(folders, split)
+    chips: list[Chip] = []
+    pooled: dict[str, Any] = {"images": [], "annotations": []}
+    for folder in folders:
+        c, coco = read_split(folder, split)
+        img0 = 1 + max((im["id"] for im in pooled["images"]), default=0)
+        ann0 = 1 + max((a["id"] for a in pooled["annotations"]), default=0)
+        new_id = {im["id"]: img0 + k for k, im in enumerate(coco["images"])}
+        pooled["images"] += [{**im, "id": new_id[im["id"]]} for im in coco["images"]]
+        pooled["annotations"] += [{**a, "id": ann0 + k, "image_id": new_id[a["image_id"]]}
+                                  for k, a in enumerate(coco["annotations"])]
+        pooled.update({k: v for k, v in coco.items() if k not in ("images", "annotations")})
+        chips += c
+    return chips, pooled
+
+
 def read_chip(path: Path) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)  # rotated chips are off the map

@@ -18,7 +18,7 @@ from ..atomic import atomic_path
 from ..model.checkpoint import load_checkpoint, resolve_score_threshold
 from ..model.device import pick_device
 from ..progress import Progress, steps_of
-from .data import Chip, read_chip, read_split
+from .data import Chip, read_chip, read_split, read_splits
 from .metrics import COCO_NAMES, ignored_flags, match_flags
 from .train import evaluate_predictions, predict_chips
 from .voc import coco_dict, voc_xml
@@ -59,11 +59,12 @@ def best_f1(recall: np.ndarray, precision: np.ndarray, score: np.ndarray) -> dic
             "best_f1_precision": float(precision[k]), "best_f1_recall": float(recall[k])}
 
 
-def evaluate(checkpoints: list[str], chips_dir: str, *, out: str, split: str = "val", device: str = "auto",
+def evaluate(checkpoints: list[str], chips_dir: str | list[str], *, out: str, split: str = "val", device: str = "auto",
              score_threshold: float | None = None, overwrite: bool = True, progress: Progress | None = None) -> pd.DataFrame:
-    """Evaluate checkpoints on a chip split; write metrics.json, table2.{md,csv}, table3.md, pr_curve.png.
-    ``progress`` hears the chips predicted, as ``evaluate`` (``evaluate k/n`` per checkpoint)."""
-    chips, coco = read_split(chips_dir, split)
+    """Evaluate checkpoints on a chip split (of one folder, or several pooled); write metrics.json,
+    table2.{md,csv}, table3.md, pr_curve.png. ``progress`` hears the chips predicted, as
+    ``evaluate`` (``evaluate k/n`` per checkpoint)."""
+    chips, coco = read_splits(chips_dir, split)
     dev = pick_device(device)
     rows, curves = [], []
     table3 = ""
