@@ -13,6 +13,8 @@
 #                                  # without the quality mask (default: run's min_coherence, 0.1)
 #   MATCH_PIXEL=false OUT=out/real_native RESULTS=out/real_native/results bash workflows/real_data.sh
 #                                  # at each product's own pixel (default: resampled to the model's)
+#   EXTRA="nested_share: 0.02" ...   more lines of run config (YAML); a rerun into the same OUT
+#                                  # reuses the windows where only merge settings changed
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin/insar-slide}
@@ -64,6 +66,7 @@ skip: {min_abs_rate: 10, min_hot_pixels: 4, min_valid_fraction: 0.05}
 score_threshold: $thr          # null: the model's own (0.7 for the shipped one)
 ${MIN_COHERENCE:+min_coherence: $MIN_COHERENCE}
 $INFERENCE
+${EXTRA:-}
 cluster: {workers: 1, threads_per_worker: 2}
 outputs: {quicklook: false, slide_id_raster: false, geopackage: false, outline: true}
 EOF
