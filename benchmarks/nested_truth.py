@@ -25,13 +25,12 @@ BASINS = [("demo", "demo/inventory.parquet", "{f}/demo/basin.truth.parquet"),
 def nested(inventory: Path, truth: Path) -> tuple[int, list[dict[str, float]]]:
     """(slides in the inventory, the slides holding ≥ 2 truth slides with score, scale, boxes, count, km²)."""
     inv = gpd.read_parquet(inventory)
-    pts = gpd.read_parquet(truth).geometry.representative_point()
-    rows = []
-    for _, r in inv.iterrows():
-        k = int(pts.within(r.geometry).sum())
-        if k >= 2:
-            rows.append({"score": round(float(r.score), 2), "scale": int(r.get("scale", 1)), "boxes": int(r.n_boxes),
-                         "truth_slides": k, "km2": round(float(r.area_m2) / 1e6, 1)})
+    ref = gpd.read_parquet(truth)
+    pts = gpd.GeoDataFrame(geometry=ref.geometry.representative_point(), crs=ref.crs)
+    held = gpd.sjoin(pts, inv[["geometry"]], predicate="within")["index_right"].value_counts()
+    rows = [{"score": round(float(r.score), 2), "scale": int(r.get("scale", 1)), "boxes": int(r.n_boxes),
+             "truth_slides": int(held[i]), "km2": round(float(r.area_m2) / 1e6, 1)}
+            for i, r in inv.loc[held.index[held >= 2].sort_values()].iterrows()]
     return len(inv), rows
 
 
