@@ -151,8 +151,9 @@ class RunConfig(StrictModel):
                                         "slide, kept as the higher-scored box (null: dissolved into their union; with "
                                         "dissolve_overlap 0.2 the rules and run ids of before 2026-12-07)")
     dissolve_overlap: float = Field(0.5, gt=0, le=1, description="boxes sharing this share of the smaller one are one slide")
-    nested_share: float = Field(0.0, ge=0, lt=1, description="a slide of a finer scale inside one of a coarser scale "
-                                "joins it only if its area is at least this share of the coarser one's (0: always)")
+    nested_share: float = Field(0.02, ge=0, lt=1, description="a slide of a finer scale inside one of a coarser scale "
+                                "joins it only if its area is at least this share of the coarser one's (0: always, "
+                                "the rule of before 2026-12-08)")
     outline_min_abs_rate: float = Field(10.0, ge=0, description="refined outline: pixels at least this fast (mm/yr)")
     batch_size: int | None = Field(None, ge=1, description="windows per model call (default: 1 on CPU, where a batch "
                                    "of 2 costs 7 % more per window, 4 on CUDA)")

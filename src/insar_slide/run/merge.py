@@ -116,7 +116,7 @@ def block_key(s: MergeSettings, block: Block, tiling: tuple[int, int], root: boo
         "grid": [str(r.grid.crs), list(r.grid.transform)[:6], list(r.grid.shape)],
         **({"scales": list(r.scales)} if len(r.scales) > 1 else {}),
         **({"track_nms": r.track_nms_iou} if r.track_nms_iou is not None else {}),
-        **({"nested": r.nested_share} if r.nested_share else {})}, sort_keys=True).encode())
+        **({"nested": r.nested_share} if r.nested_share and len(r.scales) > 1 else {})}, sort_keys=True).encode())
     for fp in sorted(fingerprints):
         h.update(fp.encode())
     return h.hexdigest()

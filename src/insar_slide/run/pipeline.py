@@ -117,10 +117,10 @@ def settings_hash(cfg: RunConfig, model_hash: str, resample: tuple[float, float]
                                    "batch_size": True, "baseline": True, "storage_options": True, "inference": {"match_pixel"}})
     # Settings added later drop out at the values that reproduce the runs from before them, so those
     # runs keep their ids and history keys: one scale, the model's own inference settings, the two
-    # tracks' boxes dissolved (no track_nms_iou), the default quality mask, nested slides always joined.
+    # tracks' boxes dissolved (no track_nms_iou), the default quality mask, nested slides always joined (or one scale).
     old = {"scales": keep["scales"] == [1], "inference": cfg.inference.model_copy(update={"match_pixel": True}).is_default(),
            "track_nms_iou": keep["track_nms_iou"] is None, "min_coherence": cfg.min_coherence == DEFAULT_MIN_COHERENCE,
-           "nested_share": cfg.nested_share == 0}
+           "nested_share": cfg.nested_share == 0 or len(cfg.scales) == 1}
     keep = {k: v for k, v in keep.items() if not old.get(k)}
     if tuple(resample) != (1.0, 1.0):
         keep["resample"] = [round(v, 6) for v in resample]
