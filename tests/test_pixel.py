@@ -115,9 +115,11 @@ def test_a_15_m_mosaic_is_read_at_30_m_and_its_slides_land_where_the_30_m_run_pu
     at30 = _run(tmp_path, "at30", rates, 30.0)
     at15 = _run(tmp_path, "at15", np.repeat(np.repeat(rates, 2, axis=0), 2, axis=1), 15.0)
     assert len(at30) == 2 and len(at15) == 2
+    # the same place to within a model pixel: centres within 30 m, and boxes whose edges differ by
+    # about a pixel (the 15 m windows cut the ground elsewhere), which on the 14 x 20 px lobe is IoU 0.84
     for g in at30.geometry:
         best = max(shapely.area(shapely.intersection(g, h)) / shapely.area(shapely.union(g, h)) for h in at15.geometry)
-        assert best > 0.85
+        assert best > 0.8 and min(g.centroid.distance(h.centroid) for h in at15.geometry) < 30.0
     meta = pq.read_metadata(tmp_path / "at15.parquet").metadata
     assert b'"resample": [0.5, 0.5]' in meta[b"insar_slide"]
     assert b'"resample"' not in pq.read_metadata(tmp_path / "at30.parquet").metadata[b"insar_slide"]
