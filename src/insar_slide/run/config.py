@@ -88,7 +88,8 @@ class InferenceConfig(StrictModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "fp32", description="autocast: auto = bf16 on CUDA with bf16 (else fp16), bf16 on a CPU with native bf16 "
                             "(AVX512-BF16/AMX), fp32 otherwise; fp16 is CUDA only")
-    proposals: int | None = Field(300, ge=1, description="RPN proposals kept per window after NMS (null: the model's, 1000)")
+    proposals: int | None = Field(300, ge=1, description="RPN proposals kept per window after NMS (null: the model's own, "
+                                 "300 for the shipped model)")
     detections: int | None = Field(None, ge=1, description="boxes kept per window (default: the model's)")
     match_pixel: bool = Field(True, description="resample every window to the model's training pixel when the mosaic's "
                                                 "pixel is more than 25 % off it (a 20 m or 40 m product for a 30 m model)")
