@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--explained", default=str(ROOT / "benchmarks/results/real_data_explained.yaml"))
     ap.add_argument("--results", default=str(ROOT / "benchmarks/results"))
     args = ap.parse_args()
-    base, res = Path(args.dir), Path(args.results)
+    base, res = Path(args.dir), Path(args.results).resolve()  # a relative --results works too
     (base / "crops").mkdir(parents=True, exist_ok=True)
     (res / "real_data").mkdir(parents=True, exist_ok=True)
     expl, notes, match_m = load_explanations(Path(args.explained))
