@@ -8,7 +8,7 @@ For every (window, precision, proposals), runs ``insar-slide run`` on the wide w
 (``configs/wide/<basin>.yaml``; simulated into ``out/wide`` when missing) with the shipped
 model and scores the inventory strictly against the simulated truth (box IoU ≥ 0.5, the
 visible slides; detections of slower simulated slides neither right nor wrong). A setting is
-*admissible* when its F1 is within 0.005 of the first setting listed (fp32, 1000 proposals) and it
+*admissible* when its F1 is within 0.005 of the first setting (fp32 and the model's own proposals) and it
 finds exactly the same truth slides; the fastest admissible one (model seconds per core pixel,
 so that windows of any size compare: the halo is paid at model price) is the recommendation. Writes ``benchmarks/results/inference_settings.json``. The test basins are
 never used here (they are for reporting, not choosing).
@@ -36,10 +36,16 @@ def main() -> int:
     ap.add_argument("--basin", default="tuning")
     ap.add_argument("--mosaic", help="another validation mosaic (its truth beside it as <stem>.truth.parquet), e.g. out/demo/basin.zarr")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
-    ap.add_argument("--proposals", nargs="+", type=int, default=[1000, 300])
+    ap.add_argument("--proposals", nargs="+", type=int,
+                    help="RPN proposals to try, the reference first (default: the model's own, then 300 or 1000)")
     ap.add_argument("--windows", nargs="+", type=int, default=[1024], help="core sides to try (halo 64 each)")
     ap.add_argument("--out", help="JSON (default: benchmarks/results/inference_settings[_<basin>].json)")
     args = ap.parse_args()
+    if not args.proposals:  # the reference is the model as trained: round 6 kept 1000 proposals, round 8 300
+        from insar_slide.model.checkpoint import read_metadata
+        from insar_slide.run.config import default_model
+        own = int(read_metadata(default_model())["model"]["rpn_post_nms_top_n_test"])
+        args.proposals = [own] + [p for p in (300, 1000) if p != own]
     from insar_slide.compare import hidden_truth, match, visible_truth
     from insar_slide.model.device import cpu_has_native_bf16
     from insar_slide.run.config import InferenceConfig, RunConfig
