@@ -63,7 +63,7 @@ model: ${MODEL:-null}
 window: $window
 halo: 64
 skip: {min_abs_rate: 10, min_hot_pixels: 4, min_valid_fraction: 0.05}
-score_threshold: $thr          # null: the model's own (0.7 for the shipped one)
+score_threshold: $thr          # null: the model's own (0.68 for the shipped one)
 ${MIN_COHERENCE:+min_coherence: $MIN_COHERENCE}
 $INFERENCE
 ${EXTRA:-}
