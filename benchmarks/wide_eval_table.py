@@ -19,6 +19,7 @@ import geopandas as gpd
 import numpy as np
 
 from insar_slide.compare import visible_truth
+from insar_slide.mosaic import mosaic_bounds, open_basin
 
 LOOKALIKE_EXCLUDE = {"background", "all"}
 
@@ -32,8 +33,9 @@ def box_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def earthflows(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, min_px: float = 100.0) -> list[dict]:
-    vis = visible_truth(truth)
+def earthflows(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, min_px: float = 100.0,
+               bounds: tuple[float, float, float, float] | None = None) -> list[dict]:
+    vis = visible_truth(truth, bounds=bounds)  # clipped to the mosaic, as `compare --mosaic` scores it
     rows = []
     for _, t in vis[(vis.get("kind") == "earthflow") & (vis.length_px >= min_px)].iterrows():
         over = inv[inv.intersects(t.geometry)]
@@ -58,7 +60,7 @@ def main() -> None:
         look = sum(v["false_alarms"] for k, v in kinds.items() if k not in LOOKALIKE_EXCLUDE)
         inv = gpd.read_parquet(a.out / b / "inventory.parquet")
         truth = gpd.read_parquet(Path(s["reference"]))
-        flows = earthflows(inv, truth)
+        flows = earthflows(inv, truth, bounds=mosaic_bounds(open_basin(s["mosaic"])) if s.get("mosaic") else None)
         per[b] = {"precision": r["precision"], "recall": r["recall"], "f1": r["f1"], "ap50": r["ap50"],
                   "found": r["correctly_detected"], "missed": r["not_detected"], "false": r["newly_detected"],
                   "below_threshold": r["below_threshold"], "size_classes": r["size_classes"],

@@ -12,7 +12,7 @@ import shapely
 from click.testing import CliRunner
 
 from insar_slide.cli import main
-from insar_slide.compare import hidden_truth, visible_truth
+from insar_slide.compare import hidden_truth, match, visible_truth, within_extent
 from insar_slide.errors import InputError
 from insar_slide.grid import Grid
 from insar_slide.mosaic import TrackInfo, build_dataset, open_basin, write_mosaic
@@ -280,3 +280,37 @@ def test_compare_cli_without_catalogue_or_with_a_missing_one(tmp_path):
     assert res.exit_code == 1 and "no such look-alike catalogue" in res.output
     res = CliRunner().invoke(main, [*args, "--pixel-size", "30"])
     assert res.exit_code == 2 and "not both" in res.output
+
+
+def test_the_truth_is_clipped_to_the_mosaic_it_is_scored_on():
+    # GRID is 300 x 300 px. Slides past its right edge: 60 % inside (still asked for, matched by
+    # its part inside), 25 % inside (no longer asked for: most of it was never measured), wholly
+    # outside (dropped); one inside, unchanged.
+    truth = _truth([(10, 10, 40, 40), (270, 100, 320, 120), (290, 150, 330, 170), (310, 200, 340, 230)])
+    bounds = GRID.bounds
+    clipped = within_extent(truth, bounds)
+    assert list(clipped.slide_id) == ["t0", "t1", "t2"]
+    np.testing.assert_allclose(clipped.visible_fraction_asc, [1.0, 0.6, 0.25])
+    np.testing.assert_allclose(clipped.inside_fraction, [1.0, 0.6, 0.25])
+    assert clipped.geometry.iloc[1].normalize().equals_exact(_poly(270, 100, 300, 120).normalize(), 1e-6)
+    assert clipped.geometry.iloc[0].equals(truth.geometry.iloc[0])
+    assert list(visible_truth(truth, bounds=bounds).slide_id) == ["t0", "t1"]
+    assert list(hidden_truth(truth, bounds=bounds).slide_id) == ["t2"]
+    inside = truth.iloc[:1]
+    assert within_extent(inside, bounds) is inside  # nothing past the edge: the frame as it is
+    # the detector boxes what the mosaic shows: 22 of the 30 px inside is a match against the
+    # clipped truth (IoU 0.73), not against the whole slide (0.44)
+    det = _det([(10, 10, 40, 40), (278, 100, 300, 120)], [0.9, 0.9])
+    assert match(det, visible_truth(truth)).counts()["correctly_detected"] == 1
+    assert match(det, visible_truth(truth, bounds=bounds)).counts()["correctly_detected"] == 2
+
+
+def test_compare_cli_with_a_mosaic_scores_slides_past_its_edge_by_their_part_inside(tmp_path):
+    mosaic = _mosaic(tmp_path)
+    _truth([(10, 10, 40, 40), (270, 100, 320, 120), (290, 150, 330, 170)]).to_parquet(tmp_path / "t.parquet")
+    _det([(10, 10, 40, 40), (278, 100, 300, 120)], [0.9, 0.9]).to_parquet(tmp_path / "inv.parquet")
+    base = ["compare", str(tmp_path / "inv.parquet"), "--reference", str(tmp_path / "t.parquet"), "--visible-only"]
+    res = CliRunner().invoke(main, base)  # without the mosaic: three slides asked for, one found, one false alarm
+    assert res.exit_code == 0 and "| inv | faster_rcnn | 1 | 2 | 1 |" in res.output, res.output
+    res = CliRunner().invoke(main, [*base, "--mosaic", str(mosaic)])  # with it: two asked for, both found
+    assert res.exit_code == 0 and "| inv | faster_rcnn | 2 | 0 | 0 |" in res.output, res.output

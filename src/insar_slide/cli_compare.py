@@ -56,7 +56,8 @@ def baseline_cmd(method: str, config: str, out: str | None, no_progress: bool) -
 @click.option("--visible-only", is_flag=True,
               help="Simulated truth: score against slides with |peak LOS| >= 10 mm/yr on >= 50 %% measured pixels; "
                    "a detection of one of the others counts as 'below threshold', neither correct nor new.")
-@click.option("--mosaic", type=click.Path(), help="Basin mosaic: strict report with size classes in its pixels, "
+@click.option("--mosaic", type=click.Path(), help="Basin mosaic: the reference clipped to its extent (slides past its edge "
+              "are matched by their part inside), and the strict report with size classes in its pixels, "
               "AP50 and false alarms per 1,000 km² of its measured area.")
 @click.option("--pixel-size", type=float, help="Strict report without a mosaic: pixel size in the reference's CRS units (no rates per km²).")
 @click.option("--nuisance", type=click.Path(dir_okay=False),
@@ -69,10 +70,17 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
     """Match inventories against a reference: the paper's Table 4 counts and object-level P/R/F1.
 
     With --mosaic (or --pixel-size) also the strict report: recall and AP50 per COCO size class,
-    and false alarms per look-alike kind per 1,000 km².
+    and false alarms per look-alike kind per 1,000 km². With --mosaic the reference is clipped to
+    the mosaic's extent first: only what the mosaic shows can be asked for.
     """
     from .atomic import atomic_path
-    from .compare import compare_inventories, hidden_truth, table_markdown, visible_truth
+    from .compare import (
+        compare_inventories,
+        hidden_truth,
+        table_markdown,
+        visible_truth,
+        within_extent,
+    )
     from .inventory import read_inventory
 
     paths = list(inventories)
@@ -95,6 +103,11 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
             click.echo(f"note: {reference} is in {ref.crs.to_string()}; reprojected to the mosaic's {crs.to_string()}")
             ref = ref.to_crs(crs)
     ignore = None
+    bounds = None
+    if ds is not None:  # only what the mosaic shows can be asked for: the reference clipped to its extent
+        from .mosaic import mosaic_bounds
+        bounds = mosaic_bounds(ds)
+        ref = within_extent(ref, bounds)
     full = ref
     if visible_only:
         ref, ignore = visible_truth(full), hidden_truth(full)

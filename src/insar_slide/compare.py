@@ -13,7 +13,8 @@ The other simulated slides (``hidden_truth``) can be passed as ``ignore``: a det
 matches none of the reference and lies at least half inside one of their boxes (COCO's rule
 for ``iscrowd`` regions) found a real slide too slow or too masked to be asked for — it counts
 as ``below_threshold``, neither correct nor new, and precision leaves it out
-(``precision_all`` counts it as new).
+(``precision_all`` counts it as new). Given the mosaic's extent (``bounds``), both clip the
+truth to it first: a detector can only be asked for what the mosaic shows.
 """
 
 from __future__ import annotations
@@ -64,12 +65,44 @@ def _visible(truth: gpd.GeoDataFrame, min_abs_los: float, min_visible: float) ->
     return keep
 
 
-def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+def within_extent(truth: gpd.GeoDataFrame, bounds: tuple[float, float, float, float]) -> gpd.GeoDataFrame:
+    """The truth as a mosaic of these bounds (minx, miny, maxx, maxy, the truth's CRS) shows it.
+
+    A simulated slide may run past the mosaic's edge (the simulator places slides across basin
+    edges); outside the mosaic nothing is measured. So each polygon is clipped to the extent, and
+    its ``visible_fraction_<track>`` (and ``measured_fraction_<track>``) are scaled by the share
+    of its area inside: a slide mostly outside is no longer asked for, one straddling the edge is
+    matched by its part inside, and a slide wholly outside is dropped.
+    """
+    box = shapely.box(*bounds)
+    geoms = np.asarray(truth.geometry, dtype=object)
+    area = shapely.area(geoms)
+    inside = shapely.area(shapely.intersection(geoms, box))
+    share = np.where(area > 0, inside / np.where(area > 0, area, 1), 1.0)
+    if (share >= 1 - 1e-9).all():
+        return truth
+    out = truth.copy()
+    out["inside_fraction"] = share
+    for c in out.columns:
+        if c.startswith(("visible_fraction_", "measured_fraction_")):
+            out[c] = out[c].to_numpy() * share
+    cut = share < 1 - 1e-9
+    out.loc[cut, out.geometry.name] = shapely.intersection(geoms[cut], box)
+    return out[share > 0]
+
+
+def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5,
+                  bounds: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
+    """The simulated slides a detector is asked to find; with ``bounds`` (the mosaic's extent)
+    clipped to it first (:func:`within_extent`)."""
+    truth = within_extent(truth, bounds) if bounds is not None else truth
     return truth[_visible(truth, min_abs_los, min_visible)]
 
 
-def hidden_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+def hidden_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5,
+                 bounds: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
     """The simulated slides :func:`visible_truth` leaves out (real, but not asked for)."""
+    truth = within_extent(truth, bounds) if bounds is not None else truth
     return truth[~_visible(truth, min_abs_los, min_visible)]
 
 

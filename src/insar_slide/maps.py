@@ -160,15 +160,17 @@ def outlines(inv: gpd.GeoDataFrame) -> gpd.GeoSeries:
     return gpd.GeoSeries(np.where(o.isna() | o.is_empty, inv.geometry, o), index=inv.index, crs=inv.crs)
 
 
-def truth_outcomes(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame | None) -> tuple[pd.Series | None, gpd.GeoDataFrame | None]:
-    """Against a truth (a simulated one, with its slower slides not asked for; or any reference):
-    each detection's outcome (hit / false alarm / below threshold) and the missed truth rows."""
+def truth_outcomes(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame | None,
+                   bounds: tuple[float, float, float, float] | None = None) -> tuple[pd.Series | None, gpd.GeoDataFrame | None]:
+    """Against a truth (a simulated one, with its slower slides not asked for; or any reference),
+    clipped to the mosaic's ``bounds`` when given: each detection's outcome (hit / false alarm /
+    below threshold) and the missed truth rows."""
     if truth is None:
         return None, None
     from .compare import hidden_truth, match, visible_truth
 
     truth = truth.to_crs(inv.crs) if inv.crs is not None and truth.crs is not None and truth.crs != inv.crs else truth
-    ref, hidden = visible_truth(truth), hidden_truth(truth)
+    ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
     m = match(inv, ref, ignore=hidden if len(hidden) else None)
     out = np.where(m.a_matched >= 0, "hit", "false alarm").astype(object)
     if m.a_ignored is not None:
