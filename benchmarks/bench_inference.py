@@ -48,7 +48,7 @@ def main() -> int:
         args.proposals = [own] + [p for p in (300, 1000) if p != own]
     from insar_slide.compare import hidden_truth, match, visible_truth
     from insar_slide.model.device import cpu_has_native_bf16
-    from insar_slide.mosaic import mosaic_bounds, open_basin
+    from insar_slide.mosaic import grid_of, open_basin
     from insar_slide.run.config import InferenceConfig, RunConfig
     from insar_slide.run.pipeline import run
 
@@ -59,7 +59,7 @@ def main() -> int:
         subprocess.run([str(Path(sys.executable).with_name("insar-slide")), "simulate", str(REPO / "configs" / "wide" / f"{args.basin}.yaml"),
                         "--out", str(mosaic), "--no-progress"], check=True)
     truth = gpd.read_parquet(mosaic.with_name(f"{args.basin}.truth.parquet"))
-    bounds = mosaic_bounds(open_basin(mosaic))  # the truth as the mosaic shows it
+    bounds = grid_of(open_basin(mosaic)).extent  # the truth as the mosaic shows it
     ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:

@@ -132,7 +132,7 @@ def main() -> int:
 
     from insar_slide.compare import hidden_truth, match, visible_truth
     from insar_slide.model.checkpoint import load_checkpoint, read_metadata, resolve_score_threshold
-    from insar_slide.mosaic import mosaic_bounds, open_basin
+    from insar_slide.mosaic import grid_of, open_basin
     from insar_slide.run.config import RunConfig, default_model
     from insar_slide.run.detect import apply_inference_settings
     from insar_slide.run.pipeline import run
@@ -155,7 +155,7 @@ def main() -> int:
         for name, sim in scenes(args.size).items():
             mosaic, truth_path = simulate(sim, Path(tmp) / f"{name}.zarr")
             truth = gpd.read_parquet(truth_path)
-            bounds = mosaic_bounds(open_basin(mosaic))  # the truth as the mosaic shows it
+            bounds = grid_of(open_basin(mosaic)).extent  # the truth as the mosaic shows it
             ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
             cfg = RunConfig(mosaic=str(mosaic), out=f"{tmp}/{name}.parquet", window=1024, halo=64, scales=[1],
                             cluster={"dashboard": False},

@@ -21,7 +21,7 @@ import geopandas as gpd
 import numpy as np
 
 from insar_slide.compare import hidden_truth, match, visible_truth
-from insar_slide.mosaic import mosaic_bounds, open_basin
+from insar_slide.mosaic import grid_of, open_basin
 
 ROOT = Path(__file__).resolve().parents[1]
 #: basin -> (inventory folder under the candidate folder, truth stem under the repository)
@@ -58,7 +58,7 @@ def main() -> None:
         inv_path = a.folder / inv_dir / "inventory.parquet"
         if inv_path.is_file():
             t = gpd.read_parquet(ROOT / f"{truth}.truth.parquet")
-            b = mosaic_bounds(open_basin(ROOT / f"{truth}.zarr"))  # the truth as the mosaic shows it
+            b = grid_of(open_basin(ROOT / f"{truth}.zarr")).extent  # the truth as the mosaic shows it
             data[name] = (gpd.read_parquet(inv_path), visible_truth(t, bounds=b), hidden_truth(t, bounds=b))
     table: dict[str, dict[str, dict[str, float]]] = {}
     for rule, drops in rules().items():

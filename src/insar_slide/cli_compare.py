@@ -105,8 +105,8 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
     ignore = None
     bounds = None
     if ds is not None:  # only what the mosaic shows can be asked for: the reference clipped to its extent
-        from .mosaic import mosaic_bounds
-        bounds = mosaic_bounds(ds)
+        from .mosaic import grid_of
+        bounds = grid_of(ds).extent
         ref = within_extent(ref, bounds)
     full = ref
     if visible_only:

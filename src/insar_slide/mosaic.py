@@ -295,12 +295,6 @@ def grid_of(ds: xr.Dataset) -> Grid:
     return Grid.from_transform(crs.to_string(), t, ds.sizes["y"], ds.sizes["x"], source="mosaic")
 
 
-def mosaic_bounds(ds: xr.Dataset) -> tuple[float, float, float, float]:
-    """(xmin, ymin, xmax, ymax) of a mosaic's outer pixel edges, whichever way its rows run."""
-    x0, y0, x1, y1 = grid_of(ds).bounds
-    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
-
 def overview_factors(path: str | Path) -> list[int]:
     """Overview factors stored beside the mosaic (ascending), [] if none."""
     try:
