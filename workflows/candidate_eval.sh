@@ -36,7 +36,7 @@ basin_run() {  # name, simulate config: run the model on a reference basin and s
   echo "outputs: {quicklook: true, slide_id_raster: false, geopackage: false, kml: false}" >> "$OUT/$name/basin.yaml"
   "$BIN/insar-slide" run "$OUT/$name/basin.yaml" --no-progress --overwrite > "$OUT/$name/run.log"
   "$BIN/insar-slide" compare "$OUT/$name/inventory.parquet" --reference "out/reference/$name.truth.parquet" \
-    --visible-only --out "$OUT/$name/compare" > "$OUT/$name/compare.txt"
+    --visible-only --mosaic "out/reference/$name.zarr" --out "$OUT/$name/compare" > "$OUT/$name/compare.txt"
 }
 
 if has heldout_chips && [ ! -f "$OUT/eval_heldout/metrics.json" ]; then

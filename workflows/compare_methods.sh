@@ -13,4 +13,4 @@ $BIN run configs/basin_heldout.yaml --no-progress --overwrite
 $BIN baseline hotspot configs/basin_heldout.yaml
 $BIN baseline kmeans configs/basin_heldout.yaml
 $BIN compare out/heldout/inventory.parquet out/heldout/inventory.hotspot.parquet out/heldout/inventory.kmeans.parquet \
-  --reference out/reference/heldout.truth.parquet --visible-only --out out/heldout/compare
+  --reference out/reference/heldout.truth.parquet --visible-only --mosaic out/reference/heldout.zarr --out out/heldout/compare
