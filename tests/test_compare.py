@@ -314,3 +314,14 @@ def test_compare_cli_with_a_mosaic_scores_slides_past_its_edge_by_their_part_ins
     assert res.exit_code == 0 and "| inv | faster_rcnn | 1 | 2 | 1 |" in res.output, res.output
     res = CliRunner().invoke(main, [*base, "--mosaic", str(mosaic)])  # with it: two asked for, both found
     assert res.exit_code == 0 and "| inv | faster_rcnn | 2 | 0 | 0 |" in res.output, res.output
+
+
+def test_clipping_survives_invalid_polygons_and_keeps_only_polygon_parts():
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # self-crossing, as hand-drawn ones can be
+    # a concave slide whose notch touches the edge: the raw intersection carries a stray line along it
+    notched = shapely.Polygon([(0, 0), (20, 0), (20, 5), (10, 5), (10, 1), (9, 1), (9, 6), (20, 6), (20, 7), (0, 7)])
+    t = gpd.GeoDataFrame({"slide_id": ["bow", "notch"], "visible_fraction_asc": 1.0}, geometry=[bowtie, notched])
+    assert shapely.intersection(notched, shapely.box(0, 0, 10, 10)).geom_type == "GeometryCollection"
+    out = within_extent(t, (0, 0, 10, 10))
+    assert list(out.slide_id) == ["bow", "notch"]
+    assert out.geometry.iloc[1].geom_type == "Polygon" and out.geometry.iloc[1].bounds == (0.0, 0.0, 10.0, 7.0)

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-export PATH="$PWD/$BIN:$PATH"
+export PATH="$(cd "$BIN" && pwd):$PATH"  # BIN relative to the repo or absolute
 mkdir -p out/reference
 for b in basin_a basin_b basin_c basin_d basin_e basin_f basin_g basin_h heldout tuning; do
   [ -d "out/reference/$b.zarr" ] || insar-slide simulate "configs/reference/$b.yaml" --out "out/reference/$b.zarr"

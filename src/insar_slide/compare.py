@@ -72,13 +72,14 @@ def within_extent(truth: gpd.GeoDataFrame, bounds: tuple[float, float, float, fl
     edges); outside the mosaic nothing is measured. So each polygon is clipped to the extent, and
     its ``visible_fraction_<track>`` (and ``measured_fraction_<track>``) are scaled by the share
     of its area inside: a slide mostly outside is no longer asked for, one straddling the edge is
-    matched by its part inside, and a slide wholly outside is dropped.
+    matched by its part inside, and a slide wholly outside is dropped. (Without those columns —
+    a reference that is not a simulated truth — every slide with a part inside stays, clipped.)
     """
     box = shapely.box(*bounds)
-    geoms = np.asarray(truth.geometry, dtype=object)
+    geoms = shapely.make_valid(np.asarray(truth.geometry, dtype=object))  # a hand-drawn bowtie must not stop scoring
     area = shapely.area(geoms)
-    inside = shapely.area(shapely.intersection(geoms, box))
-    share = np.where(area > 0, inside / np.where(area > 0, area, 1), 1.0)
+    parts = _polygonal(shapely.intersection(geoms, box))
+    share = np.where(area > 0, shapely.area(parts) / np.where(area > 0, area, 1), 1.0)
     if (share >= 1 - 1e-9).all():
         return truth
     out = truth.copy()
@@ -87,8 +88,18 @@ def within_extent(truth: gpd.GeoDataFrame, bounds: tuple[float, float, float, fl
         if c.startswith(("visible_fraction_", "measured_fraction_")):
             out[c] = out[c].to_numpy() * share
     cut = share < 1 - 1e-9
-    out.loc[cut, out.geometry.name] = shapely.intersection(geoms[cut], box)
+    out.loc[cut, out.geometry.name] = parts[cut]
     return out[share > 0]
+
+
+def _polygonal(geoms: np.ndarray) -> np.ndarray:
+    """The polygon parts of each geometry: a clipped concave slide can come back with stray lines
+    or points along the edge, which would stretch its bounding box."""
+    out = geoms.copy()
+    for i in np.flatnonzero(shapely.get_type_id(geoms) == 7):  # GeometryCollection
+        polys = [g for g in shapely.get_parts(geoms[i]) if shapely.get_type_id(g) in (3, 6)]
+        out[i] = shapely.union_all(polys) if polys else shapely.Polygon()
+    return out
 
 
 def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5,
