@@ -59,7 +59,7 @@ def main() -> int:
         subprocess.run([str(Path(sys.executable).with_name("insar-slide")), "simulate", str(REPO / "configs" / "wide" / f"{args.basin}.yaml"),
                         "--out", str(mosaic), "--no-progress"], check=True)
     truth = gpd.read_parquet(mosaic.with_name(f"{args.basin}.truth.parquet"))
-    bounds = grid_of(open_basin(mosaic)).extent  # the truth as the mosaic shows it
+    bounds = grid_of(open_basin(mosaic)).bounds  # the truth as the mosaic shows it
     ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:

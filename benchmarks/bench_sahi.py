@@ -155,7 +155,7 @@ def main() -> int:
         for name, sim in scenes(args.size).items():
             mosaic, truth_path = simulate(sim, Path(tmp) / f"{name}.zarr")
             truth = gpd.read_parquet(truth_path)
-            bounds = grid_of(open_basin(mosaic)).extent  # the truth as the mosaic shows it
+            bounds = grid_of(open_basin(mosaic)).bounds  # the truth as the mosaic shows it
             ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
             cfg = RunConfig(mosaic=str(mosaic), out=f"{tmp}/{name}.parquet", window=1024, halo=64, scales=[1],
                             cluster={"dashboard": False},

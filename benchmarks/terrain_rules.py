@@ -58,7 +58,7 @@ def main() -> None:
         inv_path = a.folder / inv_dir / "inventory.parquet"
         if inv_path.is_file():
             t = gpd.read_parquet(ROOT / f"{truth}.truth.parquet")
-            b = grid_of(open_basin(ROOT / f"{truth}.zarr")).extent  # the truth as the mosaic shows it
+            b = grid_of(open_basin(ROOT / f"{truth}.zarr")).bounds  # the truth as the mosaic shows it
             data[name] = (gpd.read_parquet(inv_path), visible_truth(t, bounds=b), hidden_truth(t, bounds=b))
     table: dict[str, dict[str, dict[str, float]]] = {}
     for rule, drops in rules().items():

@@ -60,7 +60,7 @@ def main() -> None:
         look = sum(v["false_alarms"] for k, v in kinds.items() if k not in LOOKALIKE_EXCLUDE)
         inv = gpd.read_parquet(a.out / b / "inventory.parquet")
         truth = gpd.read_parquet(Path(s["reference"]))
-        flows = earthflows(inv, truth, bounds=grid_of(open_basin(s["mosaic"])).extent if s.get("mosaic") else None)
+        flows = earthflows(inv, truth, bounds=grid_of(open_basin(s["mosaic"])).bounds if s.get("mosaic") else None)
         per[b] = {"precision": r["precision"], "recall": r["recall"], "f1": r["f1"], "ap50": r["ap50"],
                   "found": r["correctly_detected"], "missed": r["not_detected"], "false": r["newly_detected"],
                   "below_threshold": r["below_threshold"], "size_classes": r["size_classes"],

@@ -367,7 +367,7 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     with progress_bars(not no_progress) as progress:
         result = run(cfg.model_copy(update=upd), progress=progress, echo=click.echo)
     full = gpd.read_parquet(truth)
-    bounds = grid_of(open_basin(mosaic)).extent  # what the mosaic shows (the demo's slides all lie inside it)
+    bounds = grid_of(open_basin(mosaic)).bounds  # what the mosaic shows (the demo's slides all lie inside it)
     ref = visible_truth(full, bounds=bounds)
     c = match(result.inventory, ref, ignore=hidden_truth(full, bounds=bounds)).counts()
     click.echo(f"against the simulated truth ({len(ref)} visible slides with |peak LOS| >= 10 mm/yr, {c['rule']}): "

@@ -106,7 +106,7 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
     bounds = None
     if ds is not None:  # only what the mosaic shows can be asked for: the reference clipped to its extent
         from .mosaic import grid_of
-        bounds = grid_of(ds).extent
+        bounds = grid_of(ds).bounds
         ref = within_extent(ref, bounds)
     full = ref
     if visible_only:

@@ -113,12 +113,6 @@ class Grid:
         """(xmin, ymin, xmax, ymax) of the outer pixel edges."""
         return (self.x0, self.y0 + self.height * self.dy, self.x0 + self.width * self.dx, self.y0)
 
-    @property
-    def extent(self) -> tuple[float, float, float, float]:
-        """:attr:`bounds` ordered min before max whichever way the rows and columns run."""
-        x0, y0, x1, y1 = self.bounds
-        return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
-
     def x_coords(self) -> np.ndarray:
         """Cell-centre x of every column."""
         return self.x0 + (np.arange(self.width) + 0.5) * self.dx

@@ -58,7 +58,7 @@ def quicklook(path: str | Path, out: str | Path, *, inventory: str | Path | gpd.
     xmin, ymin, xmax, ymax = grid.bounds
     extent = (xmin / k, xmax / k, ymin / k, ymax / k)
     ref = inventory_in(truth, grid.crs)
-    outcome, missed = truth_outcomes(inv, ref, grid.extent) if inv is not None and ref is not None else (None, None)
+    outcome, missed = truth_outcomes(inv, ref, grid.bounds) if inv is not None and ref is not None else (None, None)
     info = map_info(ds, path)
     n = rate.sizes["track"]
     mx, my = metres_per_unit(grid.crs, grid.bounds)

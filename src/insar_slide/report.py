@@ -82,7 +82,7 @@ def write_report(mosaic: str | Path, inventory: str | Path | gpd.GeoDataFrame, o
     inv = inventory_in(inventory, grid.crs)
     assert inv is not None
     ref = inventory_in(truth, grid.crs)
-    outcome, missed = truth_outcomes(inv, ref, grid.extent) if ref is not None else (None, None)
+    outcome, missed = truth_outcomes(inv, ref, grid.bounds) if ref is not None else (None, None)
     rate, factor = load_shown_rate(mosaic, ds, max_side)
     norm = rate_norm(rate.values, inv["rate_p95_abs"].to_numpy(float) if "rate_p95_abs" in inv else None)
     info = map_info(ds, mosaic)
