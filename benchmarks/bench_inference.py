@@ -46,7 +46,7 @@ def main() -> int:
         from insar_slide.run.config import default_model
         own = int(read_metadata(default_model())["model"]["rpn_post_nms_top_n_test"])
         args.proposals = [own] + [p for p in (300, 1000) if p != own]
-    from insar_slide.compare import hidden_truth, match, visible_truth
+    from insar_slide.compare import hidden_truth, match, visible_truth, within_extent
     from insar_slide.model.device import cpu_has_native_bf16
     from insar_slide.mosaic import grid_of, open_basin
     from insar_slide.run.config import InferenceConfig, RunConfig
@@ -59,8 +59,8 @@ def main() -> int:
         subprocess.run([str(Path(sys.executable).with_name("insar-slide")), "simulate", str(REPO / "configs" / "wide" / f"{args.basin}.yaml"),
                         "--out", str(mosaic), "--no-progress"], check=True)
     truth = gpd.read_parquet(mosaic.with_name(f"{args.basin}.truth.parquet"))
-    bounds = grid_of(open_basin(mosaic)).bounds  # the truth as the mosaic shows it
-    ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
+    truth = within_extent(truth, grid_of(open_basin(mosaic)).bounds)  # the truth as the mosaic shows it
+    ref, hidden = visible_truth(truth), hidden_truth(truth)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
         for window, precision, proposals in itertools.product(args.windows, args.precisions, args.proposals):

@@ -130,7 +130,7 @@ def main() -> int:
     from bench_model import gemm_gflops  # type: ignore[import-not-found]
     from torch.utils.flop_counter import FlopCounterMode
 
-    from insar_slide.compare import hidden_truth, match, visible_truth
+    from insar_slide.compare import hidden_truth, match, visible_truth, within_extent
     from insar_slide.model.checkpoint import load_checkpoint, read_metadata, resolve_score_threshold
     from insar_slide.mosaic import grid_of, open_basin
     from insar_slide.run.config import RunConfig, default_model
@@ -155,8 +155,8 @@ def main() -> int:
         for name, sim in scenes(args.size).items():
             mosaic, truth_path = simulate(sim, Path(tmp) / f"{name}.zarr")
             truth = gpd.read_parquet(truth_path)
-            bounds = grid_of(open_basin(mosaic)).bounds  # the truth as the mosaic shows it
-            ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
+            truth = within_extent(truth, grid_of(open_basin(mosaic)).bounds)  # the truth as the mosaic shows it
+            ref, hidden = visible_truth(truth), hidden_truth(truth)
             cfg = RunConfig(mosaic=str(mosaic), out=f"{tmp}/{name}.parquet", window=1024, halo=64, scales=[1],
                             cluster={"dashboard": False},
                             outputs={"quicklook": False, "report": False, "kml": False, "geopackage": False,

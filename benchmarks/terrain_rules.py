@@ -20,7 +20,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-from insar_slide.compare import hidden_truth, match, visible_truth
+from insar_slide.compare import hidden_truth, match, visible_truth, within_extent
 from insar_slide.mosaic import grid_of, open_basin
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,8 +58,8 @@ def main() -> None:
         inv_path = a.folder / inv_dir / "inventory.parquet"
         if inv_path.is_file():
             t = gpd.read_parquet(ROOT / f"{truth}.truth.parquet")
-            b = grid_of(open_basin(ROOT / f"{truth}.zarr")).bounds  # the truth as the mosaic shows it
-            data[name] = (gpd.read_parquet(inv_path), visible_truth(t, bounds=b), hidden_truth(t, bounds=b))
+            t = within_extent(t, grid_of(open_basin(ROOT / f"{truth}.zarr")).bounds)  # the truth as the mosaic shows it
+            data[name] = (gpd.read_parquet(inv_path), visible_truth(t), hidden_truth(t))
     table: dict[str, dict[str, dict[str, float]]] = {}
     for rule, drops in rules().items():
         table[rule] = {}

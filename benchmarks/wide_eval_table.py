@@ -18,7 +18,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 
-from insar_slide.compare import visible_truth
+from insar_slide.compare import visible_truth, within_extent
 from insar_slide.mosaic import grid_of, open_basin
 
 LOOKALIKE_EXCLUDE = {"background", "all"}
@@ -35,7 +35,7 @@ def box_iou(a, b) -> float:
 
 def earthflows(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame, min_px: float = 100.0,
                bounds: tuple[float, float, float, float] | None = None) -> list[dict]:
-    vis = visible_truth(truth, bounds=bounds)  # clipped to the mosaic, as `compare --mosaic` scores it
+    vis = visible_truth(within_extent(truth, bounds) if bounds is not None else truth)  # as `compare --mosaic` scores it
     rows = []
     for _, t in vis[(vis.get("kind") == "earthflow") & (vis.length_px >= min_px)].iterrows():
         over = inv[inv.intersects(t.geometry)]

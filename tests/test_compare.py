@@ -294,15 +294,15 @@ def test_the_truth_is_clipped_to_the_mosaic_it_is_scored_on():
     np.testing.assert_allclose(clipped.inside_fraction, [1.0, 0.6, 0.25])
     assert clipped.geometry.iloc[1].normalize().equals_exact(_poly(270, 100, 300, 120).normalize(), 1e-6)
     assert clipped.geometry.iloc[0].equals(truth.geometry.iloc[0])
-    assert list(visible_truth(truth, bounds=bounds).slide_id) == ["t0", "t1"]
-    assert list(hidden_truth(truth, bounds=bounds).slide_id) == ["t2"]
+    assert list(visible_truth(clipped).slide_id) == ["t0", "t1"]
+    assert list(hidden_truth(clipped).slide_id) == ["t2"]
     inside = truth.iloc[:1]
     assert within_extent(inside, bounds) is inside  # nothing past the edge: the frame as it is
     # the detector boxes what the mosaic shows: 22 of the 30 px inside is a match against the
     # clipped truth (IoU 0.73), not against the whole slide (0.44)
     det = _det([(10, 10, 40, 40), (278, 100, 300, 120)], [0.9, 0.9])
     assert match(det, visible_truth(truth)).counts()["correctly_detected"] == 1
-    assert match(det, visible_truth(truth, bounds=bounds)).counts()["correctly_detected"] == 2
+    assert match(det, visible_truth(clipped)).counts()["correctly_detected"] == 2
 
 
 def test_compare_cli_with_a_mosaic_scores_slides_past_its_edge_by_their_part_inside(tmp_path):

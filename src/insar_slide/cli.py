@@ -345,7 +345,7 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     """
     import geopandas as gpd
 
-    from .compare import hidden_truth, match, visible_truth
+    from .compare import hidden_truth, match, visible_truth, within_extent
     from .mosaic import grid_of, open_basin
     from .run.config import demo_run_config
     from .run.pipeline import run
@@ -367,9 +367,9 @@ def demo(out_dir: str, model: str | None, workers: int | None, no_progress: bool
     with progress_bars(not no_progress) as progress:
         result = run(cfg.model_copy(update=upd), progress=progress, echo=click.echo)
     full = gpd.read_parquet(truth)
-    bounds = grid_of(open_basin(mosaic)).bounds  # what the mosaic shows (the demo's slides all lie inside it)
-    ref = visible_truth(full, bounds=bounds)
-    c = match(result.inventory, ref, ignore=hidden_truth(full, bounds=bounds)).counts()
+    full = within_extent(full, grid_of(open_basin(mosaic)).bounds)  # what the mosaic shows (the demo's slides all lie inside it)
+    ref = visible_truth(full)
+    c = match(result.inventory, ref, ignore=hidden_truth(full)).counts()
     click.echo(f"against the simulated truth ({len(ref)} visible slides with |peak LOS| >= 10 mm/yr, {c['rule']}): "
                f"found {c['correctly_detected']}, missed {c['not_detected']}, false {c['newly_detected']}, "
                f"{c['below_threshold']} more on slower or masked simulated slides (not counted); "

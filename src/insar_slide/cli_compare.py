@@ -103,11 +103,9 @@ def compare_cmd(inventories: tuple[str, ...], reference: str | None, rule: str, 
             click.echo(f"note: {reference} is in {ref.crs.to_string()}; reprojected to the mosaic's {crs.to_string()}")
             ref = ref.to_crs(crs)
     ignore = None
-    bounds = None
     if ds is not None:  # only what the mosaic shows can be asked for: the reference clipped to its extent
         from .mosaic import grid_of
-        bounds = grid_of(ds).bounds
-        ref = within_extent(ref, bounds)
+        ref = within_extent(ref, grid_of(ds).bounds)
     full = ref
     if visible_only:
         ref, ignore = visible_truth(full), hidden_truth(full)

@@ -59,8 +59,7 @@ def evaluate_cmd(checkpoints: tuple[str, ...], chips_dir: tuple[str, ...], split
     from .training.evaluate import evaluate
 
     with progress_bars(not no_progress) as progress:
-        chips = chips_dir[0] if len(chips_dir) == 1 else list(chips_dir)
-        df = evaluate(list(checkpoints), chips, out=out, split=split, device=device, score_threshold=score_threshold,
+        df = evaluate(list(checkpoints), list(chips_dir), out=out, split=split, device=device, score_threshold=score_threshold,
                       progress=progress)
     click.echo((Path(out) / "table2.md").read_text())
     for r in df.to_dict("records"):

@@ -13,8 +13,8 @@ The other simulated slides (``hidden_truth``) can be passed as ``ignore``: a det
 matches none of the reference and lies at least half inside one of their boxes (COCO's rule
 for ``iscrowd`` regions) found a real slide too slow or too masked to be asked for — it counts
 as ``below_threshold``, neither correct nor new, and precision leaves it out
-(``precision_all`` counts it as new). Given the mosaic's extent (``bounds``), both clip the
-truth to it first: a detector can only be asked for what the mosaic shows.
+(``precision_all`` counts it as new). Callers that know the mosaic clip the truth to it first
+(:func:`within_extent`): a detector can only be asked for what the mosaic shows.
 """
 
 from __future__ import annotations
@@ -102,18 +102,14 @@ def _polygonal(geoms: np.ndarray) -> np.ndarray:
     return out
 
 
-def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5,
-                  bounds: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
-    """The simulated slides a detector is asked to find; with ``bounds`` (the mosaic's extent)
-    clipped to it first (:func:`within_extent`)."""
-    truth = within_extent(truth, bounds) if bounds is not None else truth
+def visible_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
+    """The simulated slides a detector is asked to find (clip the truth to the mosaic first with
+    :func:`within_extent`)."""
     return truth[_visible(truth, min_abs_los, min_visible)]
 
 
-def hidden_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5,
-                 bounds: tuple[float, float, float, float] | None = None) -> gpd.GeoDataFrame:
+def hidden_truth(truth: gpd.GeoDataFrame, *, min_abs_los: float = 10.0, min_visible: float = 0.5) -> gpd.GeoDataFrame:
     """The simulated slides :func:`visible_truth` leaves out (real, but not asked for)."""
-    truth = within_extent(truth, bounds) if bounds is not None else truth
     return truth[~_visible(truth, min_abs_los, min_visible)]
 
 

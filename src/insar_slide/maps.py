@@ -167,10 +167,11 @@ def truth_outcomes(inv: gpd.GeoDataFrame, truth: gpd.GeoDataFrame | None,
     below threshold) and the missed truth rows."""
     if truth is None:
         return None, None
-    from .compare import hidden_truth, match, visible_truth
+    from .compare import hidden_truth, match, visible_truth, within_extent
 
     truth = truth.to_crs(inv.crs) if inv.crs is not None and truth.crs is not None and truth.crs != inv.crs else truth
-    ref, hidden = visible_truth(truth, bounds=bounds), hidden_truth(truth, bounds=bounds)
+    truth = within_extent(truth, bounds) if bounds is not None else truth
+    ref, hidden = visible_truth(truth), hidden_truth(truth)
     m = match(inv, ref, ignore=hidden if len(hidden) else None)
     out = np.where(m.a_matched >= 0, "hit", "false alarm").astype(object)
     if m.a_ignored is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,12 +47,13 @@ def read_split(folder: str | Path, split: str) -> tuple[list[Chip], dict[str, An
     return chips, coco
 
 
-def read_splits(folders: str | Path | list[str] | list[Path], split: str) -> tuple[list[Chip], dict[str, Any]]:
+def read_splits(folders: str | Path | Sequence[str | Path], split: str) -> tuple[list[Chip], dict[str, Any]]:
     """:func:`read_split` of one folder, or of several pooled into one set: their COCO image and
     annotation ids renumbered, so that metrics and the best-F1 threshold are those of the union
     (an operating threshold chosen on every validation set at once)."""
-    if isinstance(folders, (str, Path)):
-        return read_split(folders, split)
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    if len(folders) == 1:
+        return read_split(folders[0], split)
     chips: list[Chip] = []
     pooled: dict[str, Any] = {"images": [], "annotations": []}
     for folder in folders:
